@@ -1,0 +1,69 @@
+//! Anvil's application layer.
+//!
+//! The REST API, the web UI and the CLI (through the API) all act through
+//! `App`; none of them touches the store directly. Rules that must hold
+//! whichever way a request arrives live here: validation, the lifecycle,
+//! idempotency, secrets handling and the audit log.
+
+pub mod crypto;
+mod error;
+mod machines;
+mod principals;
+
+pub use crypto::{KeyError, SecretBox};
+pub use error::{Error, Result};
+pub use principals::{AdminBootstrap, Principal, SessionCookie, SessionInfo};
+
+use anvil_store::Store;
+use time::OffsetDateTime;
+
+/// Limits on request values, shared by API and UI.
+pub mod limits {
+    pub const MAX_PAGE: u32 = 1000;
+    pub const DEFAULT_PAGE: u32 = 100;
+    pub const MAX_TAGS: usize = 64;
+    pub const MAX_TAG_LEN: usize = 64;
+    pub const MAX_INTERFACES: usize = 64;
+    pub const MAX_TEXT: usize = 255;
+    pub const MAX_FACTS_BYTES: usize = 256 * 1024;
+    pub const MIN_PASSWORD: usize = 8;
+}
+
+#[derive(Clone)]
+pub struct App {
+    store: Store,
+    secrets: SecretBox,
+    session_ttl: time::Duration,
+}
+
+impl App {
+    pub fn new(store: Store, secrets: SecretBox) -> Self {
+        App {
+            store,
+            secrets,
+            session_ttl: time::Duration::hours(12),
+        }
+    }
+
+    pub fn with_session_ttl(mut self, ttl: time::Duration) -> Self {
+        self.session_ttl = ttl;
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ready(&self) -> Result<()> {
+        self.store
+            .ping()
+            .await
+            .map_err(|source| Error::Unavailable { source })
+    }
+}
+
+/// The current time at the precision the store keeps.
+pub(crate) fn now() -> OffsetDateTime {
+    anvil_store::truncate_to_micros(OffsetDateTime::now_utc())
+}

@@ -1,0 +1,59 @@
+//! Anvil's web UI: server-rendered pages over `anvil_core::App`.
+//!
+//! Pages are askama templates from `web/templates` compiled into the binary;
+//! CSS, the logo and the vendored htmx come from `web/static`, embedded with
+//! rust-embed. Nothing is fetched from the internet at run time: provisioning
+//! networks are often air-gapped.
+//!
+//! Every page works as plain HTML forms and links; htmx only adds the live
+//! machine search (a request with `HX-Request` gets the result table alone).
+//!
+//! The UI acts only through [`App`], like the REST API, so validation, the
+//! lifecycle and the audit log are the same whichever way a change arrives.
+//!
+//! Security model, in short:
+//! - a session cookie (`anvil_session`: HttpOnly, SameSite=Strict, `Secure`
+//!   when the request came through an https proxy) guards every page except
+//!   `/login` and `/static`;
+//! - every POST form carries the session's CSRF token (checked in constant
+//!   time); the login form, which has no session yet, checks `Origin`;
+//! - responses carry a strict Content-Security-Policy: no inline script or
+//!   style anywhere, htmx runs with `allowEval` off.
+
+mod assets;
+mod auth;
+mod error;
+mod security;
+mod views;
+
+use anvil_core::App;
+use axum::Router;
+use axum::routing::{get, post};
+
+/// The web UI as an axum router with its state applied.
+///
+/// It owns the paths `/`, `/login`, `/logout`, `/machines…` and `/static/…`
+/// and answers anything else with a 404 page, so mount it last (e.g. as the
+/// fallback of the binary's router, after `/api`). It needs no extra layer:
+/// security headers are set here. Behind a TLS-terminating proxy, have the
+/// proxy send `X-Forwarded-Proto: https` so the session cookie is `Secure`.
+pub fn router(app: App) -> Router {
+    use views::{login, machine_form, machines};
+    Router::new()
+        .route("/", get(views::home))
+        .route("/login", get(login::page).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route("/machines", get(machines::list).post(machine_form::create))
+        .route("/machines/new", get(machine_form::new_page))
+        .route("/machines/{id}", get(machines::detail))
+        .route(
+            "/machines/{id}/edit",
+            get(machine_form::edit_page).post(machine_form::update),
+        )
+        .route("/machines/{id}/state", post(machines::change_state))
+        .route("/machines/{id}/delete", post(machines::delete))
+        .route("/static/{*path}", get(assets::serve))
+        .fallback(error::not_found)
+        .layer(axum::middleware::map_response(security::headers))
+        .with_state(app)
+}

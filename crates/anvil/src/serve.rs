@@ -1,0 +1,169 @@
+//! `anvil serve`: wires configuration, store, application layer and the
+//! HTTP services together, and shuts them down cleanly.
+
+use crate::config::{Config, LogFormat};
+use anvil_core::{AdminBootstrap, App, SecretBox};
+use anvil_store::Store;
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::time::Instant;
+use tokio::net::TcpListener;
+
+pub fn init_tracing(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match cfg.log.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[derive(Clone)]
+struct Ops {
+    app: App,
+    metrics: PrometheusHandle,
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
+    let store = Store::open(&cfg.store_url())
+        .await
+        .context("cannot open the inventory store")?;
+    tracing::info!(backend = %store.backend(), data_dir = %cfg.data_dir.display(), "store ready");
+    let env_key = std::env::var("ANVIL_SECRET_KEY").ok();
+    let secrets = SecretBox::load_or_create(&cfg.data_dir, env_key.as_deref())
+        .context("cannot load the secret key")?;
+    let app = App::new(store.clone(), secrets)
+        .with_session_ttl(time::Duration::hours(i64::from(cfg.auth.session_hours)));
+
+    match app.bootstrap_admin(&cfg.data_dir).await.context("cannot create the admin user")? {
+        AdminBootstrap::Created { password, file } => {
+            // Printed once, on the first start only; also kept in a 0600 file.
+            tracing::warn!(
+                username = "admin",
+                password = %password,
+                file = %file.display(),
+                "created the first user; change its password with `anvil user passwd admin`"
+            );
+        }
+        AdminBootstrap::Existing => {}
+    }
+
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot install the metrics recorder")?;
+    let router = build_router(app, metrics);
+
+    let listener = TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.http.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to learn the port when given port 0.
+    tracing::info!(%addr, "listening on http://{addr}");
+    println!("anvil: listening on http://{addr}");
+
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    tracing::info!("shutting down");
+    store.close().await;
+    Ok(())
+}
+
+/// The whole HTTP surface: API, web UI, health and metrics.
+pub fn build_router(app: App, metrics: PrometheusHandle) -> Router {
+    let ops = Ops {
+        app: app.clone(),
+        metrics,
+    };
+    let ops_routes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(ops);
+    Router::new()
+        .nest("/api/v1", anvil_api::router(app.clone()))
+        .merge(ops_routes)
+        .merge(anvil_web::router(app))
+        .layer(axum::middleware::from_fn(track_requests))
+}
+
+/// Counts requests and their latency per route and status.
+async fn track_requests(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("anvil_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("anvil_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(start.elapsed().as_secs_f64());
+    resp
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// Readiness: the database answers.
+async fn readyz(State(ops): State<Ops>) -> Response {
+    match ops.app.ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => {
+            tracing::warn!(error = %anvil_api::chain(&e), "not ready");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}
+
+/// Prometheus text format; machine counts are read at scrape time.
+async fn metrics_text(State(ops): State<Ops>) -> Response {
+    if let Ok(counts) = ops.app.machine_counts().await {
+        for (state, n) in counts {
+            metrics::gauge!("anvil_machines", "state" => state.as_str()).set(n as f64);
+        }
+    }
+    let mut resp = ops.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("signal received, draining connections");
+}

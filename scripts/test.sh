@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Runs every Anvil test on a fresh Debian 12 machine with Rust: installs what
+# the tests need (Debian packages), starts PostgreSQL, then runs formatting,
+# lint and the whole test suite. CI (.ci/run) calls exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n=== %s\n' "$*"; }
+
+# --- Debian packages -------------------------------------------------------
+need=()
+for pkg in postgresql chromium chromium-driver; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
+done
+if ((${#need[@]})); then
+    log "installing Debian packages: ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# --- PostgreSQL --------------------------------------------------------------
+PG_VERSION=$(ls /usr/lib/postgresql | sort -n | tail -1)
+if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
+    if ! pg_lsclusters -h | grep -q "^$PG_VERSION main"; then
+        pg_createcluster "$PG_VERSION" main >/dev/null
+    fi
+    log "starting PostgreSQL $PG_VERSION"
+    pg_ctlcluster "$PG_VERSION" main start
+fi
+PG_PORT=$(pg_lsclusters -h | awk '$4 == "online" {print $3; exit}')
+for _ in $(seq 1 30); do
+    runuser -u postgres -- pg_isready -q -p "$PG_PORT" && break
+    sleep 1
+done
+# A role for the tests; each test creates and drops its own database.
+runuser -u postgres -- psql -q -p "$PG_PORT" -v ON_ERROR_STOP=1 <<'SQL' >/dev/null
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'anvil_test') THEN
+    CREATE ROLE anvil_test LOGIN CREATEDB PASSWORD 'anvil_test';
+  END IF;
+END $$;
+SQL
+runuser -u postgres -- psql -q -p "$PG_PORT" -tc "SELECT 1 FROM pg_database WHERE datname = 'anvil_test'" | grep -q 1 \
+    || runuser -u postgres -- createdb -p "$PG_PORT" -O anvil_test anvil_test
+export ANVIL_TEST_POSTGRES_URL="postgres://anvil_test:anvil_test@127.0.0.1:${PG_PORT}/anvil_test"
+
+if [[ "${1:-}" == "--setup-only" ]]; then
+    echo "export ANVIL_TEST_POSTGRES_URL=$ANVIL_TEST_POSTGRES_URL"
+    exit 0
+fi
+
+# --- Rust ----------------------------------------------------------------------
+log "cargo fmt --check"
+cargo fmt --all --check
+log "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+log "cargo test"
+cargo test --workspace --locked -- --test-threads="${ANVIL_TEST_THREADS:-4}"
