@@ -119,7 +119,11 @@ impl Client {
     }
 
     /// `POST /api/v1/machines/{target}/state`.
-    pub async fn change_state(&self, target: &str, body: &StateChange) -> Result<Machine, CliError> {
+    pub async fn change_state(
+        &self,
+        target: &str,
+        body: &StateChange,
+    ) -> Result<Machine, CliError> {
         let req = self
             .request(Method::POST, &["machines", target, "state"])
             .json(body);
@@ -223,7 +227,7 @@ impl Client {
         let body = resp.bytes().await.unwrap_or_default();
         Err(CliError::Api {
             status: status.as_u16(),
-            problem: parse_problem(status, content_type.as_deref(), &body),
+            problem: Box::new(parse_problem(status, content_type.as_deref(), &body)),
         })
     }
 }
@@ -253,7 +257,11 @@ pub(crate) fn parse_segment(s: &str) -> Result<String, String> {
 
 /// The problem in an error body. Anything else (a reverse proxy's HTML page,
 /// an empty body) becomes an `about:blank` problem describing the status.
-pub(crate) fn parse_problem(status: StatusCode, content_type: Option<&str>, body: &[u8]) -> Problem {
+pub(crate) fn parse_problem(
+    status: StatusCode,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Problem {
     if let Ok(p) = serde_json::from_slice::<Problem>(body) {
         return p;
     }
@@ -314,7 +322,11 @@ fn patch_body(patch: &MachinePatch) -> Result<Value, CliError> {
 }
 
 /// Adds `key` when the outer option is set (the inner value may be `null`).
-fn put<T: Serialize>(body: &mut Map<String, Value>, key: &str, v: &Option<T>) -> Result<(), CliError> {
+fn put<T: Serialize>(
+    body: &mut Map<String, Value>,
+    key: &str,
+    v: &Option<T>,
+) -> Result<(), CliError> {
     if let Some(v) = v {
         let v = serde_json::to_value(v).map_err(|e| CliError::Internal(e.to_string()))?;
         body.insert(key.to_string(), v);

@@ -29,9 +29,10 @@ pub enum CliError {
     Usage(String),
     /// The server answered with an error status. Bodies that are not
     /// `application/problem+json` (a proxy's HTML page, say) are turned into a
-    /// problem of type `about:blank` so callers see a single shape.
+    /// problem of type `about:blank` so callers see a single shape. Boxed to
+    /// keep `Result<_, CliError>` small.
     #[error("{}", api_message(*status, problem))]
-    Api { status: u16, problem: Problem },
+    Api { status: u16, problem: Box<Problem> },
     /// Neither `--token` nor `ANVIL_TOKEN` was given.
     #[error(
         "no API token: pass --token or set ANVIL_TOKEN \
@@ -139,7 +140,7 @@ mod tests {
     fn api(status: u16) -> CliError {
         CliError::Api {
             status,
-            problem: problem(status, "about:blank", "x"),
+            problem: Box::new(problem(status, "about:blank", "x")),
         }
     }
 
@@ -147,10 +148,7 @@ mod tests {
     fn exit_codes_are_the_documented_ones() {
         assert_eq!(CliError::Internal("x".into()).exit_code(), 1);
         assert_eq!(CliError::Protocol("x".into()).exit_code(), 1);
-        assert_eq!(
-            CliError::Output(std::io::Error::other("x")).exit_code(),
-            1
-        );
+        assert_eq!(CliError::Output(std::io::Error::other("x")).exit_code(), 1);
         assert_eq!(CliError::Usage("x".into()).exit_code(), 2);
         assert_eq!(api(400).exit_code(), 2);
         assert_eq!(api(413).exit_code(), 2);
@@ -184,7 +182,7 @@ mod tests {
         p.existing_id = Some(id);
         let e = CliError::Api {
             status: 409,
-            problem: p,
+            problem: Box::new(p),
         };
         assert_eq!(
             e.to_string(),
@@ -197,12 +195,12 @@ mod tests {
     fn message_is_one_line_and_falls_back_to_the_title() {
         let e = CliError::Api {
             status: 500,
-            problem: problem(500, "about:blank", "line one\nline two"),
+            problem: Box::new(problem(500, "about:blank", "line one\nline two")),
         };
         assert_eq!(e.to_string(), "line one line two");
         let e = CliError::Api {
             status: 500,
-            problem: problem(500, "about:blank", " "),
+            problem: Box::new(problem(500, "about:blank", " ")),
         };
         assert_eq!(e.to_string(), "Title");
     }

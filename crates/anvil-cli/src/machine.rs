@@ -16,7 +16,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-/// The `machine` subcommands.
+/// Manage the machine inventory.
 #[derive(Debug, Clone, PartialEq, Subcommand)]
 pub enum MachineCmd {
     /// List machines: one page, or every page with --all.
@@ -29,9 +29,9 @@ pub enum MachineCmd {
         target: String,
     },
     /// Enroll a machine.
-    Add(MachineAddArgs),
+    Add(Box<MachineAddArgs>),
     /// Change a machine: only the given fields change.
-    Edit(MachineEditArgs),
+    Edit(Box<MachineEditArgs>),
     /// Delete a machine. Exits with 3 when there is no such machine, so a
     /// script can treat "already gone" as success.
     #[command(visible_alias = "delete")]
@@ -114,8 +114,10 @@ pub struct MachineFields {
     /// Boot firmware.
     #[arg(long, ignore_case = true, value_parser = choice(Firmware::ALL, Firmware::as_str))]
     pub firmware: Option<Firmware>,
+    /// Manufacturer, e.g. Dell.
     #[arg(long)]
     pub vendor: Option<String>,
+    /// Product name, e.g. PowerEdge R650.
     #[arg(long)]
     pub model: Option<String>,
     /// Serial number.
@@ -149,8 +151,10 @@ pub struct BmcArgs {
     /// BMC host name or IP address (needed to add a BMC).
     #[arg(long, value_name = "HOST")]
     pub bmc_address: Option<String>,
+    /// BMC port, if not the protocol's default.
     #[arg(long, value_name = "PORT")]
     pub bmc_port: Option<u16>,
+    /// User name to log in to the BMC.
     #[arg(long, value_name = "USER")]
     pub bmc_username: Option<String>,
     /// Read the BMC password from the first line of FILE.
@@ -239,7 +243,11 @@ async fn list_all(client: &Client, mut query: MachineQuery) -> Result<MachineLis
         }
         query.offset = Some(offset);
         let page = client.list_machines(&query).await?;
-        next = if page.items.is_empty() { None } else { page.next_offset };
+        next = if page.items.is_empty() {
+            None
+        } else {
+            page.next_offset
+        };
         all.items.extend(page.items);
         all.total = page.total;
     }
@@ -248,7 +256,7 @@ async fn list_all(client: &Client, mut query: MachineQuery) -> Result<MachineLis
 }
 
 impl MachineAddArgs {
-    fn create_body(&self) -> Result<MachineCreate, CliError> {
+    pub(crate) fn create_body(&self) -> Result<MachineCreate, CliError> {
         let f = &self.fields;
         Ok(MachineCreate {
             hostname: self.hostname.to_string(),
@@ -315,7 +323,7 @@ fn nothing_to_change() -> CliError {
 }
 
 impl MachineEditArgs {
-    fn patch(
+    pub(crate) fn patch(
         &self,
         current: Option<&Machine>,
         bmc_password: Option<String>,

@@ -40,7 +40,7 @@ pub(crate) fn render<T: Serialize + ?Sized>(
         OutputFormat::Table => table(value),
         OutputFormat::Json => serde_json::to_string_pretty(value)
             .map_err(|e| CliError::Internal(format!("cannot encode JSON: {e}")))?,
-        OutputFormat::Yaml => serde_saphyr::to_string(value)
+        OutputFormat::Yaml => serde_saphyr::to_string(&value)
             .map_err(|e| CliError::Internal(format!("cannot encode YAML: {e}")))?,
     };
     if !out.is_empty() && !out.ends_with('\n') {
@@ -121,7 +121,10 @@ pub(crate) fn machine_table(m: &Machine) -> String {
             ("Address", b.address.clone()),
             ("Port", opt(b.port)),
             ("Username", opt(b.username.as_ref())),
-            ("Password", if b.has_password { "set" } else { "not set" }.to_string()),
+            (
+                "Password",
+                if b.has_password { "set" } else { "not set" }.to_string(),
+            ),
             ("Verify TLS", yes_no(b.verify_tls).to_string()),
         ]))),
     }
@@ -135,8 +138,9 @@ pub(crate) fn token_list_table(tokens: &[Token]) -> String {
             t.name.clone(),
             t.username.clone(),
             timestamp(t.created_at),
-            t.last_used_at.map_or_else(|| "never".to_string(), timestamp),
-        t.id.to_string(),
+            t.last_used_at
+                .map_or_else(|| "never".to_string(), timestamp),
+            t.id.to_string(),
         ]
     });
     columns(&["NAME", "USER", "CREATED", "LAST USED", "ID"], rows)
@@ -232,7 +236,11 @@ fn opt<T: ToString>(v: Option<T>) -> String {
 
 fn join(items: impl Iterator<Item = String>) -> String {
     let joined = items.collect::<Vec<_>>().join(",");
-    if joined.is_empty() { "-".to_string() } else { joined }
+    if joined.is_empty() {
+        "-".to_string()
+    } else {
+        joined
+    }
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -274,7 +282,7 @@ mod tests {
     use serde_json::json;
     use time::macros::datetime;
 
-    pub(crate) fn sample_machine() -> Machine {
+    fn sample_machine() -> Machine {
         Machine {
             id: "0190f1e2-7a3b-7c4d-8e5f-0123456789ab".parse().unwrap(),
             hostname: "node-01".into(),
@@ -365,7 +373,7 @@ BMC:
         };
         let out = render(OutputFormat::Table, &list, machine_list_table).unwrap();
         let want = "\
-HOSTNAME  STATE  ARCH   MACS                                TAGS       ID
+HOSTNAME  STATE  ARCH   MACS                                 TAGS       ID
 node-01   ready  amd64  52:54:00:12:34:56,52:54:00:12:34:57  rack1,gpu  0190f1e2-7a3b-7c4d-8e5f-0123456789ab
 node-02   ready  -      -                                    -          0190f1e2-7a3b-7c4d-8e5f-0123456789ab
 ";
@@ -393,7 +401,8 @@ node-02   ready  -      -                                    -          0190f1e2
         assert!(out.contains("hostname: node-01\n"), "{out}");
         assert!(out.contains("state: ready\n"), "{out}");
         assert!(out.contains("52:54:00:12:34:56"), "{out}");
-        assert!(!out.contains("password:"), "{out}");
+        assert!(out.contains("\n  has_password: true\n"), "{out}");
+        assert!(!out.contains("\n  password:"), "{out}");
         // YAML is a superset of JSON's data model: reading it back as JSON
         // values gives the JSON output.
         let from_yaml: serde_json::Value = serde_saphyr::from_str(&out).unwrap();

@@ -41,12 +41,17 @@ pub(crate) fn from_file_or_env(
         let text = std::fs::read_to_string(path).map_err(|e| {
             CliError::Usage(format!("cannot read password file {}: {e}", path.display()))
         })?;
-        return non_empty(first_line(&text), &format!("password file {}", path.display()))
-            .map(Some);
+        return non_empty(
+            first_line(&text),
+            &format!("password file {}", path.display()),
+        )
+        .map(Some);
     }
     if let Some(var) = env {
         let value = std::env::var(var).map_err(|e| {
-            CliError::Usage(format!("cannot read password from environment variable {var}: {e}"))
+            CliError::Usage(format!(
+                "cannot read password from environment variable {var}: {e}"
+            ))
         })?;
         return non_empty(&value, &format!("environment variable {var}")).map(Some);
     }
@@ -115,7 +120,10 @@ mod tests {
         assert!(e.to_string().contains("is empty"), "{e}");
         let e = from_file_or_env(Some(&dir.path().join("missing")), None).unwrap_err();
         assert_eq!(e.exit_code(), 2);
-        assert!(e.to_string().starts_with("cannot read password file"), "{e}");
+        assert!(
+            e.to_string().starts_with("cannot read password file"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use uuid::Uuid;
 
-/// The `token` subcommands.
+/// Manage API tokens.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum TokenCmd {
     /// Create an API token; its secret is printed this once.
@@ -70,7 +70,11 @@ pub async fn run_token(g: &GlobalOpts, cmd: TokenCmd) -> Result<(), CliError> {
         }
         TokenCmd::List => {
             let tokens = Client::from_opts(g)?.list_tokens().await?;
-            output::print(&render(g.output, tokens.as_slice(), output::token_list_table)?)
+            output::print(&render(
+                g.output,
+                tokens.as_slice(),
+                output::token_list_table,
+            )?)
         }
         TokenCmd::Revoke { id } => {
             Client::from_opts(g)?.revoke_token(id).await?;

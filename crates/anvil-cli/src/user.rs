@@ -8,8 +8,10 @@ use crate::secret::PasswordArgs;
 use anvil_api_types::{PasswordChange, UserCreate};
 use clap::Subcommand;
 
-/// The `user` subcommands. Passwords come from --password-file,
-/// --password-env or one line of stdin, never from an argument.
+/// Manage users.
+///
+/// Passwords come from --password-file, --password-env or one line of
+/// stdin, never from an argument.
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum UserCmd {
     /// Create a user.
