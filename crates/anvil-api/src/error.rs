@@ -35,7 +35,12 @@ impl ApiError {
     }
 
     pub fn malformed(detail: impl Into<String>) -> Self {
-        ApiError::new(StatusCode::BAD_REQUEST, pt::MALFORMED, "Malformed request", detail)
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            pt::MALFORMED,
+            "Malformed request",
+            detail,
+        )
     }
 
     pub fn validation(field: Option<String>, detail: impl Into<String>) -> Self {
@@ -57,7 +62,12 @@ impl From<Error> for ApiError {
             Error::Duplicate {
                 field, existing, ..
             } => {
-                let mut a = ApiError::new(StatusCode::CONFLICT, pt::DUPLICATE, "Already exists", e.to_string());
+                let mut a = ApiError::new(
+                    StatusCode::CONFLICT,
+                    pt::DUPLICATE,
+                    "Already exists",
+                    e.to_string(),
+                );
                 a.problem.field = Some(field.to_string());
                 a.problem.existing_id = *existing;
                 a
@@ -88,7 +98,9 @@ impl From<Error> for ApiError {
                 "Unauthorized",
                 "a valid API token is required: send 'Authorization: Bearer <token>'",
             ),
-            Error::Forbidden(why) => ApiError::new(StatusCode::FORBIDDEN, pt::FORBIDDEN, "Forbidden", *why),
+            Error::Forbidden(why) => {
+                ApiError::new(StatusCode::FORBIDDEN, pt::FORBIDDEN, "Forbidden", *why)
+            }
             Error::Unavailable { .. } => {
                 tracing::error!(error = %chain(&e), "database unavailable");
                 ApiError::new(

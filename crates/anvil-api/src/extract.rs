@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use anvil_api_types::problem_types as pt;
 use anvil_core::{App, Principal};
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -21,8 +21,12 @@ impl FromRequestParts<App> for Auth {
             .headers
             .get(axum::http::header::AUTHORIZATION)
             .ok_or(anvil_core::Error::Unauthenticated)?;
-        let value = header.to_str().map_err(|_| anvil_core::Error::Unauthenticated)?;
-        let (scheme, secret) = value.split_once(' ').ok_or(anvil_core::Error::Unauthenticated)?;
+        let value = header
+            .to_str()
+            .map_err(|_| anvil_core::Error::Unauthenticated)?;
+        let (scheme, secret) = value
+            .split_once(' ')
+            .ok_or(anvil_core::Error::Unauthenticated)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err(anvil_core::Error::Unauthenticated.into());
         }
@@ -30,48 +34,78 @@ impl FromRequestParts<App> for Auth {
     }
 }
 
-/// JSON body; rejections become problem+json.
+/// JSON body; rejections become problem+json. The body is parsed in two
+/// steps so the answer says which is wrong: not JSON at all (400), or JSON
+/// of the wrong shape (422, naming the field by its path, e.g.
+/// `interfaces[0].mac`).
 pub struct ApiJson<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(rej) => Err(json_rejection(rej)),
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .map(|m| {
+                let m = m.trim().to_ascii_lowercase();
+                m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                pt::UNSUPPORTED_MEDIA_TYPE,
+                "Unsupported media type",
+                "send the body as JSON with 'Content-Type: application/json'",
+            ));
         }
-    }
-}
-
-fn json_rejection(rej: JsonRejection) -> ApiError {
-    let status = rej.status();
-    match rej {
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            pt::UNSUPPORTED_MEDIA_TYPE,
-            "Unsupported media type",
-            "send the body as JSON with 'Content-Type: application/json'",
-        ),
-        JsonRejection::JsonDataError(e) => {
-            // serde's message names the field ("unknown field `hostnme`",
-            // "invalid type: … at line 1 column 9").
-            let detail = e.body_text();
-            let field = detail
-                .split('`')
-                .nth(1)
-                .filter(|_| detail.contains("field"))
-                .map(str::to_string);
-            ApiError::validation(field, detail)
+        let body = bytes::Bytes::from_request(req, state)
+            .await
+            .map_err(|rej| {
+                if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        pt::PAYLOAD_TOO_LARGE,
+                        "Payload too large",
+                        format!("the request body is larger than {} bytes", crate::MAX_BODY),
+                    )
+                } else {
+                    ApiError::malformed(rej.body_text())
+                }
+            })?;
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::malformed(format!("the body is not valid JSON: {e}")))?;
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(v) => Ok(ApiJson(v)),
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                // For an unknown field serde names it in the message, and the
+                // path is its parent; name the offending field itself.
+                let field = match inner.split('`').nth(1) {
+                    Some(f)
+                        if inner.starts_with("unknown field")
+                            || inner.starts_with("missing field") =>
+                    {
+                        if path == "." {
+                            f.to_string()
+                        } else {
+                            format!("{path}.{f}")
+                        }
+                    }
+                    _ => path.clone(),
+                };
+                let field = (field != ".").then_some(field);
+                let detail = match &field {
+                    Some(f) => format!("{f}: {inner}"),
+                    None => inner,
+                };
+                Err(ApiError::validation(field, detail))
+            }
         }
-        JsonRejection::JsonSyntaxError(e) => ApiError::malformed(e.body_text()),
-        other if status == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            pt::PAYLOAD_TOO_LARGE,
-            "Payload too large",
-            format!("the request body is larger than the limit ({})", other.body_text()),
-        ),
-        other => ApiError::malformed(other.body_text()),
     }
 }
 

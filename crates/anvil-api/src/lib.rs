@@ -35,7 +35,9 @@ pub fn router(app: App) -> Router {
         .route("/machines", get(list_machines).post(create_machine))
         .route(
             "/machines/{id}",
-            get(get_machine).patch(update_machine).delete(delete_machine),
+            get(get_machine)
+                .patch(update_machine)
+                .delete(delete_machine),
         )
         .route("/machines/{id}/state", post(change_state))
         .route("/machines/{id}/events", get(machine_events))
@@ -120,7 +122,10 @@ pub fn openapi_document() -> String {
 
 async fn openapi_json() -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         openapi_document(),
     )
         .into_response()
@@ -267,7 +272,10 @@ async fn add_interface(
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<InterfaceInput>,
 ) -> ApiResult<(StatusCode, J<Interface>)> {
-    Ok((StatusCode::CREATED, axum::Json(app.add_interface(&p, &id, body).await?)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(app.add_interface(&p, &id, body).await?),
+    ))
 }
 
 /// Changes an interface.
@@ -281,7 +289,9 @@ async fn update_interface(
     ApiPath((id, iface)): ApiPath<(String, Uuid)>,
     ApiJson(body): ApiJson<InterfacePatch>,
 ) -> ApiResult<J<Interface>> {
-    Ok(axum::Json(app.update_interface(&p, &id, iface, body).await?))
+    Ok(axum::Json(
+        app.update_interface(&p, &id, iface, body).await?,
+    ))
 }
 
 /// Removes an interface.
@@ -311,7 +321,10 @@ async fn create_token(
     Auth(p): Auth,
     ApiJson(body): ApiJson<TokenCreate>,
 ) -> ApiResult<(StatusCode, J<TokenCreated>)> {
-    Ok((StatusCode::CREATED, axum::Json(app.create_token(&p, &body.name, None).await?)))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(app.create_token(&p, &body.name, None).await?),
+    ))
 }
 
 /// Revokes a token.

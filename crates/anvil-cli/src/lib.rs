@@ -28,7 +28,7 @@ pub use machine::{
 };
 pub use output::OutputFormat;
 pub use secret::PasswordArgs;
-pub use token::{TokenCmd, TokenCreateArgs, run_token};
+pub use token::{TokenCmd, TokenCreateArgs, print_token_created, run_token};
 pub use user::{UserCmd, run_user};
 
 use clap::Args;
@@ -365,8 +365,14 @@ mod tests {
         else {
             panic!("not token create");
         };
-        assert_eq!(args.name, "ci");
+        assert_eq!(args.name.as_deref(), Some("ci"));
         assert!(args.local);
+        // The bootstrap form automation uses: no name with --local.
+        assert!(parse("token create --local --data-dir /d").is_ok());
+        assert_eq!(
+            refused("token create"),
+            clap::error::ErrorKind::MissingRequiredArgument
+        );
         assert_eq!(
             args.data_dir.as_deref(),
             Some(std::path::Path::new("/var/lib/anvil"))

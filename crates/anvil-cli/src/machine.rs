@@ -138,8 +138,8 @@ pub struct MachineFields {
     pub bmc: BmcArgs,
 }
 
-/// The BMC options. There is no password flag on purpose (see
-/// [`crate::secret`]). On edit, the given options are applied over the
+/// The BMC options. There is no password flag on purpose: arguments are
+/// visible to every user through `ps` and end up in shell history. On edit, the given options are applied over the
 /// machine's current BMC, and the stored password is kept unless a new one
 /// is given.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Args)]

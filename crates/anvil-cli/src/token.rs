@@ -20,6 +20,10 @@ use uuid::Uuid;
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum TokenCmd {
     /// Create an API token; its secret is printed this once.
+    ///
+    /// In table mode stdout gets only the secret (the note goes to stderr),
+    /// so `TOKEN=$(anvil token create ci)` captures exactly the secret.
+    /// -o json and -o yaml print the whole token, secret included.
     Create(TokenCreateArgs),
     /// List the API tokens (without secrets).
     #[command(visible_alias = "ls")]
@@ -36,9 +40,10 @@ pub enum TokenCmd {
 /// token is made, when no token exists to authenticate with.
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct TokenCreateArgs {
-    /// A name saying what the token is for, e.g. ansible.
-    #[arg(value_parser = NonEmptyStringValueParser::new())]
-    pub name: String,
+    /// A name saying what the token is for, e.g. ansible. Required unless
+    /// --local, where it defaults to "local".
+    #[arg(value_parser = NonEmptyStringValueParser::new(), required_unless_present = "local")]
+    pub name: Option<String>,
     /// Write the token straight into the database instead of calling the API.
     #[arg(long)]
     pub local: bool,
@@ -48,6 +53,18 @@ pub struct TokenCreateArgs {
     /// Database of the server (with --local).
     #[arg(long, value_name = "URL", requires = "local")]
     pub database_url: Option<String>,
+}
+
+/// Prints a new token as `token create` does (used by `--local` too, so both
+/// paths print the same thing).
+pub fn print_token_created(
+    created: &anvil_api_types::TokenCreated,
+    format: OutputFormat,
+) -> Result<(), CliError> {
+    if format == OutputFormat::Table {
+        eprint!("{}", token_created_note(created));
+    }
+    output::print(&render(format, created, token_created_table)?)
 }
 
 /// Runs a `token` subcommand against the API. `token create --local` is not
@@ -60,13 +77,13 @@ pub async fn run_token(g: &GlobalOpts, cmd: TokenCmd) -> Result<(), CliError> {
                     "--local is handled by the anvil binary".into(),
                 ));
             }
+            let name = args
+                .name
+                .ok_or_else(|| CliError::Usage("token create needs a NAME".into()))?;
             let created = Client::from_opts(g)?
-                .create_token(&TokenCreate { name: args.name })
+                .create_token(&TokenCreate { name })
                 .await?;
-            if g.output == OutputFormat::Table {
-                eprint!("{}", token_created_note(&created));
-            }
-            output::print(&render(g.output, &created, token_created_table)?)
+            print_token_created(&created, g.output)
         }
         TokenCmd::List => {
             let tokens = Client::from_opts(g)?.list_tokens().await?;

@@ -12,8 +12,8 @@
 use crate::error::{Error, Result};
 use aes_gcm::aead::{Aead, KeyInit, OsRng};
 use aes_gcm::{AeadCore, Aes256Gcm, Key, Nonce};
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -58,7 +58,9 @@ impl SecretBox {
     /// else from `<data_dir>/secret.key`, created if missing.
     pub fn load_or_create(data_dir: &Path, env_key: Option<&str>) -> Result<Self, KeyError> {
         if let Some(hexkey) = env_key {
-            return parse_key(hexkey).map(Self::from_key).ok_or(KeyError::BadEnvKey);
+            return parse_key(hexkey)
+                .map(Self::from_key)
+                .ok_or(KeyError::BadEnvKey);
         }
         let path = data_dir.join(KEY_FILE);
         let shown = path.display().to_string();
@@ -69,20 +71,30 @@ impl SecretBox {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 OsRng.fill_bytes(&mut key);
-                write_private(&path, &format!("{}\n", hex::encode(key)))
-                    .map_err(|source| KeyError::Io { path: shown, source })?;
+                write_private(&path, &format!("{}\n", hex::encode(key))).map_err(|source| {
+                    KeyError::Io {
+                        path: shown,
+                        source,
+                    }
+                })?;
                 Ok(Self::from_key(key))
             }
-            Err(source) => Err(KeyError::Io { path: shown, source }),
+            Err(source) => Err(KeyError::Io {
+                path: shown,
+                source,
+            }),
         }
     }
 
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let ct = self.cipher.encrypt(&nonce, plaintext).map_err(|_| Error::Internal {
-            context: "encrypting a secret",
-            source: "AES-GCM encryption failed".into(),
-        })?;
+        let ct = self
+            .cipher
+            .encrypt(&nonce, plaintext)
+            .map_err(|_| Error::Internal {
+                context: "encrypting a secret",
+                source: "AES-GCM encryption failed".into(),
+            })?;
         let mut out = Vec::with_capacity(1 + nonce.len() + ct.len());
         out.push(FORMAT_V1);
         out.extend_from_slice(&nonce);
@@ -91,15 +103,19 @@ impl SecretBox {
     }
 
     pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
-        let fail = || Error::Internal {
+        let fail = || {
+            Error::Internal {
             context: "decrypting a secret",
             source: "the stored secret does not decrypt with this key (was the data directory's secret.key replaced?)".into(),
+        }
         };
         if sealed.len() < 1 + 12 + 16 || sealed[0] != FORMAT_V1 {
             return Err(fail());
         }
         let nonce = Nonce::from_slice(&sealed[1..13]);
-        self.cipher.decrypt(nonce, &sealed[13..]).map_err(|_| fail())
+        self.cipher
+            .decrypt(nonce, &sealed[13..])
+            .map_err(|_| fail())
     }
 }
 
@@ -149,7 +165,11 @@ pub fn hash_password(password: &str) -> Result<String> {
 
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -178,7 +198,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
         assert!(matches!(

@@ -44,8 +44,9 @@ fn tags(v: Vec<String>) -> Result<Vec<String>> {
         let t = t.trim().to_string();
         let ok = !t.is_empty()
             && t.len() <= limits::MAX_TAG_LEN
-            && t.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'='));
+            && t.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'=')
+            });
         if !ok {
             return Err(Error::invalid(
                 format!("tags[{i}]"),
@@ -85,17 +86,19 @@ fn ipv4(field: &str, v: Option<String>) -> Result<Option<String>> {
 }
 
 fn mac(field: &str, v: &str) -> Result<MacAddr> {
-    v.parse::<MacAddr>().map_err(|e| Error::from_parse(field, e))
+    v.parse::<MacAddr>()
+        .map_err(|e| Error::from_parse(field, e))
 }
 
 fn iface_name(field: &str, v: &str) -> Result<String> {
-    let ok = !v.is_empty()
-        && v.len() <= 32
-        && v.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    let ok = !v.is_empty() && v.len() <= 32 && v.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
     if ok {
         Ok(v.to_string())
     } else {
-        Err(Error::invalid(field, "1 to 32 printable characters without '/'"))
+        Err(Error::invalid(
+            field,
+            "1 to 32 printable characters without '/'",
+        ))
     }
 }
 
@@ -154,7 +157,9 @@ fn bmc(app: &App, inp: BmcInput, old: Option<&Bmc>) -> Result<(Bmc, SecretUpdate
     }
     let username = text("bmc.username", inp.username)?;
     let secret = match inp.password {
-        Some(p) if p.len() > 1024 => return Err(Error::invalid("bmc.password", "at most 1024 bytes")),
+        Some(p) if p.len() > 1024 => {
+            return Err(Error::invalid("bmc.password", "at most 1024 bytes"));
+        }
         Some(p) => SecretUpdate::Set(app.secrets.seal(p.as_bytes())?),
         None => SecretUpdate::Keep,
     };
@@ -175,7 +180,13 @@ fn bmc(app: &App, inp: BmcInput, old: Option<&Bmc>) -> Result<(Bmc, SecretUpdate
     ))
 }
 
-fn event(by: &Principal, m: &Machine, kind: &str, message: String, data: serde_json::Value) -> NewEvent {
+fn event(
+    by: &Principal,
+    m: &Machine,
+    kind: &str,
+    message: String,
+    data: serde_json::Value,
+) -> NewEvent {
     NewEvent {
         time: m.updated_at,
         actor: by.actor(),
@@ -213,7 +224,10 @@ impl App {
                     _ => {
                         return Err(Error::invalid(
                             "sort",
-                            format!("one of {}, optionally prefixed with '-'", MACHINE_SORT_KEYS.join(", ")),
+                            format!(
+                                "one of {}, optionally prefixed with '-'",
+                                MACHINE_SORT_KEYS.join(", ")
+                            ),
                         ));
                     }
                 };
@@ -224,7 +238,10 @@ impl App {
             state: q
                 .state
                 .as_deref()
-                .map(|s| s.parse::<MachineState>().map_err(|e| Error::from_parse("state", e)))
+                .map(|s| {
+                    s.parse::<MachineState>()
+                        .map_err(|e| Error::from_parse("state", e))
+                })
                 .transpose()?,
             tag: q.tag.filter(|t| !t.is_empty()),
             mac: q.mac.as_deref().map(|m| mac("mac", m)).transpose()?,
@@ -326,7 +343,12 @@ impl App {
 
     /// Applies a PATCH. Fields absent are kept; a PATCH that changes nothing
     /// writes nothing (no event, no new `updated_at`).
-    pub async fn update_machine(&self, by: &Principal, ident: &str, p: MachinePatch) -> Result<Machine> {
+    pub async fn update_machine(
+        &self,
+        by: &Principal,
+        ident: &str,
+        p: MachinePatch,
+    ) -> Result<Machine> {
         let old = self.get_machine(ident).await?;
         let mut new = old.clone();
         let mut changed: Vec<&'static str> = Vec::new();
@@ -370,7 +392,18 @@ impl App {
         macro_rules! diff {
             ($($f:ident),*) => { $( if new.$f != old.$f { changed.push(stringify!($f)); } )* };
         }
-        diff!(hostname, architecture, firmware, vendor, model, serial, tags, facts, interfaces, bmc);
+        diff!(
+            hostname,
+            architecture,
+            firmware,
+            vendor,
+            model,
+            serial,
+            tags,
+            facts,
+            interfaces,
+            bmc
+        );
         if secret != SecretUpdate::Keep && !changed.contains(&"bmc") {
             changed.push("bmc");
         }
@@ -438,7 +471,12 @@ impl App {
 
     /// Moves a machine through the lifecycle. An illegal move is refused with
     /// the current state.
-    pub async fn change_state(&self, by: &Principal, ident: &str, c: StateChange) -> Result<Machine> {
+    pub async fn change_state(
+        &self,
+        by: &Principal,
+        ident: &str,
+        c: StateChange,
+    ) -> Result<Machine> {
         let m = self.get_machine(ident).await?;
         let reason = text("reason", c.reason)?;
         m.state
@@ -464,7 +502,14 @@ impl App {
         );
         match self
             .store
-            .set_state(m.id, m.state, c.state, reason.as_deref(), new.updated_at, &ev)
+            .set_state(
+                m.id,
+                m.state,
+                c.state,
+                reason.as_deref(),
+                new.updated_at,
+                &ev,
+            )
             .await
         {
             Ok(()) => Ok(new),
@@ -475,7 +520,12 @@ impl App {
         }
     }
 
-    pub async fn add_interface(&self, by: &Principal, ident: &str, i: InterfaceInput) -> Result<Interface> {
+    pub async fn add_interface(
+        &self,
+        by: &Principal,
+        ident: &str,
+        i: InterfaceInput,
+    ) -> Result<Interface> {
         let m = self.get_machine(ident).await?;
         let mut inputs: Vec<InterfaceInput> = m.interfaces.iter().map(to_input).collect();
         let mac_wanted = mac("mac", &i.mac)?;
@@ -633,7 +683,11 @@ impl App {
         Ok(MachineState::ALL
             .iter()
             .map(|s| {
-                let n = counts.iter().find(|(c, _)| c == s).map(|(_, n)| *n).unwrap_or(0);
+                let n = counts
+                    .iter()
+                    .find(|(c, _)| c == s)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
                 (*s, n)
             })
             .collect())
@@ -645,10 +699,12 @@ impl App {
             None => Ok(None),
             Some(sealed) => {
                 let plain = self.secrets.open(&sealed)?;
-                String::from_utf8(plain).map(Some).map_err(|e| Error::Internal {
-                    context: "decoding a BMC password",
-                    source: Box::new(e),
-                })
+                String::from_utf8(plain)
+                    .map(Some)
+                    .map_err(|e| Error::Internal {
+                        context: "decoding a BMC password",
+                        source: Box::new(e),
+                    })
             }
         }
     }
@@ -676,7 +732,10 @@ fn strip_index(e: Error, prefix: &str) -> Error {
     match e {
         Error::Invalid { field, message } if field.starts_with(prefix) => {
             let short = field.rsplit('.').next().unwrap_or(&field).to_string();
-            Error::Invalid { field: short, message }
+            Error::Invalid {
+                field: short,
+                message,
+            }
         }
         other => other,
     }

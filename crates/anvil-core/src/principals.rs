@@ -13,7 +13,10 @@ use uuid::Uuid;
 pub enum Principal {
     User(User),
     /// A request authenticated by an API token, acting for its owner.
-    Token { token: Token, user: User },
+    Token {
+        token: Token,
+        user: User,
+    },
     /// Anvil itself (background work, bootstrap).
     System,
 }
@@ -187,7 +190,13 @@ impl App {
         let csrf = random_token(24);
         let at = now();
         self.store
-            .insert_session(&sha256_hex(&id), rec.user.id, &csrf, at, at + self.session_ttl)
+            .insert_session(
+                &sha256_hex(&id),
+                rec.user.id,
+                &csrf,
+                at,
+                at + self.session_ttl,
+            )
             .await?;
         let _ = self.store.purge_sessions(at).await;
         Ok(Some(SessionCookie {
@@ -311,5 +320,4 @@ pub struct SessionCookie {
 }
 
 /// A valid argon2id hash of a random string, used to equalise login timing.
-const DUMMY_HASH: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9Gf5bQ4m1Vb3pFvJk3VnH6P9r3rLwH1yqQy2s0yKf0Q";
+const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$9Gf5bQ4m1Vb3pFvJk3VnH6P9r3rLwH1yqQy2s0yKf0Q";

@@ -39,7 +39,10 @@ pub enum StoreError {
         source: sqlx::Error,
     },
     #[error("stored value of {column} is not valid: {message}")]
-    Corrupt { column: &'static str, message: String },
+    Corrupt {
+        column: &'static str,
+        message: String,
+    },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -14,9 +14,7 @@ mod principals;
 mod ts;
 
 pub use error::{Result, StoreError};
-pub use machines::{
-    EventFilter, MachineFilter, MachineWrite, NewEvent, SecretUpdate, SortKey,
-};
+pub use machines::{EventFilter, MachineFilter, MachineWrite, NewEvent, SecretUpdate, SortKey};
 pub use open::{Access, Backend, redact_url};
 pub use principals::{SessionRecord, UserRecord};
 pub use ts::truncate_to_micros;

@@ -5,7 +5,7 @@ use crate::ts::Ts;
 use crate::{Store, on_pool};
 use anvil_types::{Bmc, BmcDriver, Event, Interface, MacAddr, Machine, MachineState};
 use sqlx::types::Json;
-use sqlx::{Row, QueryBuilder};
+use sqlx::{QueryBuilder, Row};
 use std::collections::HashMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -93,7 +93,8 @@ fn parse_opt<T: std::str::FromStr>(column: &'static str, v: Option<String>) -> R
 where
     T::Err: std::fmt::Display,
 {
-    v.map(|s| s.parse::<T>().map_err(|e| corrupt(column, e))).transpose()
+    v.map(|s| s.parse::<T>().map_err(|e| corrupt(column, e)))
+        .transpose()
 }
 
 /// Decodes the machine columns of a row (children are filled in later).
@@ -101,15 +102,23 @@ macro_rules! machine_from_row {
     ($row:expr) => {{
         let row = $row;
         let get = |c: &'static str| -> Result<Option<String>> {
-            row.try_get::<Option<String>, _>(c).map_err(|e| corrupt(c, e))
+            row.try_get::<Option<String>, _>(c)
+                .map_err(|e| corrupt(c, e))
         };
         let state: String = row.try_get("state").map_err(|e| corrupt("state", e))?;
-        let facts: Json<serde_json::Value> = row.try_get("facts").map_err(|e| corrupt("facts", e))?;
-        let created: Ts = row.try_get("created_at").map_err(|e| corrupt("created_at", e))?;
-        let updated: Ts = row.try_get("updated_at").map_err(|e| corrupt("updated_at", e))?;
+        let facts: Json<serde_json::Value> =
+            row.try_get("facts").map_err(|e| corrupt("facts", e))?;
+        let created: Ts = row
+            .try_get("created_at")
+            .map_err(|e| corrupt("created_at", e))?;
+        let updated: Ts = row
+            .try_get("updated_at")
+            .map_err(|e| corrupt("updated_at", e))?;
         Machine {
             id: row.try_get("id").map_err(|e| corrupt("id", e))?,
-            hostname: row.try_get("hostname").map_err(|e| corrupt("hostname", e))?,
+            hostname: row
+                .try_get("hostname")
+                .map_err(|e| corrupt("hostname", e))?,
             state: state.parse().map_err(|e| corrupt("state", e))?,
             state_reason: get("state_reason")?,
             architecture: parse_opt("architecture", get("architecture")?)?,
@@ -293,7 +302,9 @@ macro_rules! write_children {
 
 fn named_duplicate(e: StoreError, m: &Machine) -> StoreError {
     match e {
-        StoreError::Duplicate { what: "hostname", .. } => StoreError::Duplicate {
+        StoreError::Duplicate {
+            what: "hostname", ..
+        } => StoreError::Duplicate {
             what: "hostname",
             value: m.hostname.clone(),
         },
@@ -307,7 +318,8 @@ where
 {
     qb.push(" WHERE 1 = 1");
     if let Some(state) = f.state {
-        qb.push(" AND m.state = ").push_bind(state.as_str().to_string());
+        qb.push(" AND m.state = ")
+            .push_bind(state.as_str().to_string());
     }
     if let Some(tag) = &f.tag {
         qb.push(" AND EXISTS (SELECT 1 FROM machine_tags t WHERE t.machine_id = m.id AND t.tag = ")
@@ -523,7 +535,11 @@ impl Store {
             qb.push(format!(" ORDER BY {} {dir}, m.id {dir}", f.sort.column()));
             qb.push(" LIMIT ").push_bind(i64::from(f.limit));
             qb.push(" OFFSET ").push_bind(f.offset as i64);
-            let rows = qb.build().fetch_all(p).await.map_err(query_err("list machines"))?;
+            let rows = qb
+                .build()
+                .fetch_all(p)
+                .await
+                .map_err(query_err("list machines"))?;
             let mut machines = Vec::with_capacity(rows.len());
             for row in &rows {
                 machines.push(machine_from_row!(row));
@@ -569,17 +585,25 @@ impl Store {
             if let Some(since) = f.since {
                 qb.push(" AND time >= ").push_bind(Ts(since));
             }
-            qb.push(" ORDER BY id ASC LIMIT ").push_bind(i64::from(f.limit));
-            let rows = qb.build().fetch_all(p).await.map_err(query_err("list events"))?;
+            qb.push(" ORDER BY id ASC LIMIT ")
+                .push_bind(i64::from(f.limit));
+            let rows = qb
+                .build()
+                .fetch_all(p)
+                .await
+                .map_err(query_err("list events"))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
                 let time: Ts = row.try_get("time").map_err(|e| corrupt("time", e))?;
-                let data: Json<serde_json::Value> = row.try_get("data").map_err(|e| corrupt("data", e))?;
+                let data: Json<serde_json::Value> =
+                    row.try_get("data").map_err(|e| corrupt("data", e))?;
                 out.push(Event {
                     id: row.try_get("id").map_err(|e| corrupt("id", e))?,
                     time: time.0,
                     actor: row.try_get("actor").map_err(|e| corrupt("actor", e))?,
-                    machine_id: row.try_get("machine_id").map_err(|e| corrupt("machine_id", e))?,
+                    machine_id: row
+                        .try_get("machine_id")
+                        .map_err(|e| corrupt("machine_id", e))?,
                     kind: row.try_get("kind").map_err(|e| corrupt("kind", e))?,
                     message: row.try_get("message").map_err(|e| corrupt("message", e))?,
                     data: data.0,

@@ -50,11 +50,15 @@ impl Store {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Store::open_postgres(url).await;
         }
-        let path = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"));
+        let path = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"));
         match path {
             Some(p) => Store::open_sqlite_with(Path::new(p), access).await,
             None if !url.contains("://") => Store::open_sqlite_with(Path::new(url), access).await,
-            None => Err(StoreError::UnsupportedUrl { url: url.to_string() }),
+            None => Err(StoreError::UnsupportedUrl {
+                url: url.to_string(),
+            }),
         }
     }
 

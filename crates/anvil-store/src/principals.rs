@@ -37,7 +37,9 @@ macro_rules! user_from_row {
             .try_get(concat!($prefix, "created_at"))
             .map_err(|e| corrupt("created_at", e))?;
         User {
-            id: row.try_get(concat!($prefix, "id")).map_err(|e| corrupt("id", e))?,
+            id: row
+                .try_get(concat!($prefix, "id"))
+                .map_err(|e| corrupt("id", e))?,
             username: row
                 .try_get(concat!($prefix, "username"))
                 .map_err(|e| corrupt("username", e))?,
@@ -85,7 +87,9 @@ impl Store {
             let Some(row) = row else { return Ok(None) };
             Ok(Some(UserRecord {
                 user: user_from_row!(&row, ""),
-                password_hash: row.try_get("password_hash").map_err(|e| corrupt("password_hash", e))?,
+                password_hash: row
+                    .try_get("password_hash")
+                    .map_err(|e| corrupt("password_hash", e))?,
             }))
         })
     }
@@ -105,10 +109,12 @@ impl Store {
 
     pub async fn list_users(&self) -> Result<Vec<User>> {
         on_pool!(self, |p, _b| {
-            let rows = sqlx::query("SELECT id, username, is_admin, created_at FROM users ORDER BY username")
-                .fetch_all(p)
-                .await
-                .map_err(query_err("list users"))?;
+            let rows = sqlx::query(
+                "SELECT id, username, is_admin, created_at FROM users ORDER BY username",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(query_err("list users"))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 out.push(user_from_row!(row, ""));
@@ -165,8 +171,12 @@ impl Store {
             .map_err(query_err("find token"))?;
             let Some(row) = row else { return Ok(None) };
             let user = user_from_row!(&row, "u_");
-            let created: Ts = row.try_get("t_created_at").map_err(|e| corrupt("created_at", e))?;
-            let used: Option<Ts> = row.try_get("t_last_used_at").map_err(|e| corrupt("last_used_at", e))?;
+            let created: Ts = row
+                .try_get("t_created_at")
+                .map_err(|e| corrupt("created_at", e))?;
+            let used: Option<Ts> = row
+                .try_get("t_last_used_at")
+                .map_err(|e| corrupt("last_used_at", e))?;
             let token = Token {
                 id: row.try_get("t_id").map_err(|e| corrupt("id", e))?,
                 name: row.try_get("t_name").map_err(|e| corrupt("name", e))?,
@@ -204,12 +214,18 @@ impl Store {
             .map_err(query_err("list tokens"))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows {
-                let created: Ts = row.try_get("created_at").map_err(|e| corrupt("created_at", e))?;
-                let used: Option<Ts> = row.try_get("last_used_at").map_err(|e| corrupt("last_used_at", e))?;
+                let created: Ts = row
+                    .try_get("created_at")
+                    .map_err(|e| corrupt("created_at", e))?;
+                let used: Option<Ts> = row
+                    .try_get("last_used_at")
+                    .map_err(|e| corrupt("last_used_at", e))?;
                 out.push(Token {
                     id: row.try_get("id").map_err(|e| corrupt("id", e))?,
                     name: row.try_get("name").map_err(|e| corrupt("name", e))?,
-                    username: row.try_get("username").map_err(|e| corrupt("username", e))?,
+                    username: row
+                        .try_get("username")
+                        .map_err(|e| corrupt("username", e))?,
                     created_at: created.0,
                     last_used_at: used.map(|t| t.0),
                 });
@@ -255,7 +271,11 @@ impl Store {
     }
 
     /// The session with this id hash if it has not expired at `now`.
-    pub async fn session(&self, id_hash: &str, now: OffsetDateTime) -> Result<Option<SessionRecord>> {
+    pub async fn session(
+        &self,
+        id_hash: &str,
+        now: OffsetDateTime,
+    ) -> Result<Option<SessionRecord>> {
         on_pool!(self, |p, _b| {
             let row = sqlx::query(
                 "SELECT s.csrf_token, s.expires_at, u.id, u.username, u.is_admin, u.created_at
@@ -267,10 +287,14 @@ impl Store {
             .await
             .map_err(query_err("find session"))?;
             let Some(row) = row else { return Ok(None) };
-            let expires: Ts = row.try_get("expires_at").map_err(|e| corrupt("expires_at", e))?;
+            let expires: Ts = row
+                .try_get("expires_at")
+                .map_err(|e| corrupt("expires_at", e))?;
             Ok(Some(SessionRecord {
                 user: user_from_row!(&row, ""),
-                csrf_token: row.try_get("csrf_token").map_err(|e| corrupt("csrf_token", e))?,
+                csrf_token: row
+                    .try_get("csrf_token")
+                    .map_err(|e| corrupt("csrf_token", e))?,
                 expires_at: expires.0,
             }))
         })

@@ -28,13 +28,20 @@ impl Drop for PgDb {
         let name = self.name.clone();
         // Drop runs outside any runtime we can block on; use a fresh one.
         let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             rt.block_on(async {
                 use sqlx::Executor;
-                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.ok()?;
-                conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
                     .await
-                    .ok()
+                    .ok()?;
+                conn.execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .ok()
             })
         })
         .join();
@@ -46,7 +53,9 @@ type Guard = Box<dyn std::any::Any>;
 
 async fn sqlite_store() -> Option<(Store, Guard)> {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_sqlite(&dir.path().join("anvil.db")).await.unwrap();
+    let store = Store::open_sqlite(&dir.path().join("anvil.db"))
+        .await
+        .unwrap();
     Some((store, Box::new(dir) as Guard))
 }
 
@@ -56,13 +65,19 @@ async fn postgres_store() -> Option<(Store, Guard)> {
             eprintln!("skipping the PostgreSQL half: ANVIL_SKIP_POSTGRES=1");
             return None;
         }
-        panic!("ANVIL_TEST_POSTGRES_URL is not set: run scripts/test.sh, or set ANVIL_SKIP_POSTGRES=1 to skip on purpose");
+        panic!(
+            "ANVIL_TEST_POSTGRES_URL is not set: run scripts/test.sh, or set ANVIL_SKIP_POSTGRES=1 to skip on purpose"
+        );
     };
     let name = format!("anvil_test_{}", Uuid::new_v4().simple());
     {
         use sqlx::Executor;
-        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
-        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).await.unwrap();
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap();
+        conn.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
     }
     let guard = PgDb {
         admin_url: admin_url.clone(),
@@ -177,7 +192,10 @@ async fn machine_round_trips_with_children(s: Store) {
     let mut want = m.clone();
     want.tags.sort();
     assert_eq!(s.get_machine(m.id).await.unwrap().unwrap(), want);
-    assert_eq!(s.get_machine_by_hostname("node-1").await.unwrap().unwrap(), want);
+    assert_eq!(
+        s.get_machine_by_hostname("node-1").await.unwrap().unwrap(),
+        want
+    );
     assert_eq!(s.machine_id_by_mac(&mac(1)).await.unwrap(), Some(m.id));
     assert_eq!(s.machine_id_by_mac(&mac(2)).await.unwrap(), None);
     assert!(s.get_machine(Uuid::now_v7()).await.unwrap().is_none());
@@ -190,20 +208,44 @@ async fn duplicates_name_the_column(s: Store) {
     insert(&s, &a).await;
     let mut b = machine("dup", 2);
     let e = s
-        .insert_machine(&MachineWrite { machine: b.clone(), bmc_secret: SecretUpdate::Keep }, &ev(&b, "x"))
+        .insert_machine(
+            &MachineWrite {
+                machine: b.clone(),
+                bmc_secret: SecretUpdate::Keep,
+            },
+            &ev(&b, "x"),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Duplicate { what: "hostname", ref value } if value == "dup"), "{e:?}");
+    assert!(
+        matches!(e, StoreError::Duplicate { what: "hostname", ref value } if value == "dup"),
+        "{e:?}"
+    );
     b.hostname = "other".into();
     b.interfaces[0].mac = mac(1);
     let e = s
-        .insert_machine(&MachineWrite { machine: b.clone(), bmc_secret: SecretUpdate::Keep }, &ev(&b, "x"))
+        .insert_machine(
+            &MachineWrite {
+                machine: b.clone(),
+                bmc_secret: SecretUpdate::Keep,
+            },
+            &ev(&b, "x"),
+        )
         .await
         .unwrap_err();
-    assert!(matches!(e, StoreError::Duplicate { what: "mac", .. }), "{e:?}");
+    assert!(
+        matches!(e, StoreError::Duplicate { what: "mac", .. }),
+        "{e:?}"
+    );
     // The failed inserts left nothing behind, not even their events.
     assert!(s.get_machine_by_hostname("other").await.unwrap().is_none());
-    let events = s.list_events(&EventFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let events = s
+        .list_events(&EventFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(events.len(), 1);
 }
 
@@ -213,15 +255,29 @@ async fn updates_check_concurrency_and_replace_children(s: Store) {
     let mut n = m.clone();
     n.hostname = "upd-2".into();
     n.tags = vec!["x".into()];
-    n.interfaces.push(Interface { id: Uuid::now_v7(), mac: mac(9), name: "eth1".into(), pxe: false, ipv4: None });
+    n.interfaces.push(Interface {
+        id: Uuid::now_v7(),
+        mac: mac(9),
+        name: "eth1".into(),
+        pxe: false,
+        ipv4: None,
+    });
     n.bmc = None;
     n.updated_at = m.updated_at + time::Duration::seconds(1);
-    let w = MachineWrite { machine: n.clone(), bmc_secret: SecretUpdate::Keep };
-    s.update_machine(&w, m.updated_at, &ev(&n, "machine.updated")).await.unwrap();
+    let w = MachineWrite {
+        machine: n.clone(),
+        bmc_secret: SecretUpdate::Keep,
+    };
+    s.update_machine(&w, m.updated_at, &ev(&n, "machine.updated"))
+        .await
+        .unwrap();
     assert_eq!(s.get_machine(m.id).await.unwrap().unwrap(), n);
     assert_eq!(s.bmc_secret(m.id).await.unwrap(), None);
     // A writer that read the old version loses.
-    let e = s.update_machine(&w, m.updated_at, &ev(&n, "machine.updated")).await.unwrap_err();
+    let e = s
+        .update_machine(&w, m.updated_at, &ev(&n, "machine.updated"))
+        .await
+        .unwrap_err();
     assert!(matches!(e, StoreError::Concurrent), "{e:?}");
 }
 
@@ -229,15 +285,29 @@ async fn state_changes_are_compare_and_set(s: Store) {
     let m = machine("st", 1);
     insert(&s, &m).await;
     let at = m.updated_at + time::Duration::seconds(1);
-    s.set_state(m.id, MachineState::New, MachineState::Failed, Some("disk"), at, &ev(&m, "machine.state"))
-        .await
-        .unwrap();
+    s.set_state(
+        m.id,
+        MachineState::New,
+        MachineState::Failed,
+        Some("disk"),
+        at,
+        &ev(&m, "machine.state"),
+    )
+    .await
+    .unwrap();
     let got = s.get_machine(m.id).await.unwrap().unwrap();
     assert_eq!(got.state, MachineState::Failed);
     assert_eq!(got.state_reason.as_deref(), Some("disk"));
     assert_eq!(got.updated_at, at);
     let e = s
-        .set_state(m.id, MachineState::New, MachineState::Ready, None, at, &ev(&m, "machine.state"))
+        .set_state(
+            m.id,
+            MachineState::New,
+            MachineState::Ready,
+            None,
+            at,
+            &ev(&m, "machine.state"),
+        )
         .await
         .unwrap_err();
     assert!(matches!(e, StoreError::Concurrent));
@@ -246,14 +316,26 @@ async fn state_changes_are_compare_and_set(s: Store) {
 async fn delete_cascades_but_keeps_events(s: Store) {
     let m = machine("del", 1);
     insert(&s, &m).await;
-    assert!(s.delete_machine(m.id, &ev(&m, "machine.deleted")).await.unwrap());
-    assert!(!s.delete_machine(m.id, &ev(&m, "machine.deleted")).await.unwrap());
+    assert!(
+        s.delete_machine(m.id, &ev(&m, "machine.deleted"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.delete_machine(m.id, &ev(&m, "machine.deleted"))
+            .await
+            .unwrap()
+    );
     assert!(s.get_machine(m.id).await.unwrap().is_none());
     assert_eq!(s.machine_id_by_mac(&mac(1)).await.unwrap(), None);
     // The MAC is free again.
     insert(&s, &machine("del-again", 1)).await;
     let events = s
-        .list_events(&EventFilter { machine_id: Some(m.id), limit: 10, ..Default::default() })
+        .list_events(&EventFilter {
+            machine_id: Some(m.id),
+            limit: 10,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
@@ -264,45 +346,90 @@ async fn list_filters_sorts_and_pages(s: Store) {
     let mut ids = Vec::new();
     for i in 0..25u32 {
         let mut m = machine(&format!("n{i:02}"), i);
-        m.created_at = m.created_at + time::Duration::milliseconds(i64::from(i));
+        m.created_at += time::Duration::milliseconds(i64::from(i));
         m.updated_at = m.created_at;
         insert(&s, &m).await;
         ids.push(m.id);
     }
-    let all = MachineFilter { limit: 1000, ..Default::default() };
+    let all = MachineFilter {
+        limit: 1000,
+        ..Default::default()
+    };
     let (items, total) = s.list_machines(&all).await.unwrap();
     assert_eq!(total, 25);
     assert_eq!(items[0].hostname, "n00");
     assert_eq!(items[0].interfaces.len(), 1, "details are loaded");
     assert!(items[0].bmc.is_some());
 
-    let f = MachineFilter { tag: Some("t1".into()), limit: 1000, ..Default::default() };
+    let f = MachineFilter {
+        tag: Some("t1".into()),
+        limit: 1000,
+        ..Default::default()
+    };
     let (items, total) = s.list_machines(&f).await.unwrap();
     assert_eq!(total, 8);
     assert!(items.iter().all(|m| m.tags.contains(&"t1".to_string())));
 
-    let f = MachineFilter { mac: Some(mac(7)), limit: 10, ..Default::default() };
+    let f = MachineFilter {
+        mac: Some(mac(7)),
+        limit: 10,
+        ..Default::default()
+    };
     let (items, _) = s.list_machines(&f).await.unwrap();
-    assert_eq!(items.iter().map(|m| m.hostname.as_str()).collect::<Vec<_>>(), ["n07"]);
+    assert_eq!(
+        items
+            .iter()
+            .map(|m| m.hostname.as_str())
+            .collect::<Vec<_>>(),
+        ["n07"]
+    );
 
-    let f = MachineFilter { hostname_contains: Some("N1".into()), limit: 100, ..Default::default() };
+    let f = MachineFilter {
+        hostname_contains: Some("N1".into()),
+        limit: 100,
+        ..Default::default()
+    };
     assert_eq!(s.list_machines(&f).await.unwrap().1, 10);
     // LIKE wildcards in the search are literal.
-    let f = MachineFilter { hostname_contains: Some("n_1".into()), limit: 100, ..Default::default() };
+    let f = MachineFilter {
+        hostname_contains: Some("n_1".into()),
+        limit: 100,
+        ..Default::default()
+    };
     assert_eq!(s.list_machines(&f).await.unwrap().1, 0);
 
-    let f = MachineFilter { state: Some(MachineState::Ready), limit: 100, ..Default::default() };
+    let f = MachineFilter {
+        state: Some(MachineState::Ready),
+        limit: 100,
+        ..Default::default()
+    };
     assert_eq!(s.list_machines(&f).await.unwrap().1, 0);
 
-    let f = MachineFilter { sort: SortKey::CreatedAt, descending: true, limit: 3, ..Default::default() };
+    let f = MachineFilter {
+        sort: SortKey::CreatedAt,
+        descending: true,
+        limit: 3,
+        ..Default::default()
+    };
     let (items, _) = s.list_machines(&f).await.unwrap();
-    assert_eq!(items.iter().map(|m| m.hostname.as_str()).collect::<Vec<_>>(), ["n24", "n23", "n22"]);
+    assert_eq!(
+        items
+            .iter()
+            .map(|m| m.hostname.as_str())
+            .collect::<Vec<_>>(),
+        ["n24", "n23", "n22"]
+    );
 
     // Pages of 7 cover everything exactly once.
     let mut seen = Vec::new();
     let mut offset = 0;
     loop {
-        let f = MachineFilter { sort: SortKey::State, limit: 7, offset, ..Default::default() };
+        let f = MachineFilter {
+            sort: SortKey::State,
+            limit: 7,
+            offset,
+            ..Default::default()
+        };
         let (items, _) = s.list_machines(&f).await.unwrap();
         if items.is_empty() {
             break;
@@ -324,62 +451,151 @@ async fn events_follow_cursor_and_time(s: Store) {
         e.time = later;
         s.append_event(&e).await.unwrap();
     }
-    let all = s.list_events(&EventFilter { limit: 100, ..Default::default() }).await.unwrap();
+    let all = s
+        .list_events(&EventFilter {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(all.len(), 4);
     assert!(all.windows(2).all(|w| w[0].id < w[1].id));
     assert_eq!(all[1].data, json!({"k": "a"}));
     let after = s
-        .list_events(&EventFilter { after_id: Some(all[1].id), limit: 100, ..Default::default() })
+        .list_events(&EventFilter {
+            after_id: Some(all[1].id),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(after.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["b", "c"]);
+    assert_eq!(
+        after.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["b", "c"]
+    );
     let since = s
-        .list_events(&EventFilter { since: Some(later), limit: 100, ..Default::default() })
+        .list_events(&EventFilter {
+            since: Some(later),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(since.len(), 3);
     // A whole-second time sorts before one half a second later.
     let whole = later.replace_nanosecond(0).unwrap();
     let since = s
-        .list_events(&EventFilter { since: Some(whole + time::Duration::milliseconds(500)), limit: 100, ..Default::default() })
+        .list_events(&EventFilter {
+            since: Some(whole + time::Duration::milliseconds(500)),
+            limit: 100,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    assert_eq!(since.len(), if later >= whole + time::Duration::milliseconds(500) { 3 } else { 0 });
-    let limited = s.list_events(&EventFilter { limit: 2, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        since.len(),
+        if later >= whole + time::Duration::milliseconds(500) {
+            3
+        } else {
+            0
+        }
+    );
+    let limited = s
+        .list_events(&EventFilter {
+            limit: 2,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 2);
 }
 
 async fn users_tokens_and_sessions(s: Store) {
     let at = now();
-    let u = User { id: Uuid::now_v7(), username: "alice".into(), is_admin: true, created_at: at };
+    let u = User {
+        id: Uuid::now_v7(),
+        username: "alice".into(),
+        is_admin: true,
+        created_at: at,
+    };
     s.insert_user(&u, "hash1").await.unwrap();
-    let e = s.insert_user(&User { id: Uuid::now_v7(), ..u.clone() }, "h").await.unwrap_err();
-    assert!(matches!(e, StoreError::Duplicate { what: "username", .. }), "{e:?}");
+    let e = s
+        .insert_user(
+            &User {
+                id: Uuid::now_v7(),
+                ..u.clone()
+            },
+            "h",
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StoreError::Duplicate {
+                what: "username",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert_eq!(s.count_users().await.unwrap(), 1);
     let rec = s.user_by_name("alice").await.unwrap().unwrap();
     assert_eq!(rec.user, u);
     assert_eq!(rec.password_hash, "hash1");
     assert!(s.set_password_hash("alice", "hash2").await.unwrap());
     assert!(!s.set_password_hash("bob", "hash2").await.unwrap());
-    assert_eq!(s.user_by_name("alice").await.unwrap().unwrap().password_hash, "hash2");
+    assert_eq!(
+        s.user_by_name("alice")
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "hash2"
+    );
 
     let tid = Uuid::now_v7();
-    s.insert_token(tid, "ci", u.id, "tokhash", at).await.unwrap();
+    s.insert_token(tid, "ci", u.id, "tokhash", at)
+        .await
+        .unwrap();
     let (t, owner) = s.token_by_hash("tokhash").await.unwrap().unwrap();
     assert_eq!((t.id, t.name.as_str(), t.last_used_at), (tid, "ci", None));
     assert_eq!(owner, u);
     s.touch_token(tid, at).await.unwrap();
-    assert_eq!(s.token_by_hash("tokhash").await.unwrap().unwrap().0.last_used_at, Some(at));
+    assert_eq!(
+        s.token_by_hash("tokhash")
+            .await
+            .unwrap()
+            .unwrap()
+            .0
+            .last_used_at,
+        Some(at)
+    );
     assert_eq!(s.list_tokens(Some("alice")).await.unwrap().len(), 1);
     assert_eq!(s.list_tokens(Some("bob")).await.unwrap().len(), 0);
     assert!(s.delete_token(tid).await.unwrap());
     assert!(s.token_by_hash("tokhash").await.unwrap().is_none());
 
-    s.insert_session("sess", u.id, "csrf", at, at + time::Duration::hours(1)).await.unwrap();
+    s.insert_session("sess", u.id, "csrf", at, at + time::Duration::hours(1))
+        .await
+        .unwrap();
     let live = s.session("sess", at).await.unwrap().unwrap();
-    assert_eq!((live.user.username.as_str(), live.csrf_token.as_str()), ("alice", "csrf"));
-    assert!(s.session("sess", at + time::Duration::hours(2)).await.unwrap().is_none());
-    assert_eq!(s.purge_sessions(at + time::Duration::hours(2)).await.unwrap(), 1);
+    assert_eq!(
+        (live.user.username.as_str(), live.csrf_token.as_str()),
+        ("alice", "csrf")
+    );
+    assert!(
+        s.session("sess", at + time::Duration::hours(2))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.purge_sessions(at + time::Duration::hours(2))
+            .await
+            .unwrap(),
+        1
+    );
     assert!(s.session("sess", at).await.unwrap().is_none());
 }
 
@@ -389,17 +605,39 @@ async fn bmc_secret_is_kept_unless_replaced(s: Store) {
     let mut n = m.clone();
     n.bmc.as_mut().unwrap().address = "bmc.example".into();
     n.updated_at = m.updated_at + time::Duration::seconds(1);
-    s.update_machine(&MachineWrite { machine: n.clone(), bmc_secret: SecretUpdate::Keep }, m.updated_at, &ev(&n, "u"))
-        .await
-        .unwrap();
+    s.update_machine(
+        &MachineWrite {
+            machine: n.clone(),
+            bmc_secret: SecretUpdate::Keep,
+        },
+        m.updated_at,
+        &ev(&n, "u"),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.bmc_secret(m.id).await.unwrap(), Some(b"sealed".to_vec()));
     let mut o = n.clone();
     o.updated_at = n.updated_at + time::Duration::seconds(1);
-    s.update_machine(&MachineWrite { machine: o.clone(), bmc_secret: SecretUpdate::Clear }, n.updated_at, &ev(&o, "u"))
-        .await
-        .unwrap();
+    s.update_machine(
+        &MachineWrite {
+            machine: o.clone(),
+            bmc_secret: SecretUpdate::Clear,
+        },
+        n.updated_at,
+        &ev(&o, "u"),
+    )
+    .await
+    .unwrap();
     assert_eq!(s.bmc_secret(m.id).await.unwrap(), None);
-    assert!(!s.get_machine(m.id).await.unwrap().unwrap().bmc.unwrap().has_password);
+    assert!(
+        !s.get_machine(m.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .bmc
+            .unwrap()
+            .has_password
+    );
 }
 
 #[tokio::test]
@@ -407,15 +645,22 @@ async fn a_second_server_on_the_same_sqlite_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("anvil.db");
     let first = Store::open_sqlite(&path).await.unwrap();
-    let e = Store::open_sqlite(&path).await.err().expect("second open must fail");
+    let e = Store::open_sqlite(&path)
+        .await
+        .err()
+        .expect("second open must fail");
     assert!(matches!(e, StoreError::Locked { .. }), "{e:?}");
     assert!(e.to_string().contains("already in use"), "{e}");
     // An admin command may share the file with the running server.
-    let shared = Store::open_with(path.to_str().unwrap(), anvil_store::Access::Shared).await.unwrap();
+    let shared = Store::open_with(path.to_str().unwrap(), anvil_store::Access::Shared)
+        .await
+        .unwrap();
     shared.ping().await.unwrap();
     first.close().await;
     drop(first);
-    Store::open_sqlite(&path).await.expect("free again once the first is gone");
+    Store::open_sqlite(&path)
+        .await
+        .expect("free again once the first is gone");
 }
 
 #[tokio::test]

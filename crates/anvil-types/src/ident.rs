@@ -86,7 +86,11 @@ impl FromStr for MacAddr {
             ));
         }
         if out[0] & 1 == 1 {
-            return Err(ParseError::new("mac", s, "a multicast address is not an interface address"));
+            return Err(ParseError::new(
+                "mac",
+                s,
+                "a multicast address is not an interface address",
+            ));
         }
         Ok(MacAddr(out))
     }
@@ -140,9 +144,16 @@ impl FromStr for Hostname {
         }
         for label in t.split('.') {
             if label.is_empty() || label.len() > 63 {
-                return Err(ParseError::new("hostname", s, "each label must be 1 to 63 characters"));
+                return Err(ParseError::new(
+                    "hostname",
+                    s,
+                    "each label must be 1 to 63 characters",
+                ));
             }
-            if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
                 return Err(ParseError::new(
                     "hostname",
                     s,
@@ -150,7 +161,11 @@ impl FromStr for Hostname {
                 ));
             }
             if label.starts_with('-') || label.ends_with('-') {
-                return Err(ParseError::new("hostname", s, "a label must not start or end with a hyphen"));
+                return Err(ParseError::new(
+                    "hostname",
+                    s,
+                    "a label must not start or end with a hyphen",
+                ));
             }
         }
         Ok(Hostname(t.to_ascii_lowercase()))
@@ -170,14 +185,30 @@ mod tests {
     #[test]
     fn mac_forms_normalise() {
         let want = "52:54:00:ab:cd:ef";
-        for form in ["52:54:00:AB:CD:EF", "52-54-00-ab-cd-ef", "5254.00ab.cdef", "525400abcdef", " 52:54:00:ab:cd:ef "] {
+        for form in [
+            "52:54:00:AB:CD:EF",
+            "52-54-00-ab-cd-ef",
+            "5254.00ab.cdef",
+            "525400abcdef",
+            " 52:54:00:ab:cd:ef ",
+        ] {
             assert_eq!(form.parse::<MacAddr>().unwrap().to_string(), want, "{form}");
         }
     }
 
     #[test]
     fn bad_macs_are_refused_with_the_field() {
-        for bad in ["", "52:54:00:ab:cd", "52:54:00:ab:cd:eg", "52:54:00:ab:cd:ef:00", "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "01:00:5e:00:00:01", "52:54:00-ab:cd:ef", "ééééééééééééé"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:eg",
+            "52:54:00:ab:cd:ef:00",
+            "00:00:00:00:00:00",
+            "ff:ff:ff:ff:ff:ff",
+            "01:00:5e:00:00:01",
+            "52:54:00-ab:cd:ef",
+            "ééééééééééééé",
+        ] {
             let e = bad.parse::<MacAddr>().unwrap_err();
             assert_eq!(e.field, "mac", "{bad}");
         }
@@ -185,7 +216,10 @@ mod tests {
 
     #[test]
     fn hostnames() {
-        assert_eq!("Node-01.Rack1".parse::<Hostname>().unwrap().as_str(), "node-01.rack1");
+        assert_eq!(
+            "Node-01.Rack1".parse::<Hostname>().unwrap().as_str(),
+            "node-01.rack1"
+        );
         for bad in ["", "-a", "a-", "a..b", "a_b", "a b", &"x".repeat(64), "ä"] {
             assert!(bad.parse::<Hostname>().is_err(), "{bad}");
         }

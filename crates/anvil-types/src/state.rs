@@ -145,7 +145,10 @@ mod tests {
     fn every_state_round_trips_through_its_name() {
         for s in MachineState::ALL {
             assert_eq!(s.as_str().parse::<MachineState>().unwrap(), s);
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
         assert!("deleted".parse::<MachineState>().is_err());
     }
@@ -165,7 +168,10 @@ mod tests {
         assert!(!Ready.can_move_to(Deployed));
         for s in MachineState::ALL {
             assert!(!s.can_move_to(s), "{s} must not move to itself");
-            assert!(s.can_move_to(Broken) || s == Broken, "{s} can be marked broken");
+            assert!(
+                s.can_move_to(Broken) || s == Broken,
+                "{s} can be marked broken"
+            );
         }
     }
 
@@ -182,7 +188,10 @@ mod tests {
         assert!(Deploying.check_transition(Failed, Some("disk")).is_ok());
         assert_eq!(
             New.check_transition(Deployed, None),
-            Err(TransitionError::NotAllowed { from: New, to: Deployed })
+            Err(TransitionError::NotAllowed {
+                from: New,
+                to: Deployed
+            })
         );
     }
 }

@@ -80,7 +80,7 @@ pub struct FlagOverrides {
     pub log: Option<LogOverride>,
 }
 
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Serialize)]
 pub struct HttpOverride {
     pub listen: SocketAddr,
 }
@@ -129,7 +129,9 @@ pub fn load(file: Option<&Path>, flags: FlagOverrides) -> Result<Config, ConfigE
                 .filter(|k| ENV_KEYS.contains(&k.as_str())),
         )
         .merge(Serialized::defaults(flags));
-    let cfg: Config = fig.extract().map_err(|e| ConfigError::Invalid(describe(e)))?;
+    let cfg: Config = fig
+        .extract()
+        .map_err(|e| ConfigError::Invalid(describe(e)))?;
     validate(&cfg)?;
     Ok(cfg)
 }
@@ -165,7 +167,15 @@ fn describe(e: figment::Error) -> String {
             let source = e
                 .metadata
                 .as_ref()
-                .map(|m| format!(" (in {})", m.source.as_ref().map(|s| s.to_string()).unwrap_or_else(|| m.name.to_string())))
+                .map(|m| {
+                    format!(
+                        " (in {})",
+                        m.source
+                            .as_ref()
+                            .map(|s| s.to_string())
+                            .unwrap_or_else(|| m.name.to_string())
+                    )
+                })
                 .unwrap_or_default();
             format!("{key}{}{source}", e.kind)
         })
@@ -203,18 +213,28 @@ mod tests {
     #[test]
     fn unknown_keys_are_named() {
         let d = tempfile::tempdir().unwrap();
-        let f = write(d.path(), "data_dir = \"/x\"\n[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n");
-        let e = load(Some(&f), FlagOverrides::default()).unwrap_err().to_string();
+        let f = write(
+            d.path(),
+            "data_dir = \"/x\"\n[http]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n",
+        );
+        let e = load(Some(&f), FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("listne"), "{e}");
         let f = write(d.path(), "colour = \"blue\"\n");
-        let e = load(Some(&f), FlagOverrides::default()).unwrap_err().to_string();
+        let e = load(Some(&f), FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour"), "{e}");
     }
 
     #[test]
     fn layers_apply_in_order() {
         let d = tempfile::tempdir().unwrap();
-        let f = write(d.path(), "data_dir = \"/from-file\"\n[http]\nlisten = \"127.0.0.1:7000\"\n");
+        let f = write(
+            d.path(),
+            "data_dir = \"/from-file\"\n[http]\nlisten = \"127.0.0.1:7000\"\n",
+        );
         let c = load(Some(&f), FlagOverrides::default()).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/from-file"));
         assert_eq!(c.http.listen.port(), 7000);
@@ -235,11 +255,17 @@ mod tests {
 
     #[test]
     fn missing_file_and_bad_values() {
-        let e = load(Some(Path::new("/nonexistent/anvil.toml")), FlagOverrides::default()).unwrap_err();
+        let e = load(
+            Some(Path::new("/nonexistent/anvil.toml")),
+            FlagOverrides::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, ConfigError::Missing(_)));
         let d = tempfile::tempdir().unwrap();
         let f = write(d.path(), "[http]\nlisten = \"not an address\"\n");
-        let e = load(Some(&f), FlagOverrides::default()).unwrap_err().to_string();
+        let e = load(Some(&f), FlagOverrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("http.listen"), "{e}");
         let f = write(d.path(), "database_url = \"mysql://x\"\n");
         assert!(load(Some(&f), FlagOverrides::default()).is_err());

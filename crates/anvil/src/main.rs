@@ -15,7 +15,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "anvil", version, about = "Bare-metal provisioning: DHCP, TFTP, HTTP boot, BMC control, inventory, NetBox sync")]
+#[command(
+    name = "anvil",
+    version,
+    about = "Bare-metal provisioning: DHCP, TFTP, HTTP boot, BMC control, inventory, NetBox sync"
+)]
 struct Cli {
     #[command(flatten)]
     global: anvil_cli::GlobalOpts,
@@ -67,9 +71,7 @@ struct ServeArgs {
 #[derive(Subcommand)]
 enum ConfigCmd {
     /// Validate a configuration file and print the effective configuration.
-    Check {
-        file: PathBuf,
-    },
+    Check { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -107,7 +109,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Token(anvil_cli::TokenCmd::Create(args)) if args.local => {
-            local_token_create(args).await
+            local_token_create(args, cli.global.output).await
         }
         Command::Machine(cmd) => cli_result(anvil_cli::run_machine(&cli.global, cmd).await),
         Command::Token(cmd) => cli_result(anvil_cli::run_token(&cli.global, cmd).await),
@@ -155,8 +157,14 @@ async fn serve_command(args: ServeArgs) -> ExitCode {
 
 /// `anvil token create --local`: makes an admin token by writing to the store
 /// directly, as `maas apikey` does, so automation can bootstrap without the UI.
-async fn local_token_create(args: anvil_cli::TokenCreateArgs) -> ExitCode {
-    let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("./anvil-data"));
+async fn local_token_create(
+    args: anvil_cli::TokenCreateArgs,
+    output: anvil_cli::OutputFormat,
+) -> ExitCode {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("./anvil-data"));
     let url = args
         .database_url
         .clone()
@@ -196,10 +204,7 @@ async fn local_token_create(args: anvil_cli::TokenCreateArgs) -> ExitCode {
         .await;
     store.close().await;
     match result {
-        Ok(created) => {
-            anvil_cli::print_token_created(&created, args.output_or_default());
-            ExitCode::SUCCESS
-        }
+        Ok(created) => cli_result(anvil_cli::print_token_created(&created, output)),
         Err(e) => {
             eprintln!("anvil: {}", anvil_api::chain(&e));
             ExitCode::from(1)
@@ -209,7 +214,12 @@ async fn local_token_create(args: anvil_cli::TokenCreateArgs) -> ExitCode {
 
 fn rand_key() -> [u8; 32] {
     let mut k = [0u8; 32];
-    for (i, b) in uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).enumerate() {
+    for (i, b) in uuid::Uuid::new_v4()
+        .as_bytes()
+        .iter()
+        .chain(uuid::Uuid::new_v4().as_bytes())
+        .enumerate()
+    {
         k[i] = *b;
     }
     k

@@ -18,7 +18,9 @@ use tokio::net::TcpListener;
 pub fn init_tracing(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log.level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match cfg.log.format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
@@ -32,8 +34,12 @@ struct Ops {
 }
 
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", cfg.data_dir.display()))?;
+    std::fs::create_dir_all(&cfg.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            cfg.data_dir.display()
+        )
+    })?;
     let store = Store::open(&cfg.store_url())
         .await
         .context("cannot open the inventory store")?;
@@ -44,7 +50,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let app = App::new(store.clone(), secrets)
         .with_session_ttl(time::Duration::hours(i64::from(cfg.auth.session_hours)));
 
-    match app.bootstrap_admin(&cfg.data_dir).await.context("cannot create the admin user")? {
+    match app
+        .bootstrap_admin(&cfg.data_dir)
+        .await
+        .context("cannot create the admin user")?
+    {
         AdminBootstrap::Created { password, file } => {
             // Printed once, on the first start only; also kept in a 0600 file.
             tracing::warn!(

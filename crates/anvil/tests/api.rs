@@ -19,7 +19,12 @@ async fn post(s: &Server, path: &str, body: Value) -> (StatusCode, Value) {
 }
 
 async fn get(s: &Server, path: &str) -> (StatusCode, Value) {
-    let r = client().get(s.api(path)).bearer_auth(&s.token).send().await.unwrap();
+    let r = client()
+        .get(s.api(path))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
     let st = r.status();
     (st, r.json().await.unwrap_or(Value::Null))
 }
@@ -52,7 +57,10 @@ async fn machine_crud_and_idempotency() {
     let id = m["id"].as_str().unwrap().to_string();
 
     // By id and by hostname.
-    assert_eq!(get(&s, &format!("/machines/{id}")).await.1["id"], id.as_str());
+    assert_eq!(
+        get(&s, &format!("/machines/{id}")).await.1["id"],
+        id.as_str()
+    );
     assert_eq!(get(&s, "/machines/node-01").await.1["id"], id.as_str());
 
     // Re-creating answers 409 naming the existing machine, by hostname or by MAC.
@@ -67,15 +75,31 @@ async fn machine_crud_and_idempotency() {
     assert_eq!(p["field"], "mac");
 
     // A PATCH that changes nothing writes no event.
-    let events_before = get(&s, &format!("/machines/{id}/events")).await.1["items"].as_array().unwrap().len();
-    let (st, same) = patch(&s, &format!("/machines/{id}"), json!({"tags": ["rack1"], "vendor": null})).await;
+    let events_before = get(&s, &format!("/machines/{id}/events")).await.1["items"]
+        .as_array()
+        .unwrap()
+        .len();
+    let (st, same) = patch(
+        &s,
+        &format!("/machines/{id}"),
+        json!({"tags": ["rack1"], "vendor": null}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(same["updated_at"], m["updated_at"]);
-    let events_after = get(&s, &format!("/machines/{id}/events")).await.1["items"].as_array().unwrap().len();
+    let events_after = get(&s, &format!("/machines/{id}/events")).await.1["items"]
+        .as_array()
+        .unwrap()
+        .len();
     assert_eq!(events_before, events_after);
 
     // A real change writes one event naming the fields.
-    let (st, changed) = patch(&s, &format!("/machines/{id}"), json!({"vendor": "Dell", "tags": ["b", "a"]})).await;
+    let (st, changed) = patch(
+        &s,
+        &format!("/machines/{id}"),
+        json!({"vendor": "Dell", "tags": ["b", "a"]}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{changed}");
     assert_eq!(changed["vendor"], "Dell");
     assert_eq!(changed["tags"], json!(["a", "b"]));
@@ -86,11 +110,22 @@ async fn machine_crud_and_idempotency() {
     assert!(last["actor"].as_str().unwrap().starts_with("token:admin/"));
 
     // Delete, then it is gone; its history stays readable by id.
-    let r = client().delete(s.api(&format!("/machines/{id}"))).bearer_auth(&s.token).send().await.unwrap();
+    let r = client()
+        .delete(s.api(&format!("/machines/{id}")))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(get(&s, &format!("/machines/{id}")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get(&s, &format!("/machines/{id}")).await.0,
+        StatusCode::NOT_FOUND
+    );
     let ev = get(&s, &format!("/machines/{id}/events")).await.1;
-    assert_eq!(ev["items"].as_array().unwrap().last().unwrap()["kind"], "machine.deleted");
+    assert_eq!(
+        ev["items"].as_array().unwrap().last().unwrap()["kind"],
+        "machine.deleted"
+    );
 }
 
 #[tokio::test]
@@ -103,9 +138,17 @@ async fn lifecycle_transitions() {
     assert_eq!(p["current_state"], "new");
     let (st, p) = post(&s, "/machines/n1/state", json!({"state": "failed"})).await;
     assert_eq!(st, StatusCode::CONFLICT, "failed without a reason: {p}");
-    let (st, m) = post(&s, "/machines/n1/state", json!({"state": "broken", "reason": "PSU dead"})).await;
+    let (st, m) = post(
+        &s,
+        "/machines/n1/state",
+        json!({"state": "broken", "reason": "PSU dead"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK);
-    assert_eq!((m["state"].as_str(), m["state_reason"].as_str()), (Some("broken"), Some("PSU dead")));
+    assert_eq!(
+        (m["state"].as_str(), m["state_reason"].as_str()),
+        (Some("broken"), Some("PSU dead"))
+    );
     let (st, m) = post(&s, "/machines/n1/state", json!({"state": "ready"})).await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(m["state_reason"], Value::Null);
@@ -133,10 +176,19 @@ async fn list_filters_pages_and_sorts() {
     assert_eq!(last["items"].as_array().unwrap().len(), 2);
     assert_eq!(last["next_offset"], Value::Null);
     assert_eq!(get(&s, "/machines?tag=even").await.1["total"], 6);
-    assert_eq!(get(&s, "/machines?state=broken").await.1["items"][0]["hostname"], "web-03");
+    assert_eq!(
+        get(&s, "/machines?state=broken").await.1["items"][0]["hostname"],
+        "web-03"
+    );
     assert_eq!(get(&s, "/machines?hostname=EB-1").await.1["total"], 2);
-    assert_eq!(get(&s, "/machines?mac=52-54-00-00-02-0a").await.1["items"][0]["hostname"], "web-10");
-    assert_eq!(get(&s, "/machines?sort=-hostname&limit=1").await.1["items"][0]["hostname"], "web-11");
+    assert_eq!(
+        get(&s, "/machines?mac=52-54-00-00-02-0a").await.1["items"][0]["hostname"],
+        "web-10"
+    );
+    assert_eq!(
+        get(&s, "/machines?sort=-hostname&limit=1").await.1["items"][0]["hostname"],
+        "web-11"
+    );
     let (st, p) = get(&s, "/machines?sort=colour").await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["field"], "sort");
@@ -162,29 +214,57 @@ async fn interfaces_and_bmc_secrets() {
     assert!(!evs.to_string().contains("calvin-SECRET"));
     for f in ["anvil.db", "anvil.db-wal"] {
         if let Ok(bytes) = std::fs::read(s.data_path().join(f)) {
-            assert!(!bytes.windows(13).any(|w| w == b"calvin-SECRET"), "{f} holds the password in clear");
+            assert!(
+                !bytes.windows(13).any(|w| w == b"calvin-SECRET"),
+                "{f} holds the password in clear"
+            );
         }
     }
 
     // Changing the BMC address keeps the stored password.
-    let (_, m) = patch(&s, "/machines/bmc-1", json!({"bmc": {"driver": "redfish", "address": "10.9.0.2"}})).await;
+    let (_, m) = patch(
+        &s,
+        "/machines/bmc-1",
+        json!({"bmc": {"driver": "redfish", "address": "10.9.0.2"}}),
+    )
+    .await;
     assert_eq!(m["bmc"]["has_password"], true);
     assert_eq!(m["bmc"]["address"], "10.9.0.2");
 
-    let (st, i) = post(&s, "/machines/bmc-1/interfaces", json!({"mac": "52:54:00:00:03:02"})).await;
+    let (st, i) = post(
+        &s,
+        "/machines/bmc-1/interfaces",
+        json!({"mac": "52:54:00:00:03:02"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED, "{i}");
     assert_eq!(i["name"], "eth0");
     assert_eq!(i["pxe"], false);
     let iid = i["id"].as_str().unwrap();
-    let (st, i2) = patch(&s, &format!("/machines/bmc-1/interfaces/{iid}"), json!({"ipv4": "10.0.0.5"})).await;
+    let (st, i2) = patch(
+        &s,
+        &format!("/machines/bmc-1/interfaces/{iid}"),
+        json!({"ipv4": "10.0.0.5"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::OK, "{i2}");
     assert_eq!(i2["ipv4"], "10.0.0.5");
-    let (st, p) = patch(&s, &format!("/machines/bmc-1/interfaces/{iid}"), json!({"ipv4": "10.0.0.500"})).await;
+    let (st, p) = patch(
+        &s,
+        &format!("/machines/bmc-1/interfaces/{iid}"),
+        json!({"ipv4": "10.0.0.500"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["field"], "ipv4");
     // A MAC taken by another machine is refused naming its holder.
     let (_, other) = post(&s, "/machines", node("bmc-2", "52:54:00:00:03:03")).await;
-    let (st, p) = post(&s, "/machines/bmc-1/interfaces", json!({"mac": "52:54:00:00:03:03"})).await;
+    let (st, p) = post(
+        &s,
+        "/machines/bmc-1/interfaces",
+        json!({"mac": "52:54:00:00:03:03"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT);
     assert_eq!(p["existing_id"], other["id"]);
     let r = client()
@@ -194,7 +274,15 @@ async fn interfaces_and_bmc_secrets() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(get(&s, "/machines/bmc-1/interfaces").await.1.as_array().unwrap().len(), 1);
+    assert_eq!(
+        get(&s, "/machines/bmc-1/interfaces")
+            .await
+            .1
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -203,22 +291,55 @@ async fn tokens_and_users() {
     let (st, t) = post(&s, "/tokens", json!({"name": "ansible"})).await;
     assert_eq!(st, StatusCode::CREATED);
     let secret = t["secret"].as_str().unwrap().to_string();
-    let r = client().get(s.api("/whoami")).bearer_auth(&secret).send().await.unwrap();
+    let r = client()
+        .get(s.api("/whoami"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     let (_, list) = get(&s, "/tokens").await;
-    assert!(!list.to_string().contains(&secret), "secrets are shown once only");
+    assert!(
+        !list.to_string().contains(&secret),
+        "secrets are shown once only"
+    );
     let id = t["id"].as_str().unwrap();
-    let r = client().delete(s.api(&format!("/tokens/{id}"))).bearer_auth(&s.token).send().await.unwrap();
+    let r = client()
+        .delete(s.api(&format!("/tokens/{id}")))
+        .bearer_auth(&s.token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    let r = client().get(s.api("/whoami")).bearer_auth(&secret).send().await.unwrap();
+    let r = client()
+        .get(s.api("/whoami"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
     // Users: a non-admin cannot create users.
-    let (st, _) = post(&s, "/users", json!({"username": "op", "password": "operator-pw"})).await;
+    let (st, _) = post(
+        &s,
+        "/users",
+        json!({"username": "op", "password": "operator-pw"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CREATED);
-    let (st, p) = post(&s, "/users", json!({"username": "op", "password": "operator-pw"})).await;
+    let (st, p) = post(
+        &s,
+        "/users",
+        json!({"username": "op", "password": "operator-pw"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::CONFLICT, "{p}");
-    let (st, p) = post(&s, "/users", json!({"username": "weak", "password": "short"})).await;
+    let (st, p) = post(
+        &s,
+        "/users",
+        json!({"username": "weak", "password": "short"}),
+    )
+    .await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["field"], "password");
     let r = client()
@@ -235,13 +356,41 @@ async fn tokens_and_users() {
 async fn health_metrics_openapi() {
     let s = Server::start();
     let c = client();
-    assert_eq!(c.get(format!("{}/healthz", s.url)).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{}/readyz", s.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{}/healthz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/readyz", s.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
     post(&s, "/machines", node("m1", "52:54:00:00:04:01")).await;
-    let m = c.get(format!("{}/metrics", s.url)).send().await.unwrap().text().await.unwrap();
+    let m = c
+        .get(format!("{}/metrics", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(m.contains("anvil_machines{state=\"new\"} 1"), "{m}");
     assert!(m.contains("anvil_http_requests_total"), "{m}");
-    let doc: Value = c.get(s.api("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = c
+        .get(s.api("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
     assert!(doc["paths"]["/machines"]["post"].is_object());
 }
@@ -250,9 +399,19 @@ async fn health_metrics_openapi() {
 #[tokio::test]
 async fn committed_openapi_matches_the_server() {
     let s = Server::start();
-    let served = client().get(s.api("/openapi.json")).send().await.unwrap().text().await.unwrap();
-    let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../openapi/anvil.json"))
-        .expect("openapi/anvil.json is missing: run `cargo run -- openapi > openapi/anvil.json`");
+    let served = client()
+        .get(s.api("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let committed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../openapi/anvil.json"
+    ))
+    .expect("openapi/anvil.json is missing: run `cargo run -- openapi > openapi/anvil.json`");
     assert!(
         served == committed,
         "openapi/anvil.json is stale: run `cargo run -- openapi > openapi/anvil.json` and commit it"
@@ -284,10 +443,16 @@ async fn first_start_creates_admin_with_private_password_file() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(&f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let log = std::fs::read_to_string(s.data_path().join("serve.log")).unwrap();
-    assert!(log.contains(pw.trim()), "the password is printed once to the log");
+    assert!(
+        log.contains(pw.trim()),
+        "the password is printed once to the log"
+    );
 }
 
 #[tokio::test]
@@ -301,8 +466,12 @@ async fn postgres_backend_serves_the_api() {
     let db = format!("anvil_api_{}", uuid::Uuid::new_v4().simple());
     let url = {
         use sqlx::Executor;
-        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
-        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).await.unwrap();
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap();
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .await
+            .unwrap();
         format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0)
     };
     {
@@ -316,6 +485,12 @@ async fn postgres_backend_serves_the_api() {
         assert!(!s.data_path().join("anvil.db").exists());
     }
     use sqlx::Executor;
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url).await.unwrap();
-    let _ = c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {db} WITH (FORCE)"))).await;
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    let _ = c
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .await;
 }

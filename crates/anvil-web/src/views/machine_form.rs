@@ -161,6 +161,7 @@ fn choices<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, current: &str) 
 #[template(path = "pages/machine_form.html")]
 struct MachineFormPage {
     layout: Layout,
+    csrf: String,
     /// `Some(id)` when editing.
     editing: Option<String>,
     title: String,
@@ -208,6 +209,7 @@ fn render(
     };
     let page = MachineFormPage {
         layout: Layout::for_session(session),
+        csrf: session.csrf_token.clone(),
         editing,
         title,
         action,

@@ -223,6 +223,7 @@ pub(crate) struct Results {
     next_url: Option<String>,
     filtered: bool,
     clear_url: String,
+    first_page_url: String,
     /// The query failed validation in core (e.g. a malformed MAC).
     error: Option<String>,
 }
@@ -360,6 +361,7 @@ async fn results(app: &App, filters: &Filters) -> Result<Results, PageError> {
         next_url: None,
         filtered: filters.active(),
         clear_url: "/machines".to_string(),
+        first_page_url: filters.with(|_| ()),
         error,
     };
     let list = match app.list_machines(filters.query()).await {
@@ -390,6 +392,7 @@ async fn results(app: &App, filters: &Filters) -> Result<Results, PageError> {
         }),
         filtered: filters.active(),
         clear_url: "/machines".to_string(),
+        first_page_url: filters.with(|_| ()),
         error: None,
     })
 }
@@ -538,13 +541,14 @@ pub(crate) struct Action {
     /// Moves into `failed`/`broken` take a reason (required for `failed`).
     with_reason: bool,
     reason_required: bool,
-    danger: bool,
 }
 
 #[derive(Template, WebTemplate)]
 #[template(path = "pages/machine.html")]
 struct MachinePage {
     layout: Layout,
+    /// For the page's POST forms.
+    csrf: String,
     m: MachineView,
     interfaces: Vec<InterfaceView>,
     bmc: Option<BmcView>,
@@ -610,6 +614,7 @@ async fn render_machine(
     };
     let page = MachinePage {
         layout: Layout::for_session(session),
+        csrf: session.csrf_token.clone(),
         interfaces: m
             .interfaces
             .iter()
@@ -648,7 +653,6 @@ async fn render_machine(
                 label: action_label(s),
                 with_reason: s.keeps_reason(),
                 reason_required: s == MachineState::Failed,
-                danger: matches!(s, MachineState::Failed | MachineState::Broken),
             })
             .collect(),
         m: MachineView {

@@ -57,7 +57,11 @@ impl Server {
             cmd.args(["--database-url", u]);
         }
         let out = cmd.output().unwrap();
-        assert!(out.status.success(), "token create --local failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "token create --local failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         v["secret"].as_str().unwrap().to_string()
     }
@@ -70,7 +74,9 @@ impl Server {
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = self.child.id() as i32;
         // SAFETY-free: kill(1) by the PID we started.
-        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -131,7 +137,8 @@ pub fn client() -> reqwest::Client {
 
 pub fn anvil_cmd(server: &Server) -> Command {
     let mut c = Command::new(ANVIL);
-    c.env("ANVIL_URL", &server.url).env("ANVIL_TOKEN", &server.token);
+    c.env("ANVIL_URL", &server.url)
+        .env("ANVIL_TOKEN", &server.token);
     c
 }
 
