@@ -7,12 +7,14 @@
 //! macro, so the two cannot drift apart. The conformance suite in
 //! `tests/store.rs` runs against both.
 
+mod boot;
 mod error;
 mod machines;
 mod open;
 mod principals;
 mod ts;
 
+pub use boot::{BootEventRecord, InterfaceIndexRow, LeaseRecord, LeaseWrite};
 pub use error::{Result, StoreError};
 pub use machines::{EventFilter, MachineFilter, MachineWrite, NewEvent, SecretUpdate, SortKey};
 pub use open::{Access, Backend, redact_url};

@@ -118,6 +118,8 @@ conformance!(
     events_follow_cursor_and_time,
     users_tokens_and_sessions,
     bmc_secret_is_kept_unless_replaced,
+    leases_commit_in_batches,
+    boot_events_and_interface_index,
 );
 
 fn now() -> OffsetDateTime {
@@ -667,4 +669,60 @@ async fn a_second_server_on_the_same_sqlite_file_is_refused() {
 async fn unsupported_urls_are_refused() {
     let e = Store::open("mysql://x/y").await.err().unwrap();
     assert!(matches!(e, StoreError::UnsupportedUrl { .. }));
+}
+
+async fn leases_commit_in_batches(s: Store) {
+    use anvil_store::{LeaseRecord, LeaseWrite};
+    let at = now();
+    let lease = |ip: &str, mac: &str, state: &str| LeaseRecord {
+        ip: ip.into(),
+        mac: mac.into(),
+        network: "rack1".into(),
+        state: state.into(),
+        hostname: None,
+        client_id: Some("01525400000001".into()),
+        expires_at: at + time::Duration::hours(1),
+        updated_at: at,
+    };
+    let batch: Vec<LeaseWrite> = (1..=50)
+        .map(|i| LeaseWrite::Upsert(lease(&format!("10.77.0.{i}"), &format!("52:54:00:00:00:{i:02x}"), "bound")))
+        .collect();
+    s.commit_leases(&batch).await.unwrap();
+    assert_eq!(s.list_leases(None).await.unwrap().len(), 50);
+    // Upsert replaces by address; Remove frees it; both in one batch.
+    s.commit_leases(&[
+        LeaseWrite::Upsert(lease("10.77.0.1", "52:54:00:00:00:99", "offered")),
+        LeaseWrite::Remove { ip: "10.77.0.2".into() },
+    ])
+    .await
+    .unwrap();
+    let l = s.list_leases(Some("52:54:00:00:00:99")).await.unwrap();
+    assert_eq!(l, vec![lease("10.77.0.1", "52:54:00:00:00:99", "offered")]);
+    assert!(s.list_leases(Some("52:54:00:00:00:02")).await.unwrap().is_empty());
+    assert_eq!(s.list_leases(None).await.unwrap().len(), 49);
+    s.commit_leases(&[]).await.unwrap();
+}
+
+async fn boot_events_and_interface_index(s: Store) {
+    let m = machine("pxe", 1);
+    insert(&s, &m).await;
+    let at = now();
+    let mac1 = mac(1).to_string();
+    let events: Vec<_> = ["dhcp.discover", "dhcp.offer", "dhcp.ack"]
+        .iter()
+        .enumerate()
+        .map(|(i, k)| (at + time::Duration::milliseconds(i as i64), mac1.clone(), k.to_string(), json!({"i": i})))
+        .collect();
+    s.append_boot_events(&events).await.unwrap();
+    s.append_boot_events(&[(at, "52:54:00:ff:ff:ff".into(), "dhcp.discover".into(), json!({}))]).await.unwrap();
+    let got = s.boot_events(std::slice::from_ref(&mac1), 100).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["dhcp.discover", "dhcp.offer", "dhcp.ack"]);
+    assert_eq!(got[2].detail, json!({"i": 2}));
+    // The newest N, still oldest first.
+    let last2 = s.boot_events(std::slice::from_ref(&mac1), 2).await.unwrap();
+    assert_eq!(last2.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["dhcp.offer", "dhcp.ack"]);
+    assert!(s.boot_events(&[], 10).await.unwrap().is_empty());
+    let idx = s.interface_index().await.unwrap();
+    assert_eq!(idx.len(), 1);
+    assert_eq!((idx[0].mac.as_str(), idx[0].machine_id, idx[0].state), (mac1.as_str(), m.id, MachineState::New));
 }
