@@ -330,3 +330,104 @@ mod tests {
         assert!(e.to_string().contains("hostnme"), "{e}");
     }
 }
+
+/// A DHCP lease, as `GET /api/v1/leases` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Lease {
+    #[schema(example = "52:54:00:12:34:56")]
+    pub mac: String,
+    #[schema(example = "10.77.0.100")]
+    pub address: String,
+    /// The boot network (`[[dhcp.network]]` name).
+    pub network: String,
+    /// `offered`, `bound`, `declined`, …
+    pub state: String,
+    pub hostname: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: time::OffsetDateTime,
+    /// The machine that owns this MAC, if any.
+    pub machine_id: Option<Uuid>,
+}
+
+/// Query of `GET /api/v1/leases`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LeaseQuery {
+    /// Only the leases of this MAC address.
+    pub mac: Option<String>,
+}
+
+/// One step of a network boot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BootEvent {
+    pub id: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub time: time::OffsetDateTime,
+    pub mac: String,
+    /// `dhcp.discover`, `dhcp.offer`, `dhcp.request`, `dhcp.ack`, `tftp.transfer`,
+    /// `http.script`, `http.kernel`, `http.initrd`, `callhome`, …
+    pub kind: String,
+    #[schema(value_type = Object)]
+    pub detail: serde_json::Value,
+}
+
+/// The boot timeline of a machine: every recorded step of its latest boots,
+/// and which of the expected steps its latest boot has reached, so an
+/// operator sees where a boot stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BootTimeline {
+    pub machine_id: Uuid,
+    pub macs: Vec<String>,
+    pub events: Vec<BootEvent>,
+    /// The steps of the latest boot (since its last DHCP DISCOVER), in order,
+    /// each with the time it was first seen or null.
+    pub steps: Vec<BootStep>,
+    /// The step after which nothing more happened, if the boot is incomplete.
+    pub stopped_after: Option<String>,
+    /// Whether the latest boot reached `callhome`.
+    pub complete: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BootStep {
+    pub kind: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub time: Option<time::OffsetDateTime>,
+}
+
+/// Body of `POST /api/v1/discovery/callhome`, sent by the discovery
+/// environment once it is up. Unauthenticated (like MAAS enlistment): it can
+/// only add facts to the machine that owns `mac`, or create it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CallHome {
+    /// The MAC the machine booted from.
+    #[schema(example = "52:54:00:12:34:56")]
+    pub mac: String,
+    /// Every MAC the environment sees.
+    #[serde(default)]
+    pub macs: Vec<String>,
+    /// The address it got by DHCP.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// Seconds since the kernel started.
+    #[serde(default)]
+    pub uptime_secs: Option<f64>,
+    /// Anything else it knows (a JSON object, at most 64 KiB).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub facts: Option<serde_json::Value>,
+}
+
+/// Answer to a call-home.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CallHomeAck {
+    pub machine_id: Uuid,
+    pub hostname: String,
+    /// Whether this call created the machine.
+    pub created: bool,
+}

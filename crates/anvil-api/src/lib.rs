@@ -49,6 +49,9 @@ pub fn router(app: App) -> Router {
             "/machines/{id}/interfaces/{iface}",
             axum::routing::patch(update_interface).delete(delete_interface),
         )
+        .route("/machines/{id}/boot-timeline", get(boot_timeline))
+        .route("/leases", get(list_leases))
+        .route("/discovery/callhome", post(call_home))
         .route("/events", get(events))
         .route("/tokens", get(list_tokens).post(create_token))
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
@@ -84,7 +87,7 @@ async fn method_not_allowed() -> ApiError {
     paths(
         whoami, list_machines, create_machine, get_machine, update_machine, delete_machine,
         change_state, machine_events, list_interfaces, add_interface, update_interface,
-        delete_interface, events, list_tokens, create_token, revoke_token, list_users,
+        delete_interface, boot_timeline, list_leases, call_home, events, list_tokens, create_token, revoke_token, list_users,
         create_user, set_password,
     ),
     components(schemas(Problem)),
@@ -93,6 +96,7 @@ async fn method_not_allowed() -> ApiError {
     tags(
         (name = "machines", description = "The inventory and the lifecycle"),
         (name = "events", description = "The append-only audit log"),
+        (name = "boot", description = "Network boot: leases, boot timelines, discovery"),
         (name = "auth", description = "Users and API tokens"),
     )
 )]
@@ -373,4 +377,41 @@ async fn set_password(
 ) -> ApiResult<StatusCode> {
     app.set_password(&p, &username, &body.password).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The boot timeline of a machine: each recorded step of its network boots
+/// (DHCP, TFTP, iPXE script, kernel, ramdisk, call-home) and where the
+/// latest boot stopped.
+#[utoipa::path(get, path = "/machines/{id}/boot-timeline", tag = "boot",
+    params(("id" = String, Path, description = "Machine UUID or hostname")),
+    responses((status = 200, body = BootTimeline), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn boot_timeline(
+    State(app): State<App>,
+    Auth(_caller): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<J<BootTimeline>> {
+    Ok(axum::Json(app.boot_timeline(&id).await?))
+}
+
+/// DHCP leases.
+#[utoipa::path(get, path = "/leases", tag = "boot", params(LeaseQuery),
+    responses((status = 200, body = [Lease]), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn list_leases(
+    State(app): State<App>,
+    Auth(_caller): Auth,
+    ApiQuery(q): ApiQuery<LeaseQuery>,
+) -> ApiResult<J<Vec<Lease>>> {
+    Ok(axum::Json(app.list_leases(q.mac.as_deref()).await?))
+}
+
+/// Call-home of the discovery environment. Needs no token (a machine being
+/// discovered has none, as with MAAS enlistment): it can only create the
+/// machine that owns `mac` or add facts and interfaces to it.
+#[utoipa::path(post, path = "/discovery/callhome", tag = "boot", request_body = CallHome, security(()),
+    responses((status = 200, body = CallHomeAck), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn call_home(
+    State(app): State<App>,
+    ApiJson(body): ApiJson<CallHome>,
+) -> ApiResult<J<CallHomeAck>> {
+    Ok(axum::Json(app.call_home(body).await?))
 }

@@ -107,7 +107,6 @@ pub enum BootError {
     },
 }
 
-
 /// Renders the script for `mac` at `stage`. `template` is the operator's
 /// override if one exists, else `builtin_template(stage)`. `server_url` is
 /// Anvil's HTTP base URL as the client reached it (no trailing slash).
@@ -121,6 +120,7 @@ pub fn render(
     let server_url = server_url.trim_end_matches('/');
     let dir = stage.files_dir().unwrap_or("discovery");
     let mac_s = mac.to_string();
+    let mac_q = mac_s.clone();
     let mac_dashed = mac_s.replace(':', "-");
     // BOOTIF tells the ramdisk which interface it booted from (pxelinux's
     // convention, which Debian's initramfs and our agent understand).
@@ -137,8 +137,9 @@ pub fn render(
         hostname => hostname,
         machine_id => machine_id,
         state => state,
-        kernel_url => format!("{server_url}/boot/files/{dir}/vmlinuz"),
-        initrd_url => format!("{server_url}/boot/files/{dir}/initrd.img"),
+        // ?mac= lets the HTTP server put the fetch on this machine's timeline.
+        kernel_url => format!("{server_url}/boot/files/{dir}/vmlinuz?mac={mac_q}"),
+        initrd_url => format!("{server_url}/boot/files/{dir}/initrd.img?mac={mac_q}"),
         cmdline => cmdline,
     };
     let name = stage.template_name();
@@ -183,10 +184,18 @@ mod tests {
     #[test]
     fn decision_follows_the_lifecycle() {
         assert_eq!(decide(None), Stage::Discovery);
-        assert_eq!(decide(Some(&m(MachineState::Commissioning))), Stage::Commissioning);
+        assert_eq!(
+            decide(Some(&m(MachineState::Commissioning))),
+            Stage::Commissioning
+        );
         assert_eq!(decide(Some(&m(MachineState::Deploying))), Stage::Deploying);
         assert_eq!(decide(Some(&m(MachineState::Rescue))), Stage::Rescue);
-        for s in [MachineState::New, MachineState::Ready, MachineState::Deployed, MachineState::Broken] {
+        for s in [
+            MachineState::New,
+            MachineState::Ready,
+            MachineState::Deployed,
+            MachineState::Broken,
+        ] {
             assert_eq!(decide(Some(&m(s))), Stage::Local, "{s}");
         }
     }
@@ -202,28 +211,64 @@ mod tests {
         )
         .unwrap();
         assert!(s.starts_with("#!ipxe\n"), "{s}");
-        assert!(s.contains("kernel http://10.77.0.1:8080/boot/files/discovery/vmlinuz initrd=initrd.img anvil.url=http://10.77.0.1:8080 anvil.mac=52:54:00:12:34:56 BOOTIF=01-52-54-00-12-34-56"), "{s}");
-        assert!(s.contains("initrd --name initrd.img http://10.77.0.1:8080/boot/files/discovery/initrd.img"), "{s}");
+        assert!(s.contains("kernel http://10.77.0.1:8080/boot/files/discovery/vmlinuz?mac=52:54:00:12:34:56 initrd=initrd.img anvil.url=http://10.77.0.1:8080 anvil.mac=52:54:00:12:34:56 BOOTIF=01-52-54-00-12-34-56"), "{s}");
+        assert!(s.contains("initrd --name initrd.img http://10.77.0.1:8080/boot/files/discovery/initrd.img?mac=52:54:00:12:34:56"), "{s}");
         assert!(s.ends_with('\n'));
     }
 
     #[test]
     fn every_builtin_template_renders_for_every_stage() {
-        for stage in [Stage::Discovery, Stage::Local, Stage::Commissioning, Stage::Deploying, Stage::Rescue] {
+        for stage in [
+            Stage::Discovery,
+            Stage::Local,
+            Stage::Commissioning,
+            Stage::Deploying,
+            Stage::Rescue,
+        ] {
             let machine = m(MachineState::Ready);
-            let s = render(stage, builtin_template(stage), "http://a:1", MAC, Some(&machine)).unwrap();
+            let s = render(
+                stage,
+                builtin_template(stage),
+                "http://a:1",
+                MAC,
+                Some(&machine),
+            )
+            .unwrap();
             assert!(s.starts_with("#!ipxe"), "{stage:?}");
         }
-        let local = render(Stage::Local, builtin_template(Stage::Local), "http://a:1", MAC, Some(&m(MachineState::Deployed))).unwrap();
+        let local = render(
+            Stage::Local,
+            builtin_template(Stage::Local),
+            "http://a:1",
+            MAC,
+            Some(&m(MachineState::Deployed)),
+        )
+        .unwrap();
         assert!(local.contains("sanboot") && local.contains("exit"));
         assert!(local.contains("node-1 is deployed"));
     }
 
     #[test]
     fn overrides_are_rendered_and_bad_ones_reported() {
-        let s = render(Stage::Local, "#!ipxe\necho {{ hostname }} <{{ state }}>\n", "http://a:1", MAC, Some(&m(MachineState::Ready))).unwrap();
+        let s = render(
+            Stage::Local,
+            "#!ipxe\necho {{ hostname }} <{{ state }}>\n",
+            "http://a:1",
+            MAC,
+            Some(&m(MachineState::Ready)),
+        )
+        .unwrap();
         assert_eq!(s, "#!ipxe\necho node-1 <ready>\n");
-        assert!(render(Stage::Local, "#!ipxe\n{{ nosuchvar }}\n", "http://a:1", MAC, None).is_err());
+        assert!(
+            render(
+                Stage::Local,
+                "#!ipxe\n{{ nosuchvar }}\n",
+                "http://a:1",
+                MAC,
+                None
+            )
+            .is_err()
+        );
         assert!(render(Stage::Local, "#!ipxe\n{% if %}\n", "http://a:1", MAC, None).is_err());
     }
 

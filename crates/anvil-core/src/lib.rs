@@ -5,6 +5,7 @@
 //! whichever way a request arrives live here: validation, the lifecycle,
 //! idempotency, secrets handling and the audit log.
 
+pub mod boot;
 pub mod crypto;
 mod error;
 mod machines;
@@ -34,6 +35,7 @@ pub struct App {
     store: Store,
     secrets: SecretBox,
     session_ttl: time::Duration,
+    boot: std::sync::Arc<boot::BootState>,
 }
 
 impl App {
@@ -42,6 +44,7 @@ impl App {
             store,
             secrets,
             session_ttl: time::Duration::hours(12),
+            boot: std::sync::Arc::new(boot::BootState::new()),
         }
     }
 

@@ -338,6 +338,7 @@ impl App {
             .insert_machine(&write, &ev)
             .await
             .map_err(Error::from)?;
+        self.boot.mark_dirty();
         Ok(write.machine)
     }
 
@@ -446,6 +447,7 @@ impl App {
             .update_machine(&write, old.updated_at, &ev)
             .await
             .map_err(Error::from)?;
+        self.boot.mark_dirty();
         Ok(write.machine)
     }
 
@@ -466,6 +468,7 @@ impl App {
                 id: ident.to_string(),
             });
         }
+        self.boot.mark_dirty();
         Ok(())
     }
 
@@ -512,7 +515,10 @@ impl App {
             )
             .await
         {
-            Ok(()) => Ok(new),
+            Ok(()) => {
+                self.boot.mark_dirty();
+                Ok(new)
+            }
             Err(anvil_store::StoreError::Concurrent) => Err(Error::Concurrent {
                 what: "the machine's state",
             }),

@@ -50,15 +50,23 @@ fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
 macro_rules! lease_from_row {
     ($row:expr) => {{
         let row = $row;
-        let expires: Ts = row.try_get("expires_at").map_err(|e| corrupt("expires_at", e))?;
-        let updated: Ts = row.try_get("updated_at").map_err(|e| corrupt("updated_at", e))?;
+        let expires: Ts = row
+            .try_get("expires_at")
+            .map_err(|e| corrupt("expires_at", e))?;
+        let updated: Ts = row
+            .try_get("updated_at")
+            .map_err(|e| corrupt("updated_at", e))?;
         LeaseRecord {
             ip: row.try_get("ip").map_err(|e| corrupt("ip", e))?,
             mac: row.try_get("mac").map_err(|e| corrupt("mac", e))?,
             network: row.try_get("network").map_err(|e| corrupt("network", e))?,
             state: row.try_get("state").map_err(|e| corrupt("state", e))?,
-            hostname: row.try_get("hostname").map_err(|e| corrupt("hostname", e))?,
-            client_id: row.try_get("client_id").map_err(|e| corrupt("client_id", e))?,
+            hostname: row
+                .try_get("hostname")
+                .map_err(|e| corrupt("hostname", e))?,
+            client_id: row
+                .try_get("client_id")
+                .map_err(|e| corrupt("client_id", e))?,
             expires_at: expires.0,
             updated_at: updated.0,
         }
@@ -121,7 +129,11 @@ impl Store {
                 qb.push(" WHERE mac = ").push_bind(mac.to_string());
             }
             qb.push(" ORDER BY ip");
-            let rows = qb.build().fetch_all(p).await.map_err(query_err("list leases"))?;
+            let rows = qb
+                .build()
+                .fetch_all(p)
+                .await
+                .map_err(query_err("list leases"))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in &rows {
                 out.push(lease_from_row!(row));
@@ -131,7 +143,10 @@ impl Store {
     }
 
     /// Appends boot events in one transaction.
-    pub async fn append_boot_events(&self, events: &[(OffsetDateTime, String, String, serde_json::Value)]) -> Result<()> {
+    pub async fn append_boot_events(
+        &self,
+        events: &[(OffsetDateTime, String, String, serde_json::Value)],
+    ) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -143,7 +158,10 @@ impl Store {
                     .push_bind(kind.clone())
                     .push_bind(Json(detail.clone()));
             });
-            qb.build().execute(p).await.map_err(query_err("append boot events"))?;
+            qb.build()
+                .execute(p)
+                .await
+                .map_err(query_err("append boot events"))?;
         });
         Ok(())
     }
@@ -154,17 +172,25 @@ impl Store {
             return Ok(Vec::new());
         }
         on_pool!(self, |p, _b| {
-            let mut qb = QueryBuilder::new("SELECT id, time, mac, kind, detail FROM boot_events WHERE mac IN (");
+            let mut qb = QueryBuilder::new(
+                "SELECT id, time, mac, kind, detail FROM boot_events WHERE mac IN (",
+            );
             let mut sep = qb.separated(", ");
             for m in macs {
                 sep.push_bind(m.clone());
             }
-            qb.push(") ORDER BY id DESC LIMIT ").push_bind(i64::from(limit));
-            let rows = qb.build().fetch_all(p).await.map_err(query_err("list boot events"))?;
+            qb.push(") ORDER BY id DESC LIMIT ")
+                .push_bind(i64::from(limit));
+            let rows = qb
+                .build()
+                .fetch_all(p)
+                .await
+                .map_err(query_err("list boot events"))?;
             let mut out = Vec::with_capacity(rows.len());
             for row in rows.iter().rev() {
                 let time: Ts = row.try_get("time").map_err(|e| corrupt("time", e))?;
-                let detail: Json<serde_json::Value> = row.try_get("detail").map_err(|e| corrupt("detail", e))?;
+                let detail: Json<serde_json::Value> =
+                    row.try_get("detail").map_err(|e| corrupt("detail", e))?;
                 out.push(BootEventRecord {
                     id: row.try_get("id").map_err(|e| corrupt("id", e))?,
                     time: time.0,
@@ -193,7 +219,9 @@ impl Store {
                     mac: row.try_get("mac").map_err(|e| corrupt("mac", e))?,
                     ipv4: row.try_get("ipv4").map_err(|e| corrupt("ipv4", e))?,
                     machine_id: row.try_get("id").map_err(|e| corrupt("id", e))?,
-                    hostname: row.try_get("hostname").map_err(|e| corrupt("hostname", e))?,
+                    hostname: row
+                        .try_get("hostname")
+                        .map_err(|e| corrupt("hostname", e))?,
                     state: state.parse().map_err(|e| corrupt("state", e))?,
                 });
             }

@@ -685,20 +685,33 @@ async fn leases_commit_in_batches(s: Store) {
         updated_at: at,
     };
     let batch: Vec<LeaseWrite> = (1..=50)
-        .map(|i| LeaseWrite::Upsert(lease(&format!("10.77.0.{i}"), &format!("52:54:00:00:00:{i:02x}"), "bound")))
+        .map(|i| {
+            LeaseWrite::Upsert(lease(
+                &format!("10.77.0.{i}"),
+                &format!("52:54:00:00:00:{i:02x}"),
+                "bound",
+            ))
+        })
         .collect();
     s.commit_leases(&batch).await.unwrap();
     assert_eq!(s.list_leases(None).await.unwrap().len(), 50);
     // Upsert replaces by address; Remove frees it; both in one batch.
     s.commit_leases(&[
         LeaseWrite::Upsert(lease("10.77.0.1", "52:54:00:00:00:99", "offered")),
-        LeaseWrite::Remove { ip: "10.77.0.2".into() },
+        LeaseWrite::Remove {
+            ip: "10.77.0.2".into(),
+        },
     ])
     .await
     .unwrap();
     let l = s.list_leases(Some("52:54:00:00:00:99")).await.unwrap();
     assert_eq!(l, vec![lease("10.77.0.1", "52:54:00:00:00:99", "offered")]);
-    assert!(s.list_leases(Some("52:54:00:00:00:02")).await.unwrap().is_empty());
+    assert!(
+        s.list_leases(Some("52:54:00:00:00:02"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(s.list_leases(None).await.unwrap().len(), 49);
     s.commit_leases(&[]).await.unwrap();
 }
@@ -711,18 +724,44 @@ async fn boot_events_and_interface_index(s: Store) {
     let events: Vec<_> = ["dhcp.discover", "dhcp.offer", "dhcp.ack"]
         .iter()
         .enumerate()
-        .map(|(i, k)| (at + time::Duration::milliseconds(i as i64), mac1.clone(), k.to_string(), json!({"i": i})))
+        .map(|(i, k)| {
+            (
+                at + time::Duration::milliseconds(i as i64),
+                mac1.clone(),
+                k.to_string(),
+                json!({"i": i}),
+            )
+        })
         .collect();
     s.append_boot_events(&events).await.unwrap();
-    s.append_boot_events(&[(at, "52:54:00:ff:ff:ff".into(), "dhcp.discover".into(), json!({}))]).await.unwrap();
-    let got = s.boot_events(std::slice::from_ref(&mac1), 100).await.unwrap();
-    assert_eq!(got.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["dhcp.discover", "dhcp.offer", "dhcp.ack"]);
+    s.append_boot_events(&[(
+        at,
+        "52:54:00:ff:ff:ff".into(),
+        "dhcp.discover".into(),
+        json!({}),
+    )])
+    .await
+    .unwrap();
+    let got = s
+        .boot_events(std::slice::from_ref(&mac1), 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["dhcp.discover", "dhcp.offer", "dhcp.ack"]
+    );
     assert_eq!(got[2].detail, json!({"i": 2}));
     // The newest N, still oldest first.
     let last2 = s.boot_events(std::slice::from_ref(&mac1), 2).await.unwrap();
-    assert_eq!(last2.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(), ["dhcp.offer", "dhcp.ack"]);
+    assert_eq!(
+        last2.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>(),
+        ["dhcp.offer", "dhcp.ack"]
+    );
     assert!(s.boot_events(&[], 10).await.unwrap().is_empty());
     let idx = s.interface_index().await.unwrap();
     assert_eq!(idx.len(), 1);
-    assert_eq!((idx[0].mac.as_str(), idx[0].machine_id, idx[0].state), (mac1.as_str(), m.id, MachineState::New));
+    assert_eq!(
+        (idx[0].mac.as_str(), idx[0].machine_id, idx[0].state),
+        (mac1.as_str(), m.id, MachineState::New)
+    );
 }

@@ -19,6 +19,17 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub boot: BootConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootConfig {
+    /// Directories searched for iPXE binaries served over HTTP (UEFI HTTP
+    /// boot) and TFTP, in order. Empty means `<data_dir>/ipxe-bin`, then
+    /// Debian's `/usr/lib/ipxe`.
+    #[serde(default)]
+    pub ipxe_dirs: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -63,6 +74,9 @@ impl Default for Config {
                 format: LogFormat::Text,
             },
             auth: AuthConfig { session_hours: 12 },
+            boot: BootConfig {
+                ipxe_dirs: Vec::new(),
+            },
         }
     }
 }
@@ -184,6 +198,18 @@ fn describe(e: figment::Error) -> String {
 }
 
 impl Config {
+    /// Where iPXE binaries are looked for, defaults applied.
+    pub fn ipxe_dirs(&self) -> Vec<PathBuf> {
+        if self.boot.ipxe_dirs.is_empty() {
+            vec![
+                self.data_dir.join("ipxe-bin"),
+                PathBuf::from("/usr/lib/ipxe"),
+            ]
+        } else {
+            self.boot.ipxe_dirs.clone()
+        }
+    }
+
     /// The store URL: PostgreSQL if configured, else SQLite in the data dir.
     pub fn store_url(&self) -> String {
         match &self.database_url {

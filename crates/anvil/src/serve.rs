@@ -67,10 +67,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         AdminBootstrap::Existing => {}
     }
 
+    app.start_background();
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
-    let router = build_router(app, metrics);
+    let boot = anvil_httpboot::HttpBootConfig {
+        data_dir: cfg.data_dir.clone(),
+        ipxe_dirs: cfg.ipxe_dirs(),
+    };
+    let router = build_router(app, metrics, boot);
 
     let listener = TcpListener::bind(cfg.http.listen)
         .await
@@ -90,7 +95,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 }
 
 /// The whole HTTP surface: API, web UI, health and metrics.
-pub fn build_router(app: App, metrics: PrometheusHandle) -> Router {
+pub fn build_router(
+    app: App,
+    metrics: PrometheusHandle,
+    boot: anvil_httpboot::HttpBootConfig,
+) -> Router {
     let ops = Ops {
         app: app.clone(),
         metrics,
@@ -103,6 +112,7 @@ pub fn build_router(app: App, metrics: PrometheusHandle) -> Router {
     Router::new()
         .nest("/api/v1", anvil_api::router(app.clone()))
         .merge(ops_routes)
+        .merge(anvil_httpboot::router(app.clone(), boot))
         .merge(anvil_web::router(app))
         .layer(axum::middleware::from_fn(track_requests))
 }
