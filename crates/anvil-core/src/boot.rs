@@ -231,8 +231,9 @@ impl App {
                 self.boot.mark_dirty();
                 Ok(Some(m.id))
             }
-            // Another instance (or packet) got there first: that is fine.
-            Err(Error::Duplicate { field: "mac", .. }) => Ok(None),
+            // Another instance, packet or call-home got there first (the
+            // hostname is derived from the MAC, so either may collide).
+            Err(Error::Duplicate { .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -293,77 +294,91 @@ impl App {
                     })?,
                 },
             };
-        let m = self.get_machine(&id.to_string()).await?;
-        let mut facts = m.facts.clone();
-        if !facts.is_object() {
-            facts = json!({});
-        }
-        facts["callhome"] = json!({
-            "mac": mac.to_string(),
-            "macs": report.macs,
-            "ip": report.ip,
-            "uptime_secs": report.uptime_secs,
-            "facts": report.facts,
-            "at": now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
-        });
-        let mut interfaces: Vec<InterfaceInput> = m
-            .interfaces
-            .iter()
-            .map(|i| InterfaceInput {
-                mac: i.mac.to_string(),
-                name: Some(i.name.clone()),
-                pxe: Some(i.pxe),
-                ipv4: i.ipv4.clone(),
-            })
-            .collect();
-        for other in others {
-            if m.interfaces.iter().any(|i| i.mac == other) {
-                continue;
+        for attempt in 0..3 {
+            let m = self.get_machine(&id.to_string()).await?;
+            let mut facts = m.facts.clone();
+            if !facts.is_object() {
+                facts = json!({});
             }
-            // A MAC another machine owns is a conflict to look at, not to take.
-            if let Some(owner) = self.store.machine_id_by_mac(&other).await? {
-                self.store
-                    .append_event(&anvil_store::NewEvent {
-                        time: now(),
-                        actor: "system".into(),
-                        machine_id: Some(m.id),
-                        kind: "machine.mac_conflict".into(),
-                        message: format!(
-                            "{} reported {other}, which belongs to machine {owner}",
-                            m.hostname
-                        ),
-                        data: json!({ "mac": other.to_string(), "owner": owner }),
-                    })
-                    .await?;
-                continue;
+            facts["callhome"] = json!({
+                "mac": mac.to_string(),
+                "macs": report.macs,
+                "ip": report.ip,
+                "uptime_secs": report.uptime_secs,
+                "facts": report.facts,
+                "at": now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            });
+            let mut interfaces: Vec<InterfaceInput> = m
+                .interfaces
+                .iter()
+                .map(|i| InterfaceInput {
+                    mac: i.mac.to_string(),
+                    name: Some(i.name.clone()),
+                    pxe: Some(i.pxe),
+                    ipv4: i.ipv4.clone(),
+                })
+                .collect();
+            for other in others.iter().copied() {
+                if m.interfaces.iter().any(|i| i.mac == other) {
+                    continue;
+                }
+                // A MAC another machine owns is a conflict to look at, not to take.
+                if let Some(owner) = self.store.machine_id_by_mac(&other).await? {
+                    self.store
+                        .append_event(&anvil_store::NewEvent {
+                            time: now(),
+                            actor: "system".into(),
+                            machine_id: Some(m.id),
+                            kind: "machine.mac_conflict".into(),
+                            message: format!(
+                                "{} reported {other}, which belongs to machine {owner}",
+                                m.hostname
+                            ),
+                            data: json!({ "mac": other.to_string(), "owner": owner }),
+                        })
+                        .await?;
+                    continue;
+                }
+                let taken: HashSet<String> =
+                    interfaces.iter().filter_map(|i| i.name.clone()).collect();
+                let name = (0..)
+                    .map(|n| format!("eth{n}"))
+                    .find(|n| !taken.contains(n))
+                    .unwrap_or_default();
+                interfaces.push(InterfaceInput {
+                    mac: other.to_string(),
+                    name: Some(name),
+                    pxe: Some(false),
+                    ipv4: None,
+                });
             }
-            let taken: HashSet<String> = interfaces.iter().filter_map(|i| i.name.clone()).collect();
-            let name = (0..)
-                .map(|n| format!("eth{n}"))
-                .find(|n| !taken.contains(n))
-                .unwrap_or_default();
-            interfaces.push(InterfaceInput {
-                mac: other.to_string(),
-                name: Some(name),
-                pxe: Some(false),
-                ipv4: None,
+            match self
+                .update_machine(
+                    &Principal::System,
+                    &m.id.to_string(),
+                    MachinePatch {
+                        facts: Some(facts),
+                        interfaces: Some(interfaces),
+                        ..Default::default()
+                    },
+                )
+                .await
+            {
+                // Someone changed the machine between our read and write
+                // (discovery, an operator): read again and re-apply.
+                Err(Error::Concurrent { .. }) if attempt < 2 => continue,
+                Err(e) => return Err(e),
+                Ok(_) => {}
+            }
+            self.boot.mark_dirty();
+            return Ok(CallHomeAck {
+                machine_id: m.id,
+                hostname: m.hostname,
+                created,
             });
         }
-        self.update_machine(
-            &Principal::System,
-            &m.id.to_string(),
-            MachinePatch {
-                facts: Some(facts),
-                interfaces: Some(interfaces),
-                ..Default::default()
-            },
-        )
-        .await?;
-        self.boot.mark_dirty();
-        Ok(CallHomeAck {
-            machine_id: m.id,
-            hostname: m.hostname,
-            created,
+        Err(Error::Concurrent {
+            what: "the machine",
         })
     }
 

@@ -34,7 +34,7 @@ pub(crate) async fn serve(Path(path): Path<String>, headers: HeaderMap) -> Respo
     let cached = headers
         .get(IF_NONE_MATCH)
         .is_some_and(|v| v.as_bytes() == etag.as_bytes());
-    let mime = HeaderValue::from_str(&file.metadata.mimetype())
+    let mime = HeaderValue::from_str(file.metadata.mimetype())
         .unwrap_or(HeaderValue::from_static("application/octet-stream"));
     let mut res = if cached {
         StatusCode::NOT_MODIFIED.into_response()

@@ -63,10 +63,7 @@ impl FromRequestParts<App> for Session {
 /// login form swapped into the page.
 fn login_redirect(parts: &Parts) -> Response {
     let to = if parts.method == Method::GET || parts.method == Method::HEAD {
-        let here = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str());
+        let here = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
         format!("/login?next={}", encode_component(here))
     } else {
         "/login".to_string()
@@ -197,17 +194,18 @@ pub(crate) fn safe_next(next: &str) -> String {
     if local {
         // A header value must be visible ASCII; non-ASCII (a decoded search
         // term) is percent-encoded, which the browser reads the same way.
-        next.chars().fold(String::with_capacity(next.len()), |mut s, c| {
-            if c.is_ascii_graphic() {
-                s.push(c);
-            } else {
-                let mut buf = [0u8; 4];
-                for b in c.encode_utf8(&mut buf).bytes() {
-                    s.push_str(&format!("%{b:02X}"));
+        next.chars()
+            .fold(String::with_capacity(next.len()), |mut s, c| {
+                if c.is_ascii_graphic() {
+                    s.push(c);
+                } else {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        s.push_str(&format!("%{b:02X}"));
+                    }
                 }
-            }
-            s
-        })
+                s
+            })
     } else {
         HOME.to_string()
     }

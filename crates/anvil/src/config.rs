@@ -20,6 +20,8 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub boot: BootConfig,
+    /// IPv6 router advertisements on boot networks (off unless interfaces are named).
+    pub ipv6_ra: anvil_ra::RaConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,6 +79,7 @@ impl Default for Config {
             boot: BootConfig {
                 ipxe_dirs: Vec::new(),
             },
+            ipv6_ra: anvil_ra::RaConfig::default(),
         }
     }
 }

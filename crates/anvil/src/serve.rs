@@ -85,13 +85,48 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening on http://{addr}");
     println!("anvil: listening on http://{addr}");
 
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut services = tokio::task::JoinSet::new();
+    if !cfg.ipv6_ra.interfaces.is_empty() {
+        let ra = cfg.ipv6_ra.clone();
+        let stop = stopped();
+        services.spawn(async move {
+            anvil_ra::run(ra, stop)
+                .await
+                .context("IPv6 router advertisements failed")
+        });
+    }
+    let http_stop = stopped();
+    services.spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(http_stop)
+            .await
+            .context("HTTP server failed")
+    });
+    // Run until a signal, or until a service fails (then stop the others).
+    let outcome = tokio::select! {
+        _ = shutdown_signal() => Ok(()),
+        Some(done) = services.join_next() => match done {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("a service panicked: {e}")),
+        },
+    };
+    let _ = stop_tx.send(true);
+    while let Some(done) = services.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %format!("{e:#}"), "service stopped with an error");
+        }
+    }
     tracing::info!("shutting down");
     store.close().await;
-    Ok(())
+    outcome
 }
 
 /// The whole HTTP surface: API, web UI, health and metrics.

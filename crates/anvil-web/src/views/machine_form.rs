@@ -306,7 +306,10 @@ fn parse(f: &MachineForm) -> Result<Parsed, FieldErrors> {
         }
         let address = f.bmc_address.trim();
         if address.is_empty() {
-            errors.add("bmc_address", "The BMC's host name or IP address is required.");
+            errors.add(
+                "bmc_address",
+                "The BMC's host name or IP address is required.",
+            );
         }
         let port = match f.bmc_port.trim() {
             "" => None,
@@ -435,10 +438,20 @@ pub(crate) async fn new_page(session: Session) -> Response {
         driver: String::new(),
         has_password: false,
     };
-    render(&session, ctx, values, FieldErrors::default(), StatusCode::OK)
+    render(
+        &session,
+        ctx,
+        values,
+        FieldErrors::default(),
+        StatusCode::OK,
+    )
 }
 
-fn posted_context(f: &MachineForm, editing: Option<(String, String)>, has_password: bool) -> FormContext {
+fn posted_context(
+    f: &MachineForm,
+    editing: Option<(String, String)>,
+    has_password: bool,
+) -> FormContext {
     FormContext {
         editing,
         architecture: f.architecture.trim().to_string(),
@@ -456,7 +469,13 @@ pub(crate) async fn create(
 ) -> Result<Response, PageError> {
     let again = |errors, status| {
         let ctx = posted_context(&form, None, false);
-        Ok(render(&session, ctx, FormValues::from_form(&form), errors, status))
+        Ok(render(
+            &session,
+            ctx,
+            FormValues::from_form(&form),
+            errors,
+            status,
+        ))
     };
     let p = match parse(&form) {
         Ok(p) => p,
@@ -503,13 +522,27 @@ pub(crate) async fn edit_page(
     let bmc = m.bmc.as_ref();
     let ctx = FormContext {
         editing: Some((m.id.to_string(), m.hostname.clone())),
-        architecture: m.architecture.map(|a| a.as_str().to_string()).unwrap_or_default(),
-        firmware: m.firmware.map(|f| f.as_str().to_string()).unwrap_or_default(),
-        driver: bmc.map(|b| b.driver.as_str().to_string()).unwrap_or_default(),
+        architecture: m
+            .architecture
+            .map(|a| a.as_str().to_string())
+            .unwrap_or_default(),
+        firmware: m
+            .firmware
+            .map(|f| f.as_str().to_string())
+            .unwrap_or_default(),
+        driver: bmc
+            .map(|b| b.driver.as_str().to_string())
+            .unwrap_or_default(),
         has_password: bmc.is_some_and(|b| b.has_password),
     };
     let values = FormValues::from_machine(&m);
-    Ok(render(&session, ctx, values, FieldErrors::default(), StatusCode::OK))
+    Ok(render(
+        &session,
+        ctx,
+        values,
+        FieldErrors::default(),
+        StatusCode::OK,
+    ))
 }
 
 /// The interfaces for a PATCH from the edited MAC list. An interface whose
@@ -562,7 +595,13 @@ pub(crate) async fn update(
             Some((m.id.to_string(), m.hostname.clone())),
             has_password,
         );
-        Ok(render(&session, ctx, FormValues::from_form(&form), errors, status))
+        Ok(render(
+            &session,
+            ctx,
+            FormValues::from_form(&form),
+            errors,
+            status,
+        ))
     };
     let p = match parse(&form) {
         Ok(p) => p,
@@ -624,15 +663,23 @@ mod tests {
         for field in ["hostname", "architecture", "macs", "bmc_driver", "bmc_port"] {
             assert!(e.get(field).is_some(), "no error for {field}");
         }
-        let macs = &e.get("macs").map(|e| e.message.as_str()).unwrap_or_default();
-        assert!(macs.contains("\"zz\"") && macs.contains("listed twice"), "{macs}");
+        let macs = &e
+            .get("macs")
+            .map(|e| e.message.as_str())
+            .unwrap_or_default();
+        assert!(
+            macs.contains("\"zz\"") && macs.contains("listed twice"),
+            "{macs}"
+        );
     }
 
     #[test]
     fn macs_split_on_lines_commas_and_spaces() {
-        let p = parse(&form("52:54:00:00:00:01\r\n 52:54:00:00:00:02, 525400000003\n\n"))
-            .map_err(|e| e.0.len())
-            .unwrap();
+        let p = parse(&form(
+            "52:54:00:00:00:01\r\n 52:54:00:00:00:02, 525400000003\n\n",
+        ))
+        .map_err(|e| e.0.len())
+        .unwrap();
         assert_eq!(p.macs.len(), 3);
         assert!(p.bmc.is_none(), "no BMC field filled: no BMC");
     }
@@ -657,7 +704,11 @@ mod tests {
             },
         ];
         let out = interface_inputs(
-            &[mac("52:54:00:00:00:03"), mac("52:54:00:00:00:01"), mac("52:54:00:00:00:02")],
+            &[
+                mac("52:54:00:00:00:03"),
+                mac("52:54:00:00:00:01"),
+                mac("52:54:00:00:00:02"),
+            ],
             &existing,
         );
         assert_eq!(out[1].name.as_deref(), Some("eno1"));
@@ -680,7 +731,13 @@ mod tests {
         .unwrap();
         assert_eq!(status, StatusCode::CONFLICT);
         let err = e.get("hostname").unwrap();
-        assert_eq!(err.link.as_deref(), Some(&*format!("/machines/{}", Uuid::nil())));
-        assert!(form_errors(Error::Forbidden("no")).is_err(), "not a form error");
+        assert_eq!(
+            err.link.as_deref(),
+            Some(&*format!("/machines/{}", Uuid::nil()))
+        );
+        assert!(
+            form_errors(Error::Forbidden("no")).is_err(),
+            "not a form error"
+        );
     }
 }

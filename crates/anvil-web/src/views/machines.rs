@@ -1,6 +1,6 @@
 //! The machine list, a machine's page, lifecycle moves and deletion.
 
-use super::{Layout, fmt_time, or_dash};
+use super::{Layout, fmt_iso, fmt_minute, fmt_time, or_dash};
 use crate::auth::{CsrfForm, HasCsrfToken, Session, encode_component};
 use crate::error::PageError;
 use anvil_api_types::{EventQuery, MachineQuery, StateChange};
@@ -15,8 +15,9 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use std::collections::VecDeque;
 
-/// Page sizes offered in the list; the first is the default.
-const PAGE_SIZES: [u32; 4] = [50, 25, 100, 200];
+/// Page sizes offered in the list.
+const PAGE_SIZES: [u32; 4] = [25, 50, 100, 200];
+const DEFAULT_PAGE_SIZE: u32 = 50;
 
 /// Sort keys offered as column headers (all are `anvil_api_types::MACHINE_SORT_KEYS`).
 const SORT_KEYS: [&str; 4] = ["hostname", "state", "created_at", "updated_at"];
@@ -111,13 +112,19 @@ impl Filters {
             .parse()
             .ok()
             .filter(|n| PAGE_SIZES.contains(n))
-            .unwrap_or(PAGE_SIZES[0]);
+            .unwrap_or(DEFAULT_PAGE_SIZE);
         let filters = Filters {
             q: p.q.trim().to_string(),
             state,
             tag: p.tag.trim().to_string(),
             sort,
-            page: p.page.parse().ok().filter(|n| *n >= 1).unwrap_or(1),
+            // Bounded so that the offset stays far inside what SQL takes.
+            page: p
+                .page
+                .parse()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .unwrap_or(1),
             per_page,
         };
         (filters, notices)
@@ -143,7 +150,7 @@ impl Filters {
         if !self.sort.is_empty() {
             add("sort", &self.sort);
         }
-        if self.per_page != PAGE_SIZES[0] {
+        if self.per_page != DEFAULT_PAGE_SIZE {
             add("per_page", &self.per_page.to_string());
         }
         if self.page > 1 {
@@ -199,7 +206,10 @@ pub(crate) struct Row {
     mac: String,
     more_macs: usize,
     tags: Vec<TagLink>,
+    /// To the minute, for the table; the full time is its tooltip.
     updated: String,
+    updated_full: String,
+    updated_iso: String,
 }
 
 pub(crate) struct Column {
@@ -222,7 +232,6 @@ pub(crate) struct Results {
     prev_url: Option<String>,
     next_url: Option<String>,
     filtered: bool,
-    clear_url: String,
     first_page_url: String,
     /// The query failed validation in core (e.g. a malformed MAC).
     error: Option<String>,
@@ -305,7 +314,9 @@ fn row(m: &Machine, filters: &Filters) -> Row {
                 url: filters.with(|f| f.tag = t.clone()),
             })
             .collect(),
-        updated: fmt_time(m.updated_at),
+        updated: fmt_minute(m.updated_at),
+        updated_full: fmt_time(m.updated_at),
+        updated_iso: fmt_iso(m.updated_at),
     }
 }
 
@@ -340,7 +351,7 @@ fn columns(filters: &Filters) -> Vec<Column> {
     vec![
         sortable("Hostname", "hostname"),
         sortable("Status", "state"),
-        plain("Architecture"),
+        plain("Arch"),
         plain("Hardware"),
         plain("MAC"),
         plain("Tags"),
@@ -360,12 +371,14 @@ async fn results(app: &App, filters: &Filters) -> Result<Results, PageError> {
         prev_url: None,
         next_url: None,
         filtered: filters.active(),
-        clear_url: "/machines".to_string(),
         first_page_url: filters.with(|_| ()),
         error,
     };
     let list = match app.list_machines(filters.query()).await {
         Ok(l) => l,
+        Err(Error::Invalid { field, message }) if field == "mac" => {
+            return Ok(empty(Some(format!("Searching by MAC address: {message}."))));
+        }
         Err(Error::Invalid { message, .. }) => return Ok(empty(Some(message))),
         Err(e) => return Err(e.into()),
     };
@@ -391,7 +404,6 @@ async fn results(app: &App, filters: &Filters) -> Result<Results, PageError> {
             f.url()
         }),
         filtered: filters.active(),
-        clear_url: "/machines".to_string(),
         first_page_url: filters.with(|_| ()),
         error: None,
     })
@@ -454,9 +466,7 @@ pub(crate) async fn list(
             selected: filters.state == Some(*s),
         }))
         .collect();
-        let mut sizes = PAGE_SIZES;
-        sizes.sort_unstable();
-        let size_choices = sizes
+        let size_choices = PAGE_SIZES
             .iter()
             .map(|n| Choice {
                 value: n.to_string(),
@@ -628,7 +638,9 @@ async fn render_machine(
         bmc: m.bmc.as_ref().map(|b| BmcView {
             driver: b.driver.as_str(),
             address: b.address.clone(),
-            port: b.port.map_or_else(|| "default".to_string(), |p| p.to_string()),
+            port: b
+                .port
+                .map_or_else(|| "default".to_string(), |p| p.to_string()),
             username: or_dash(b.username.as_deref()),
             has_password: b.has_password,
             verify_tls: b.verify_tls,
@@ -718,8 +730,15 @@ pub(crate) async fn change_state(
 ) -> Result<Response, PageError> {
     let Ok(to) = form.state.parse::<MachineState>() else {
         let message = format!("{:?} is not a lifecycle state.", form.state);
-        return refused(&app, &session, &id, message, form.reason, StatusCode::UNPROCESSABLE_ENTITY)
-            .await;
+        return refused(
+            &app,
+            &session,
+            &id,
+            message,
+            form.reason,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
     };
     let change = StateChange {
         state: to,
@@ -729,7 +748,15 @@ pub(crate) async fn change_state(
     match app.change_state(&by, &id, change).await {
         Ok(m) => Ok(Redirect::to(&format!("/machines/{}", m.id)).into_response()),
         Err(e @ (Error::Transition { .. } | Error::Concurrent { .. })) => {
-            refused(&app, &session, &id, sentence(&e), form.reason, StatusCode::CONFLICT).await
+            refused(
+                &app,
+                &session,
+                &id,
+                sentence(&e),
+                form.reason,
+                StatusCode::CONFLICT,
+            )
+            .await
         }
         Err(e @ Error::Invalid { .. }) => {
             let status = StatusCode::UNPROCESSABLE_ENTITY;
@@ -763,7 +790,11 @@ fn sentence(e: &Error) -> String {
     let s = e.to_string();
     let mut chars = s.chars();
     match chars.next() {
-        Some(c) => format!("{}{}.", c.to_uppercase(), chars.as_str().trim_end_matches('.')),
+        Some(c) => format!(
+            "{}{}.",
+            c.to_uppercase(),
+            chars.as_str().trim_end_matches('.')
+        ),
         None => s,
     }
 }
@@ -789,7 +820,11 @@ pub(crate) async fn delete(
     CsrfForm { session, form }: CsrfForm<DeleteForm>,
 ) -> Result<Response, PageError> {
     let m = app.get_machine(&id).await?;
-    if !form.confirm_hostname.trim().eq_ignore_ascii_case(&m.hostname) {
+    if !form
+        .confirm_hostname
+        .trim()
+        .eq_ignore_ascii_case(&m.hostname)
+    {
         let feedback = Feedback {
             delete_error: Some(format!(
                 "Type the hostname \"{}\" to confirm the deletion.",

@@ -57,6 +57,19 @@ pub(crate) fn fmt_time(t: OffsetDateTime) -> String {
     .unwrap_or_else(|_| t.to_string())
 }
 
+/// A timestamp where space is short: UTC, to the minute.
+pub(crate) fn fmt_minute(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(format_description!("[year]-[month]-[day] [hour]:[minute]"))
+        .unwrap_or_else(|_| t.to_string())
+}
+
+/// A timestamp for `<time datetime>`.
+pub(crate) fn fmt_iso(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
 /// An optional text for display: a dash when absent, as in MAAS.
 pub(crate) fn or_dash(v: Option<&str>) -> String {
     v.filter(|s| !s.is_empty()).unwrap_or("—").to_string()

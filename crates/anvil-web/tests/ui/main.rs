@@ -1,0 +1,5 @@
+//! Integration tests of the web UI: one binary, a real server per test.
+
+mod browser;
+mod http;
+mod support;
