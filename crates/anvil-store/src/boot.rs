@@ -81,6 +81,7 @@ impl Store {
         if batch.is_empty() {
             return Ok(());
         }
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, begin| {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
             for w in batch {
@@ -150,6 +151,7 @@ impl Store {
         if events.is_empty() {
             return Ok(());
         }
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             let mut qb = QueryBuilder::new("INSERT INTO boot_events (time, mac, kind, detail) ");
             qb.push_values(events, |mut b, (time, mac, kind, detail)| {

@@ -139,16 +139,30 @@ macro_rules! machine_from_row {
 /// Loads tags, interfaces and BMCs for `machines` in three queries, whatever
 /// their number (no query per machine).
 macro_rules! fill_children {
+    // The ids of the machines, bound one by one (for a few machines).
     ($p:expr, $machines:expr) => {{
+        let ids: Vec<Uuid> = $machines.iter().map(|m| m.id).collect();
+        fill_children!($p, $machines, |qb| {
+            let mut sep = qb.separated(", ");
+            for id in &ids {
+                sep.push_bind(*id);
+            }
+        })
+    }};
+    // `$push` writes what goes inside `machine_id IN (…)`: bound ids, or a
+    // subquery repeating the page's filter. The subquery keeps big pages
+    // from sending thousands of bound ids (a 20 KB message that stalls on
+    // Nagle's algorithm under TLS with sqlx 0.9.0, sqlx#4335).
+    ($p:expr, $machines:expr, |$qb:ident| $push:block) => {{
         let machines: &mut Vec<Machine> = $machines;
         if !machines.is_empty() {
             let index: HashMap<Uuid, usize> =
                 machines.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
 
             let mut qb = QueryBuilder::new("SELECT machine_id, tag FROM machine_tags WHERE machine_id IN (");
-            let mut sep = qb.separated(", ");
-            for m in machines.iter() {
-                sep.push_bind(m.id);
+            {
+                let $qb = &mut qb;
+                $push
             }
             qb.push(") ORDER BY tag");
             for row in qb.build().fetch_all($p).await.map_err(query_err("load tags"))? {
@@ -161,9 +175,9 @@ macro_rules! fill_children {
             let mut qb = QueryBuilder::new(
                 "SELECT id, machine_id, mac, name, pxe, ipv4 FROM interfaces WHERE machine_id IN (",
             );
-            let mut sep = qb.separated(", ");
-            for m in machines.iter() {
-                sep.push_bind(m.id);
+            {
+                let $qb = &mut qb;
+                $push
             }
             qb.push(") ORDER BY name, mac");
             for row in qb.build().fetch_all($p).await.map_err(query_err("load interfaces"))? {
@@ -184,9 +198,9 @@ macro_rules! fill_children {
             let mut qb = QueryBuilder::new(
                 "SELECT machine_id, driver, address, port, username, password_enc IS NOT NULL AS has_password, verify_tls FROM bmcs WHERE machine_id IN (",
             );
-            let mut sep = qb.separated(", ");
-            for m in machines.iter() {
-                sep.push_bind(m.id);
+            {
+                let $qb = &mut qb;
+                $push
             }
             qb.push(")");
             for row in qb.build().fetch_all($p).await.map_err(query_err("load bmcs"))? {
@@ -347,6 +361,7 @@ impl Store {
     /// Inserts a new machine with its children and the event that records it.
     pub async fn insert_machine(&self, w: &MachineWrite, event: &NewEvent) -> Result<()> {
         let m = &w.machine;
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, begin| {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
             sqlx::query(
@@ -385,6 +400,7 @@ impl Store {
         event: &NewEvent,
     ) -> Result<()> {
         let m = &w.machine;
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, begin| {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
             let done = sqlx::query(
@@ -438,6 +454,7 @@ impl Store {
         at: OffsetDateTime,
         event: &NewEvent,
     ) -> Result<()> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, begin| {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
             let done = sqlx::query(
@@ -462,6 +479,7 @@ impl Store {
 
     /// Deletes a machine and its children. Returns false if it did not exist.
     pub async fn delete_machine(&self, id: Uuid, event: &NewEvent) -> Result<bool> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, begin| {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
             let done = sqlx::query("DELETE FROM machines WHERE id = $1")
@@ -544,7 +562,14 @@ impl Store {
             for row in &rows {
                 machines.push(machine_from_row!(row));
             }
-            fill_children!(p, &mut machines);
+            let order = format!(" ORDER BY {} {dir}, m.id {dir}", f.sort.column());
+            fill_children!(p, &mut machines, |qb| {
+                qb.push("SELECT m.id FROM machines m");
+                push_filter(qb, f);
+                qb.push(order.as_str());
+                qb.push(" LIMIT ").push_bind(i64::from(f.limit));
+                qb.push(" OFFSET ").push_bind(f.offset as i64);
+            });
             Ok((machines, total.max(0) as u64))
         })
     }
@@ -564,6 +589,7 @@ impl Store {
 
     /// Appends an event that is not part of another change.
     pub async fn append_event(&self, event: &NewEvent) -> Result<()> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             insert_event!(p, event);
         });

@@ -102,6 +102,7 @@ impl Store {
         Ok(Store {
             pool: Pool::Sqlite(pool),
             _lock: lock,
+            writers: Some(Arc::new(tokio::sync::Mutex::new(()))),
         })
     }
 
@@ -130,6 +131,7 @@ impl Store {
         Ok(Store {
             pool: Pool::Postgres(pool),
             _lock: None,
+            writers: None,
         })
     }
 }

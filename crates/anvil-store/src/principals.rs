@@ -53,6 +53,7 @@ macro_rules! user_from_row {
 
 impl Store {
     pub async fn insert_user(&self, user: &User, password_hash: &str) -> Result<()> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             sqlx::query(
                 "INSERT INTO users (id, username, password_hash, is_admin, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -96,6 +97,7 @@ impl Store {
 
     /// Sets a user's password hash; false if there is no such user.
     pub async fn set_password_hash(&self, username: &str, hash: &str) -> Result<bool> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE username = $2")
                 .bind(hash)
@@ -141,6 +143,7 @@ impl Store {
         secret_hash: &str,
         at: OffsetDateTime,
     ) -> Result<()> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             sqlx::query(
                 "INSERT INTO api_tokens (id, name, user_id, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
@@ -190,6 +193,7 @@ impl Store {
 
     /// Records that a token was used (at most every minute, by the caller).
     pub async fn touch_token(&self, id: Uuid, at: OffsetDateTime) -> Result<()> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
                 .bind(Ts(at))
@@ -236,6 +240,7 @@ impl Store {
 
     /// Revokes (deletes) a token; false if it did not exist.
     pub async fn delete_token(&self, id: Uuid) -> Result<bool> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             let done = sqlx::query("DELETE FROM api_tokens WHERE id = $1")
                 .bind(id)
@@ -254,6 +259,7 @@ impl Store {
         at: OffsetDateTime,
         expires_at: OffsetDateTime,
     ) -> Result<()> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             sqlx::query(
                 "INSERT INTO sessions (id_hash, user_id, csrf_token, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
@@ -301,6 +307,7 @@ impl Store {
     }
 
     pub async fn delete_session(&self, id_hash: &str) -> Result<()> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             sqlx::query("DELETE FROM sessions WHERE id_hash = $1")
                 .bind(id_hash)
@@ -313,6 +320,7 @@ impl Store {
 
     /// Removes expired sessions; returns how many.
     pub async fn purge_sessions(&self, now: OffsetDateTime) -> Result<u64> {
+        let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             let done = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
                 .bind(Ts(now))
