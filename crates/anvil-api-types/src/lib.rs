@@ -307,6 +307,7 @@ pub mod problem_types {
     pub const UNSUPPORTED_MEDIA_TYPE: &str = "https://anvil.dev/problems/unsupported-media-type";
     pub const METHOD_NOT_ALLOWED: &str = "https://anvil.dev/problems/method-not-allowed";
     pub const UNAVAILABLE: &str = "https://anvil.dev/problems/unavailable";
+    pub const BMC: &str = "https://anvil.dev/problems/bmc";
     pub const INTERNAL: &str = "https://anvil.dev/problems/internal";
 }
 
@@ -430,4 +431,62 @@ pub struct CallHomeAck {
     pub hostname: String,
     /// Whether this call created the machine.
     pub created: bool,
+}
+
+pub use anvil_types::{Job, JobStatus};
+
+/// Body of `POST /api/v1/enroll`: a machine by its BMC. Anvil probes the BMC
+/// and creates the machine in state `new` with what the BMC reports; the NICs
+/// it reports become interfaces, so the machine is recognised when it
+/// PXE-boots. Enrolling the same BMC again changes nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub driver: BmcDriver,
+    /// Host name or IP address, optionally `:port`.
+    #[schema(example = "10.10.0.21")]
+    pub address: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Write-only: stored encrypted, never returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Hostname for the new machine; derived from the BMC's report if absent.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// Verify the BMC's TLS certificate (default true).
+    #[serde(default)]
+    pub verify_tls: Option<bool>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// Answer to an enrolment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EnrollResult {
+    pub machine: Machine,
+    /// False when the BMC was already enrolled (nothing changed).
+    pub created: bool,
+}
+
+/// Body of `POST /api/v1/actions/{action}`: the machines to act on, by
+/// tag, state or list (at least one), combined with AND.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkSelector {
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub state: Option<MachineState>,
+    /// Machine ids or hostnames.
+    #[serde(default)]
+    pub machines: Option<Vec<String>>,
+}
+
+/// Jobs started by one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    pub items: Vec<Job>,
 }

@@ -92,6 +92,12 @@ impl From<Error> for ApiError {
             Error::Invalid { field, message } => {
                 ApiError::validation(Some(field.clone()), format!("{field}: {message}"))
             }
+            Error::Bmc(detail) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                pt::BMC,
+                "BMC error",
+                detail.clone(),
+            ),
             Error::Unauthenticated => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 pt::UNAUTHORIZED,

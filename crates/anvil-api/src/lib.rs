@@ -51,6 +51,13 @@ pub fn router(app: App) -> Router {
         )
         .route("/machines/{id}/boot-timeline", get(boot_timeline))
         .route("/leases", get(list_leases))
+        .route("/machines/{id}/actions/{action}", post(machine_action))
+        .route("/machines/{id}/jobs", get(machine_jobs))
+        .route("/machines/{id}/power-state", post(refresh_power))
+        .route("/actions/{action}", post(bulk_action))
+        .route("/jobs", get(list_jobs))
+        .route("/jobs/{id}", get(get_job))
+        .route("/enroll", post(enroll))
         .route("/discovery/callhome", post(call_home))
         .route("/events", get(events))
         .route("/tokens", get(list_tokens).post(create_token))
@@ -87,7 +94,7 @@ async fn method_not_allowed() -> ApiError {
     paths(
         whoami, list_machines, create_machine, get_machine, update_machine, delete_machine,
         change_state, machine_events, list_interfaces, add_interface, update_interface,
-        delete_interface, boot_timeline, list_leases, call_home, events, list_tokens, create_token, revoke_token, list_users,
+        delete_interface, machine_action, bulk_action, machine_jobs, list_jobs, get_job, refresh_power, enroll, boot_timeline, list_leases, call_home, events, list_tokens, create_token, revoke_token, list_users,
         create_user, set_password,
     ),
     components(schemas(Problem)),
@@ -97,6 +104,7 @@ async fn method_not_allowed() -> ApiError {
         (name = "machines", description = "The inventory and the lifecycle"),
         (name = "events", description = "The append-only audit log"),
         (name = "boot", description = "Network boot: leases, boot timelines, discovery"),
+        (name = "power", description = "BMCs: enrolment, power actions as jobs"),
         (name = "auth", description = "Users and API tokens"),
     )
 )]
@@ -414,4 +422,116 @@ async fn call_home(
     ApiJson(body): ApiJson<CallHome>,
 ) -> ApiResult<J<CallHomeAck>> {
     Ok(axum::Json(app.call_home(body).await?))
+}
+
+fn parse_action(action: &str) -> ApiResult<anvil_core::power::MachineAction> {
+    anvil_core::power::MachineAction::parse(action).ok_or_else(|| {
+        ApiError::not_found(format!(
+            "no action {action:?}: use power-on, power-off, power-cycle or pxe-boot"
+        ))
+    })
+}
+
+/// Starts a power action on a machine. Answers 202 with the job; follow it
+/// at `/api/v1/jobs/{id}`.
+#[utoipa::path(post, path = "/machines/{id}/actions/{action}", tag = "power",
+    params(("id" = String, Path, description = "Machine UUID or hostname"),
+           ("action" = String, Path, description = "power-on, power-off, power-cycle or pxe-boot")),
+    responses((status = 202, body = Job), (status = 404, body = Problem, content_type = "application/problem+json"),
+              (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn machine_action(
+    State(app): State<App>,
+    Auth(p): Auth,
+    ApiPath((id, action)): ApiPath<(String, String)>,
+) -> ApiResult<(StatusCode, HeaderMap, J<Job>)> {
+    let action = parse_action(&action)?;
+    let job = app.start_action(&p, &id, action).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/jobs/{}", job.id)) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok((StatusCode::ACCEPTED, headers, axum::Json(job)))
+}
+
+/// Starts a power action on every machine the selector matches (by tag,
+/// state or list). The jobs run with a concurrency limit; one BMC that hangs
+/// never holds up the others beyond its own timeout.
+#[utoipa::path(post, path = "/actions/{action}", tag = "power", request_body = BulkSelector,
+    params(("action" = String, Path, description = "power-on, power-off, power-cycle or pxe-boot")),
+    responses((status = 202, body = JobList), (status = 422, body = Problem, content_type = "application/problem+json")))]
+async fn bulk_action(
+    State(app): State<App>,
+    Auth(p): Auth,
+    ApiPath(action): ApiPath<String>,
+    ApiJson(sel): ApiJson<BulkSelector>,
+) -> ApiResult<(StatusCode, J<JobList>)> {
+    let action = parse_action(&action)?;
+    let items = app.start_bulk_action(&p, sel, action).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(JobList { items })))
+}
+
+/// The newest jobs of a machine.
+#[utoipa::path(get, path = "/machines/{id}/jobs", tag = "power",
+    params(("id" = String, Path, description = "Machine UUID or hostname")),
+    responses((status = 200, body = JobList), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn machine_jobs(
+    State(app): State<App>,
+    Auth(_caller): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<J<JobList>> {
+    Ok(axum::Json(JobList {
+        items: app.list_jobs(Some(&id), 100).await?,
+    }))
+}
+
+/// The newest jobs.
+#[utoipa::path(get, path = "/jobs", tag = "power", responses((status = 200, body = JobList)))]
+async fn list_jobs(State(app): State<App>, Auth(_caller): Auth) -> ApiResult<J<JobList>> {
+    Ok(axum::Json(JobList {
+        items: app.list_jobs(None, 100).await?,
+    }))
+}
+
+/// A job and its outcome.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "power", params(("id" = Uuid, Path, description = "Job id")),
+    responses((status = 200, body = Job), (status = 404, body = Problem, content_type = "application/problem+json")))]
+async fn get_job(
+    State(app): State<App>,
+    Auth(_caller): Auth,
+    ApiPath(id): ApiPath<Uuid>,
+) -> ApiResult<J<Job>> {
+    Ok(axum::Json(app.get_job(id).await?))
+}
+
+/// Reads the machine's power state from its BMC now.
+#[utoipa::path(post, path = "/machines/{id}/power-state", tag = "power",
+    params(("id" = String, Path, description = "Machine UUID or hostname")),
+    responses((status = 200, body = Machine), (status = 502, body = Problem, content_type = "application/problem+json")))]
+async fn refresh_power(
+    State(app): State<App>,
+    Auth(_caller): Auth,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<J<Machine>> {
+    Ok(axum::Json(app.refresh_power_state(&id).await?))
+}
+
+/// Enrols a machine by its BMC: Anvil probes the BMC and creates the machine
+/// with what it reports (NICs become interfaces). 201 when created, 200 with
+/// the existing machine when that BMC is already enrolled.
+#[utoipa::path(post, path = "/enroll", tag = "power", request_body = EnrollRequest,
+    responses((status = 201, body = EnrollResult), (status = 200, body = EnrollResult),
+              (status = 502, body = Problem, content_type = "application/problem+json"),
+              (status = 409, body = Problem, content_type = "application/problem+json")))]
+async fn enroll(
+    State(app): State<App>,
+    Auth(p): Auth,
+    ApiJson(body): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, J<EnrollResult>)> {
+    let r = app.enroll(&p, body).await?;
+    let status = if r.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, axum::Json(r)))
 }

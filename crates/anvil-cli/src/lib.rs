@@ -453,6 +453,8 @@ mod tests {
                 has_password: true,
                 verify_tls: false,
             }),
+            power_state: None,
+            power_checked_at: None,
             created_at: time::OffsetDateTime::UNIX_EPOCH,
             updated_at: time::OffsetDateTime::UNIX_EPOCH,
         }

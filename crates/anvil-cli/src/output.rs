@@ -319,6 +319,8 @@ mod tests {
                 has_password: true,
                 verify_tls: false,
             }),
+            power_state: None,
+            power_checked_at: None,
             created_at: datetime!(2026-01-02 03:04:05.123456 UTC),
             updated_at: datetime!(2026-01-03 00:00:00 UTC),
         }

@@ -47,8 +47,15 @@ const MAX_CALLHOME_FACTS: usize = 64 * 1024;
 
 type BootRow = (OffsetDateTime, String, String, serde_json::Value);
 
+#[derive(Default)]
+struct BootIndex {
+    by_mac: HashMap<MacAddr, IndexedMachine>,
+    /// Reserved address → the MAC it is reserved for.
+    by_reserved_ip: HashMap<Ipv4Addr, MacAddr>,
+}
+
 pub(crate) struct BootState {
-    index: RwLock<Arc<HashMap<MacAddr, IndexedMachine>>>,
+    index: RwLock<Arc<BootIndex>>,
     dirty: Notify,
     recorder: mpsc::Sender<BootRow>,
     recorder_rx: Mutex<Option<mpsc::Receiver<BootRow>>>,
@@ -59,7 +66,7 @@ impl BootState {
     pub(crate) fn new() -> Self {
         let (tx, rx) = mpsc::channel(RECORDER_QUEUE);
         BootState {
-            index: RwLock::new(Arc::new(HashMap::new())),
+            index: RwLock::new(Arc::new(BootIndex::default())),
             dirty: Notify::new(),
             recorder: tx,
             recorder_rx: Mutex::new(Some(rx)),
@@ -101,29 +108,39 @@ impl App {
     /// The machine that owns `mac`, from the snapshot (no database access).
     pub fn lookup_boot(&self, mac: &MacAddr) -> Option<IndexedMachine> {
         let idx = self.boot.index.read().ok()?.clone();
-        idx.get(mac).cloned()
+        idx.by_mac.get(mac).cloned()
+    }
+
+    /// The MAC an address is reserved for, from the snapshot.
+    pub fn reserved_owner(&self, ip: Ipv4Addr) -> Option<MacAddr> {
+        let idx = self.boot.index.read().ok()?.clone();
+        idx.by_reserved_ip.get(&ip).copied()
     }
 
     /// Rebuilds the MAC snapshot from the store.
     pub async fn refresh_boot_index(&self) -> Result<()> {
         let rows = self.store.interface_index().await?;
-        let mut map = HashMap::with_capacity(rows.len());
+        let mut idx = BootIndex::default();
         for r in rows {
             let Ok(mac) = r.mac.parse::<MacAddr>() else {
                 continue;
             };
-            map.insert(
+            let reserved_ipv4: Option<Ipv4Addr> = r.ipv4.and_then(|ip| ip.parse().ok());
+            if let Some(ip) = reserved_ipv4 {
+                idx.by_reserved_ip.insert(ip, mac);
+            }
+            idx.by_mac.insert(
                 mac,
                 IndexedMachine {
                     id: r.machine_id,
                     hostname: r.hostname,
                     state: r.state,
-                    reserved_ipv4: r.ipv4.and_then(|ip| ip.parse().ok()),
+                    reserved_ipv4,
                 },
             );
         }
         if let Ok(mut guard) = self.boot.index.write() {
-            *guard = Arc::new(map);
+            *guard = Arc::new(idx);
         }
         Ok(())
     }

@@ -26,6 +26,10 @@ pub enum Error {
     /// A request value is invalid; `field` is its path in the request.
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    /// A BMC refused, failed or did not answer. The text never holds a
+    /// password (drivers guarantee it).
+    #[error("{0}")]
+    Bmc(String),
     #[error("authentication required")]
     Unauthenticated,
     #[error("{0}")]

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod crypto;
 mod error;
 mod machines;
+pub mod power;
 mod principals;
 
 pub use crypto::{KeyError, SecretBox};
@@ -36,6 +37,7 @@ pub struct App {
     secrets: SecretBox,
     session_ttl: time::Duration,
     boot: std::sync::Arc<boot::BootState>,
+    power: Option<std::sync::Arc<power::PowerCtl>>,
 }
 
 impl App {
@@ -45,6 +47,7 @@ impl App {
             secrets,
             session_ttl: time::Duration::hours(12),
             boot: std::sync::Arc::new(boot::BootState::new()),
+            power: None,
         }
     }
 

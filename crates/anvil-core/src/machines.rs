@@ -320,6 +320,8 @@ impl App {
             facts: facts(c.facts)?,
             interfaces: ifaces,
             bmc,
+            power_state: None,
+            power_checked_at: None,
             created_at: at,
             updated_at: at,
         };

@@ -9,6 +9,7 @@
 
 mod boot;
 mod error;
+mod jobs;
 mod machines;
 mod open;
 mod principals;

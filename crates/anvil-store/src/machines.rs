@@ -80,7 +80,7 @@ pub struct EventFilter {
     pub limit: u32,
 }
 
-const MACHINE_COLUMNS: &str = "m.id, m.hostname, m.state, m.state_reason, m.architecture, m.firmware, m.vendor, m.model, m.serial, m.facts, m.created_at, m.updated_at";
+const MACHINE_COLUMNS: &str = "m.id, m.hostname, m.state, m.state_reason, m.architecture, m.firmware, m.vendor, m.model, m.serial, m.facts, m.power_state, m.power_checked_at, m.created_at, m.updated_at";
 
 fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt {
@@ -130,6 +130,11 @@ macro_rules! machine_from_row {
             facts: facts.0,
             interfaces: Vec::new(),
             bmc: None,
+            power_state: get("power_state")?,
+            power_checked_at: row
+                .try_get::<Option<Ts>, _>("power_checked_at")
+                .map_err(|e| corrupt("power_checked_at", e))?
+                .map(|t| t.0),
             created_at: created.0,
             updated_at: updated.0,
         }

@@ -120,6 +120,7 @@ conformance!(
     bmc_secret_is_kept_unless_replaced,
     leases_commit_in_batches,
     boot_events_and_interface_index,
+    jobs_and_power_state,
 );
 
 fn now() -> OffsetDateTime {
@@ -160,6 +161,8 @@ fn machine(host: &str, i: u32) -> Machine {
             has_password: true,
             verify_tls: false,
         }),
+        power_state: None,
+        power_checked_at: None,
         created_at: at,
         updated_at: at,
     }
@@ -763,5 +766,75 @@ async fn boot_events_and_interface_index(s: Store) {
     assert_eq!(
         (idx[0].mac.as_str(), idx[0].machine_id, idx[0].state),
         (mac1.as_str(), m.id, MachineState::New)
+    );
+}
+
+async fn jobs_and_power_state(s: Store) {
+    use anvil_types::{Job, JobStatus};
+    let m = machine("pw", 1);
+    insert(&s, &m).await;
+    let at = now();
+    let job = Job {
+        id: Uuid::now_v7(),
+        kind: "power-on".into(),
+        machine_id: Some(m.id),
+        status: JobStatus::Queued,
+        actor: "test".into(),
+        params: json!({"x": 1}),
+        result: None,
+        error: None,
+        created_at: at,
+        started_at: None,
+        finished_at: None,
+    };
+    s.insert_job(&job).await.unwrap();
+    assert_eq!(s.get_job(job.id).await.unwrap().unwrap(), job);
+    s.start_job(job.id, at).await.unwrap();
+    assert_eq!(
+        s.get_job(job.id).await.unwrap().unwrap().status,
+        JobStatus::Running
+    );
+    s.finish_job(job.id, Ok(&json!({"power_state": "on"})), at)
+        .await
+        .unwrap();
+    let done = s.get_job(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        (done.status, done.result.clone(), done.finished_at),
+        (
+            JobStatus::Succeeded,
+            Some(json!({"power_state": "on"})),
+            Some(at)
+        )
+    );
+    let mut j2 = job.clone();
+    j2.id = Uuid::now_v7();
+    j2.created_at = at + time::Duration::seconds(1);
+    s.insert_job(&j2).await.unwrap();
+    assert_eq!(s.fail_orphaned_jobs(at).await.unwrap(), 1);
+    let failed = s.get_job(j2.id).await.unwrap().unwrap();
+    assert_eq!(failed.status, JobStatus::Failed);
+    assert!(failed.error.unwrap().contains("restarted"));
+    let listed = s.list_jobs(Some(m.id), 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|j| j.id).collect::<Vec<_>>(),
+        [j2.id, job.id]
+    );
+    assert!(
+        s.list_jobs(Some(Uuid::now_v7()), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let before = s.get_machine(m.id).await.unwrap().unwrap();
+    s.set_power_state(m.id, Some("on"), at).await.unwrap();
+    let after = s.get_machine(m.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.power_state.as_deref(), after.power_checked_at),
+        (Some("on"), Some(at))
+    );
+    assert_eq!(
+        after.updated_at, before.updated_at,
+        "polling is not an edit"
     );
 }

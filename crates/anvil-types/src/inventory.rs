@@ -103,6 +103,13 @@ pub struct Machine {
     pub facts: serde_json::Value,
     pub interfaces: Vec<Interface>,
     pub bmc: Option<Bmc>,
+    /// Last power state read from the BMC (`on` or `off`), if ever read.
+    #[serde(default)]
+    pub power_state: Option<String>,
+    /// When `power_state` was read.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub power_checked_at: Option<OffsetDateTime>,
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
@@ -152,4 +159,42 @@ pub struct User {
     #[serde(with = "time::serde::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: OffsetDateTime,
+}
+
+string_enum!(
+    /// Where a job is.
+    JobStatus, "status", {
+    Queued => "queued",
+    Running => "running",
+    Succeeded => "succeeded",
+    Failed => "failed",
+});
+
+/// An action Anvil carries out in the background (a power action, an
+/// enrolment, a commissioning …), with its outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: Uuid,
+    /// `power-on`, `power-off`, `power-cycle`, `pxe-boot`, …
+    pub kind: String,
+    pub machine_id: Option<Uuid>,
+    pub status: JobStatus,
+    /// Who asked for it.
+    pub actor: String,
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+    /// What it produced, when it succeeded.
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
+    /// Why it failed.
+    pub error: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: OffsetDateTime,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<OffsetDateTime>,
 }

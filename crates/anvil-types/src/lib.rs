@@ -10,6 +10,6 @@ mod state;
 
 pub use ident::{Hostname, MacAddr, ParseError};
 pub use inventory::{
-    Architecture, Bmc, BmcDriver, Event, Firmware, Interface, Machine, Token, User,
+    Architecture, Bmc, BmcDriver, Event, Firmware, Interface, Job, JobStatus, Machine, Token, User,
 };
 pub use state::{MachineState, TransitionError};

@@ -28,6 +28,9 @@ impl From<anvil_core::Error> for PageError {
                 PageError::Conflict(e.to_string())
             }
             E::Invalid { .. } => PageError::BadRequest(e.to_string()),
+            // A BMC's failure is the operator's to see and fix (the text never
+            // holds a password); shown like a conflict, not as a server fault.
+            E::Bmc(m) => PageError::Conflict(m),
             E::Unauthenticated => PageError::Forbidden(e.to_string()),
             E::Forbidden(m) => PageError::Forbidden(m.to_string()),
             E::Unavailable { .. } => {

@@ -1,0 +1,647 @@
+//! Power control: enrolment by BMC, power actions as jobs, bulk actions
+//! with a concurrency limit, and the power-state poller.
+//!
+//! The application never speaks a BMC protocol: a `DriverFactory` turns a
+//! machine's BMC record and password into an `anvil_power::PowerDriver`.
+//! Every call to a BMC runs under a timeout, and at most `concurrency` run
+//! at once, so one BMC that hangs or refuses never delays the others beyond
+//! its own slot.
+
+use crate::error::{Error, Result};
+use crate::{App, Principal, now};
+use anvil_api_types::{
+    BulkSelector, EnrollRequest, EnrollResult, InterfaceInput, MachineCreate, MachineQuery,
+};
+use anvil_power::{
+    BmcCredentials, BootDevice, BootOverride, Inventory, PowerAction, PowerDriver, PowerError,
+    PowerState, wait_for_state,
+};
+use anvil_types::{BmcDriver, Job, JobStatus, Machine};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+/// Makes drivers. The binary provides the real one (Redfish, IPMI); tests
+/// provide fakes.
+pub trait DriverFactory: Send + Sync {
+    fn driver(
+        &self,
+        driver: BmcDriver,
+        creds: BmcCredentials,
+    ) -> Result<Arc<dyn PowerDriver>, PowerError>;
+}
+
+/// Limits of power work.
+#[derive(Debug, Clone)]
+pub struct PowerLimits {
+    /// BMC calls in flight at once.
+    pub concurrency: usize,
+    /// Longest a single action (with its wait for the state) may take.
+    pub action_timeout: Duration,
+    /// Longest a single power-state read may take.
+    pub status_timeout: Duration,
+    /// Time between two polls of all machines' power state.
+    pub poll_interval: Duration,
+}
+
+impl Default for PowerLimits {
+    fn default() -> Self {
+        PowerLimits {
+            concurrency: 32,
+            action_timeout: Duration::from_secs(120),
+            status_timeout: Duration::from_secs(15),
+            poll_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+pub(crate) struct PowerCtl {
+    factory: Arc<dyn DriverFactory>,
+    limits: PowerLimits,
+    slots: Arc<Semaphore>,
+}
+
+/// A power action on a machine, as the API names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MachineAction {
+    PowerOn,
+    PowerOff,
+    PowerCycle,
+    /// Boot from the network once, then power on (or reset when on).
+    PxeBoot,
+}
+
+impl MachineAction {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "power-on" => MachineAction::PowerOn,
+            "power-off" => MachineAction::PowerOff,
+            "power-cycle" => MachineAction::PowerCycle,
+            "pxe-boot" => MachineAction::PxeBoot,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineAction::PowerOn => "power-on",
+            MachineAction::PowerOff => "power-off",
+            MachineAction::PowerCycle => "power-cycle",
+            MachineAction::PxeBoot => "pxe-boot",
+        }
+    }
+}
+
+fn power_err(e: PowerError) -> Error {
+    Error::Bmc(e.to_string())
+}
+
+fn state_str(s: PowerState) -> &'static str {
+    match s {
+        PowerState::On => "on",
+        PowerState::Off => "off",
+    }
+}
+
+impl App {
+    /// Enables power control with drivers from `factory`.
+    pub fn with_power(mut self, factory: Arc<dyn DriverFactory>, limits: PowerLimits) -> Self {
+        self.power = Some(Arc::new(PowerCtl {
+            factory,
+            slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            limits,
+        }));
+        self
+    }
+
+    fn power_ctl(&self) -> Result<&Arc<PowerCtl>> {
+        self.power
+            .as_ref()
+            .ok_or_else(|| Error::invalid("bmc", "power control is not enabled on this server"))
+    }
+
+    /// A driver for a machine's BMC, with its decrypted password.
+    async fn driver_for(&self, m: &Machine) -> Result<(Arc<dyn PowerDriver>, String)> {
+        let ctl = self.power_ctl()?;
+        let bmc = m
+            .bmc
+            .as_ref()
+            .ok_or_else(|| Error::invalid("bmc", format!("machine {} has no BMC", m.hostname)))?;
+        let password = self.bmc_password(m.id).await?;
+        let creds = BmcCredentials {
+            address: bmc.address.clone(),
+            port: bmc.port,
+            username: bmc.username.clone(),
+            password,
+            verify_tls: bmc.verify_tls,
+            ca_pem: None,
+        };
+        let d = ctl.factory.driver(bmc.driver, creds).map_err(power_err)?;
+        Ok((d, bmc.address.clone()))
+    }
+
+    /// Probes a BMC and creates its machine. Enrolling a BMC that is already
+    /// enrolled returns its machine unchanged (`created: false`).
+    pub async fn enroll(&self, by: &Principal, req: EnrollRequest) -> Result<EnrollResult> {
+        let ctl = self.power_ctl()?.clone();
+        let (address, port) = split_address(&req.address, req.port)?;
+        if let Some(id) = self.store.machine_id_by_bmc(&address, port).await? {
+            return Ok(EnrollResult {
+                machine: self.get_machine(&id.to_string()).await?,
+                created: false,
+            });
+        }
+        let creds = BmcCredentials {
+            address: address.clone(),
+            port,
+            username: req.username.clone(),
+            password: req.password.clone(),
+            verify_tls: req.verify_tls.unwrap_or(true),
+            ca_pem: None,
+        };
+        let driver = ctl.factory.driver(req.driver, creds).map_err(power_err)?;
+        let _slot = ctl.slots.acquire().await.map_err(|_| Error::Internal {
+            context: "power slots",
+            source: "closed".into(),
+        })?;
+        let timeout = ctl.limits.action_timeout;
+        let inventory = match tokio::time::timeout(timeout, driver.inventory()).await {
+            Ok(Ok(inv)) => inv,
+            // IPMI and some BMCs cannot describe the machine: a reachable
+            // BMC (its power state answers) is enough to enrol it.
+            Ok(Err(PowerError::NotSupported { .. })) => {
+                let state = tokio::time::timeout(timeout, driver.power_state())
+                    .await
+                    .map_err(|_| {
+                        Error::Bmc(format!(
+                            "the BMC at {address} did not answer within {timeout:?}"
+                        ))
+                    })?
+                    .map_err(power_err)?;
+                Inventory {
+                    power_state: Some(state),
+                    ..Default::default()
+                }
+            }
+            Ok(Err(e)) => return Err(power_err(e)),
+            Err(_) => {
+                return Err(Error::Bmc(format!(
+                    "the BMC at {address} did not answer within {timeout:?}"
+                )));
+            }
+        };
+        let hostname = match req.hostname.clone() {
+            Some(h) => h,
+            None => default_hostname(&inventory, &address),
+        };
+        let interfaces: Vec<InterfaceInput> = inventory
+            .nics
+            .iter()
+            .enumerate()
+            .map(|(i, n)| InterfaceInput {
+                mac: n.mac.to_string(),
+                name: Some(format!("eth{i}")),
+                pxe: Some(i == 0),
+                ipv4: None,
+            })
+            .collect();
+        let create = MachineCreate {
+            hostname,
+            vendor: inventory.manufacturer.clone(),
+            model: inventory.model.clone(),
+            serial: inventory.serial.clone(),
+            tags: req.tags.clone(),
+            facts: Some(json!({ "bmc_inventory": inventory })),
+            interfaces,
+            bmc: Some(anvil_api_types::BmcInput {
+                driver: req.driver,
+                address: address.clone(),
+                port,
+                username: req.username.clone(),
+                password: req.password.clone(),
+                verify_tls: req.verify_tls,
+            }),
+            ..Default::default()
+        };
+        let m = self.create_machine(by, create).await?;
+        if let Some(s) = inventory.power_state {
+            self.store
+                .set_power_state(m.id, Some(state_str(s)), now())
+                .await?;
+        }
+        self.store
+            .append_event(&anvil_store::NewEvent {
+                time: now(),
+                actor: by.actor(),
+                machine_id: Some(m.id),
+                kind: "machine.enrolled".into(),
+                message: format!("enrolled by its {} BMC at {address}", req.driver),
+                data: json!({ "driver": req.driver, "address": address, "nics": inventory.nics.len() }),
+            })
+            .await?;
+        Ok(EnrollResult {
+            machine: self.get_machine(&m.id.to_string()).await?,
+            created: true,
+        })
+    }
+
+    /// Starts `action` on a machine as a job and returns the queued job.
+    pub async fn start_action(
+        &self,
+        by: &Principal,
+        ident: &str,
+        action: MachineAction,
+    ) -> Result<Job> {
+        let m = self.get_machine(ident).await?;
+        self.queue_action(by, m, action).await
+    }
+
+    /// Starts `action` on every machine the selector matches.
+    pub async fn start_bulk_action(
+        &self,
+        by: &Principal,
+        sel: BulkSelector,
+        action: MachineAction,
+    ) -> Result<Vec<Job>> {
+        if sel.tag.is_none() && sel.state.is_none() && sel.machines.is_none() {
+            return Err(Error::invalid(
+                "tag",
+                "select machines by tag, state or a list of machines",
+            ));
+        }
+        let mut targets: Vec<Machine> = Vec::new();
+        match &sel.machines {
+            Some(list) => {
+                for (i, ident) in list.iter().enumerate() {
+                    let m = self.get_machine(ident).await.map_err(|e| match e {
+                        Error::NotFound { .. } => Error::invalid(
+                            format!("machines[{i}]"),
+                            format!("no machine {ident:?}"),
+                        ),
+                        other => other,
+                    })?;
+                    targets.push(m);
+                }
+            }
+            None => {
+                let mut offset = 0;
+                loop {
+                    let page = self
+                        .list_machines(MachineQuery {
+                            tag: sel.tag.clone(),
+                            state: sel.state.map(|s| s.to_string()),
+                            limit: Some(crate::limits::MAX_PAGE),
+                            offset: Some(offset),
+                            ..Default::default()
+                        })
+                        .await?;
+                    targets.extend(page.items);
+                    match page.next_offset {
+                        Some(n) => offset = n,
+                        None => break,
+                    }
+                }
+            }
+        }
+        targets.retain(|m| {
+            sel.tag.as_ref().is_none_or(|t| m.tags.contains(t))
+                && sel.state.is_none_or(|s| m.state == s)
+        });
+        let mut jobs = Vec::with_capacity(targets.len());
+        for m in targets {
+            jobs.push(self.queue_action(by, m, action).await?);
+        }
+        Ok(jobs)
+    }
+
+    async fn queue_action(&self, by: &Principal, m: Machine, action: MachineAction) -> Result<Job> {
+        self.power_ctl()?;
+        if m.bmc.is_none() {
+            return Err(Error::invalid(
+                "bmc",
+                format!("machine {} has no BMC", m.hostname),
+            ));
+        }
+        let job = Job {
+            id: Uuid::now_v7(),
+            kind: action.as_str().to_string(),
+            machine_id: Some(m.id),
+            status: JobStatus::Queued,
+            actor: by.actor(),
+            params: json!({}),
+            result: None,
+            error: None,
+            created_at: now(),
+            started_at: None,
+            finished_at: None,
+        };
+        self.store.insert_job(&job).await?;
+        let app = self.clone();
+        let job_id = job.id;
+        let actor = by.actor();
+        tokio::spawn(async move { app.run_action(job_id, m, action, actor).await });
+        Ok(job)
+    }
+
+    async fn run_action(&self, job_id: Uuid, m: Machine, action: MachineAction, actor: String) {
+        let Some(ctl) = self.power.clone() else {
+            return;
+        };
+        let Ok(_slot) = ctl.slots.clone().acquire_owned().await else {
+            return;
+        };
+        let _ = self.store.start_job(job_id, now()).await;
+        let outcome =
+            match tokio::time::timeout(ctl.limits.action_timeout, self.perform(&m, action, &ctl))
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "{} timed out after {:?}",
+                    action.as_str(),
+                    ctl.limits.action_timeout
+                )),
+            };
+        let at = now();
+        let (kind, message, result) = match &outcome {
+            Ok(state) => {
+                let _ = self
+                    .store
+                    .set_power_state(m.id, Some(state_str(*state)), at)
+                    .await;
+                (
+                    format!("power.{}", action.as_str()),
+                    format!("{} succeeded: power {}", action.as_str(), state_str(*state)),
+                    Ok(json!({ "power_state": state_str(*state) })),
+                )
+            }
+            Err(e) => (
+                format!("power.{}.failed", action.as_str()),
+                format!("{} failed: {e}", action.as_str()),
+                Err(e.clone()),
+            ),
+        };
+        let stored = match &result {
+            Ok(v) => self.store.finish_job(job_id, Ok(v), at).await,
+            Err(e) => self.store.finish_job(job_id, Err(e), at).await,
+        };
+        if let Err(e) = stored {
+            tracing::warn!(job = %job_id, error = %e, "cannot record a job's outcome");
+        }
+        let _ = self
+            .store
+            .append_event(&anvil_store::NewEvent {
+                time: at,
+                actor,
+                machine_id: Some(m.id),
+                kind,
+                message,
+                data: json!({ "job": job_id }),
+            })
+            .await;
+        metrics::counter!("anvil_power_actions_total", "action" => action.as_str(), "result" => if outcome.is_ok() { "ok" } else { "error" })
+            .increment(1);
+    }
+
+    /// The BMC calls of an action. Errors are strings already safe to show
+    /// (drivers never put a password in an error).
+    async fn perform(
+        &self,
+        m: &Machine,
+        action: MachineAction,
+        ctl: &PowerCtl,
+    ) -> std::result::Result<PowerState, String> {
+        let (d, address) = self.driver_for(m).await.map_err(|e| e.to_string())?;
+        let wait = ctl.limits.action_timeout;
+        let err = |e: PowerError| e.to_string();
+        match action {
+            MachineAction::PowerOn => {
+                d.power(PowerAction::On).await.map_err(err)?;
+                wait_for_state(d.as_ref(), &address, PowerState::On, wait)
+                    .await
+                    .map_err(err)?;
+                Ok(PowerState::On)
+            }
+            MachineAction::PowerOff => {
+                d.power(PowerAction::ForceOff).await.map_err(err)?;
+                wait_for_state(d.as_ref(), &address, PowerState::Off, wait)
+                    .await
+                    .map_err(err)?;
+                Ok(PowerState::Off)
+            }
+            MachineAction::PowerCycle => {
+                if d.power_state().await.map_err(err)? == PowerState::On {
+                    d.power(PowerAction::Cycle).await.map_err(err)?;
+                } else {
+                    d.power(PowerAction::On).await.map_err(err)?;
+                }
+                wait_for_state(d.as_ref(), &address, PowerState::On, wait)
+                    .await
+                    .map_err(err)?;
+                Ok(PowerState::On)
+            }
+            MachineAction::PxeBoot => {
+                d.set_boot(BootOverride {
+                    device: BootDevice::Pxe,
+                    once: true,
+                    mode: None,
+                })
+                .await
+                .map_err(err)?;
+                if d.power_state().await.map_err(err)? == PowerState::On {
+                    d.power(PowerAction::Reset).await.map_err(err)?;
+                } else {
+                    d.power(PowerAction::On).await.map_err(err)?;
+                }
+                wait_for_state(d.as_ref(), &address, PowerState::On, wait)
+                    .await
+                    .map_err(err)?;
+                Ok(PowerState::On)
+            }
+        }
+    }
+
+    /// Reads one machine's power state now and records it.
+    pub async fn refresh_power_state(&self, ident: &str) -> Result<Machine> {
+        let m = self.get_machine(ident).await?;
+        let ctl = self.power_ctl()?.clone();
+        let (d, address) = self.driver_for(&m).await?;
+        let _slot = ctl.slots.acquire().await.map_err(|_| Error::Internal {
+            context: "power slots",
+            source: "closed".into(),
+        })?;
+        let state = tokio::time::timeout(ctl.limits.status_timeout, d.power_state())
+            .await
+            .map_err(|_| {
+                Error::Bmc(format!(
+                    "the BMC at {address} did not answer within {:?}",
+                    ctl.limits.status_timeout
+                ))
+            })?
+            .map_err(power_err)?;
+        self.store
+            .set_power_state(m.id, Some(state_str(state)), now())
+            .await?;
+        self.get_machine(&m.id.to_string()).await
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> Result<Job> {
+        self.store
+            .get_job(id)
+            .await?
+            .ok_or_else(|| Error::NotFound {
+                kind: "job",
+                id: id.to_string(),
+            })
+    }
+
+    pub async fn list_jobs(&self, machine: Option<&str>, limit: u32) -> Result<Vec<Job>> {
+        let id = match machine {
+            Some(ident) => Some(self.get_machine(ident).await?.id),
+            None => None,
+        };
+        Ok(self.store.list_jobs(id, limit.clamp(1, 1000)).await?)
+    }
+
+    /// Starts the power-state poller: every `poll_interval`, every machine
+    /// with a BMC, through the same concurrency slots as actions, each read
+    /// bounded by `status_timeout`.
+    pub fn start_power_poller(&self) {
+        let Some(ctl) = self.power.clone() else {
+            return;
+        };
+        let app = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ctl.limits.poll_interval).await;
+                let ids = match app.store.machines_with_bmc().await {
+                    Ok(ids) => ids,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "power poller cannot list machines");
+                        continue;
+                    }
+                };
+                let mut set = tokio::task::JoinSet::new();
+                for id in ids {
+                    let app = app.clone();
+                    set.spawn(async move {
+                        if let Err(e) = app.refresh_power_state(&id.to_string()).await {
+                            tracing::debug!(machine = %id, error = %e, "power poll failed");
+                        }
+                    });
+                }
+                while set.join_next().await.is_some() {}
+            }
+        });
+    }
+
+    /// Marks jobs of a previous run that never finished as failed.
+    pub async fn fail_orphaned_jobs(&self) -> Result<u64> {
+        Ok(self.store.fail_orphaned_jobs(now()).await?)
+    }
+}
+
+/// `host`, `host:port`, `[v6]:port`, or `http(s)://host[:port]` (kept as is
+/// for emulators) with an optional separate port.
+fn split_address(addr: &str, port: Option<u16>) -> Result<(String, Option<u16>)> {
+    let a = addr.trim();
+    if a.is_empty() || a.len() > 253 || a.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::invalid("address", "a host name or IP address"));
+    }
+    if a.contains("://") {
+        return Ok((a.to_string(), port));
+    }
+    if let Some(rest) = a.strip_prefix('[') {
+        let (host, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| Error::invalid("address", "unclosed ["))?;
+        let p = match tail.strip_prefix(':') {
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .map_err(|_| Error::invalid("address", "bad port"))?,
+            ),
+            None => port,
+        };
+        return Ok((host.to_string(), p));
+    }
+    match a.rsplit_once(':') {
+        Some((host, p)) if !host.contains(':') => {
+            let p = p
+                .parse::<u16>()
+                .map_err(|_| Error::invalid("address", "bad port"))?;
+            Ok((host.to_string(), Some(p)))
+        }
+        _ => Ok((a.to_string(), port)),
+    }
+}
+
+/// A hostname for an enrolled machine: from its serial number if the BMC
+/// gave one, else from the BMC address.
+fn default_hostname(inv: &Inventory, address: &str) -> String {
+    let clean = |s: &str| -> String {
+        let t: String = s
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        t.trim_matches('-').chars().take(50).collect()
+    };
+    match inv.serial.as_deref().map(clean).filter(|s| !s.is_empty()) {
+        Some(s) => format!("node-{s}"),
+        None => format!(
+            "bmc-{}",
+            clean(address.rsplit("://").next().unwrap_or(address))
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses() {
+        assert_eq!(
+            split_address("10.0.0.1", None).unwrap(),
+            ("10.0.0.1".into(), None)
+        );
+        assert_eq!(
+            split_address("10.0.0.1:8443", None).unwrap(),
+            ("10.0.0.1".into(), Some(8443))
+        );
+        assert_eq!(
+            split_address("[fd00::1]:623", None).unwrap(),
+            ("fd00::1".into(), Some(623))
+        );
+        assert_eq!(
+            split_address("fd00::1", Some(623)).unwrap(),
+            ("fd00::1".into(), Some(623))
+        );
+        assert_eq!(
+            split_address("http://127.0.0.1:8000", None).unwrap(),
+            ("http://127.0.0.1:8000".into(), None)
+        );
+        assert!(split_address("a b", None).is_err());
+        assert!(split_address("h:99999", None).is_err());
+    }
+
+    #[test]
+    fn hostnames_from_inventory() {
+        let inv = Inventory {
+            serial: Some("SN 12/34".into()),
+            ..Default::default()
+        };
+        assert_eq!(default_hostname(&inv, "x"), "node-sn-12-34");
+        assert_eq!(
+            default_hostname(&Inventory::default(), "10.0.0.7"),
+            "bmc-10-0-0-7"
+        );
+    }
+}

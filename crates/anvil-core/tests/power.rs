@@ -1,0 +1,288 @@
+//! Power control through the application layer, with in-memory BMCs.
+
+use anvil_api_types::{BulkSelector, EnrollRequest, MachineCreate};
+use anvil_core::power::{DriverFactory, MachineAction, PowerLimits};
+use anvil_core::{App, Principal, SecretBox};
+use anvil_power::{BmcCredentials, FakeBmc, Inventory, Nic, PowerDriver, PowerError};
+use anvil_store::Store;
+use anvil_types::{BmcDriver, JobStatus};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Default)]
+struct Fakes {
+    bmcs: Mutex<HashMap<String, FakeBmc>>,
+    seen_passwords: Mutex<Vec<Option<String>>>,
+}
+
+impl DriverFactory for Fakes {
+    fn driver(
+        &self,
+        _d: BmcDriver,
+        creds: BmcCredentials,
+    ) -> Result<Arc<dyn PowerDriver>, PowerError> {
+        self.seen_passwords
+            .lock()
+            .unwrap()
+            .push(creds.password.clone());
+        let bmcs = self.bmcs.lock().unwrap();
+        match bmcs.get(&creds.address) {
+            Some(b) => Ok(Arc::new(b.clone())),
+            None => Err(PowerError::Unreachable {
+                address: creds.address,
+                reason: "no route".into(),
+            }),
+        }
+    }
+}
+
+async fn app(fakes: Arc<Fakes>, action_timeout: Duration) -> (App, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_sqlite(&dir.path().join("a.db")).await.unwrap();
+    let app = App::new(store, SecretBox::from_key([1; 32])).with_power(
+        fakes,
+        PowerLimits {
+            concurrency: 4,
+            action_timeout,
+            status_timeout: Duration::from_secs(2),
+            poll_interval: Duration::from_secs(3600),
+        },
+    );
+    (app, dir)
+}
+
+fn inventory(serial: &str, mac: u8) -> Inventory {
+    Inventory {
+        manufacturer: Some("Dell Inc.".into()),
+        model: Some("PowerEdge R650".into()),
+        serial: Some(serial.into()),
+        nics: vec![
+            Nic {
+                mac: anvil_types::MacAddr([0x52, 0x54, 0, 0, 1, mac]),
+                name: Some("NIC.1".into()),
+            },
+            Nic {
+                mac: anvil_types::MacAddr([0x52, 0x54, 0, 0, 2, mac]),
+                name: Some("NIC.2".into()),
+            },
+        ],
+        ..Default::default()
+    }
+}
+
+async fn wait_job(app: &App, id: uuid::Uuid) -> anvil_types::Job {
+    for _ in 0..200 {
+        let j = app.get_job(id).await.unwrap();
+        if matches!(j.status, JobStatus::Succeeded | JobStatus::Failed) {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("job {id} did not finish");
+}
+
+fn enroll_req(address: &str) -> EnrollRequest {
+    EnrollRequest {
+        driver: BmcDriver::Redfish,
+        address: address.into(),
+        port: None,
+        username: Some("root".into()),
+        password: Some("calvin-SECRET".into()),
+        hostname: None,
+        verify_tls: Some(false),
+        tags: vec!["rack1".into()],
+    }
+}
+
+#[tokio::test]
+async fn enrolment_is_idempotent_and_nics_become_interfaces() {
+    let fakes = Arc::new(Fakes::default());
+    fakes.bmcs.lock().unwrap().insert(
+        "10.1.0.1".into(),
+        FakeBmc::new(inventory("ABC123", 1), Duration::ZERO),
+    );
+    let (app, _d) = app(fakes.clone(), Duration::from_secs(5)).await;
+    let r = app
+        .enroll(&Principal::System, enroll_req("10.1.0.1"))
+        .await
+        .unwrap();
+    assert!(r.created);
+    let m = r.machine;
+    assert_eq!(m.hostname, "node-abc123");
+    assert_eq!(m.vendor.as_deref(), Some("Dell Inc."));
+    assert_eq!(m.interfaces.len(), 2);
+    assert!(m.interfaces[0].pxe);
+    assert!(m.bmc.as_ref().unwrap().has_password);
+    let again = app
+        .enroll(&Principal::System, enroll_req("10.1.0.1"))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.machine.id, m.id);
+    assert_eq!(
+        again.machine.updated_at, m.updated_at,
+        "enrolling again changes nothing"
+    );
+    // An unreachable BMC is a clear error and creates nothing.
+    let e = app
+        .enroll(&Principal::System, enroll_req("10.1.0.99"))
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("10.1.0.99"), "{e}");
+    assert!(!e.to_string().contains("calvin-SECRET"));
+}
+
+#[tokio::test]
+async fn pxe_boot_sets_boot_once_then_powers_on_and_secrets_stay_secret() {
+    let fakes = Arc::new(Fakes::default());
+    let bmc = FakeBmc::new(inventory("S1", 1), Duration::from_millis(200));
+    fakes
+        .bmcs
+        .lock()
+        .unwrap()
+        .insert("10.1.0.1".into(), bmc.clone());
+    let (app, _d) = app(fakes.clone(), Duration::from_secs(10)).await;
+    let m = app
+        .enroll(&Principal::System, enroll_req("10.1.0.1"))
+        .await
+        .unwrap()
+        .machine;
+    let job = app
+        .start_action(&Principal::System, &m.hostname, MachineAction::PxeBoot)
+        .await
+        .unwrap();
+    assert_eq!(job.status, JobStatus::Queued);
+    let done = wait_job(&app, job.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    assert_eq!(done.result.unwrap()["power_state"], "on");
+    let calls = bmc.calls();
+    let pos = |c: &str| {
+        calls
+            .iter()
+            .position(|x| x == c)
+            .unwrap_or_else(|| panic!("{c} not in {calls:?}"))
+    };
+    assert!(pos("set_boot Pxe once") < pos("power On"), "{calls:?}");
+    assert_eq!(
+        app.get_machine(&m.hostname)
+            .await
+            .unwrap()
+            .power_state
+            .as_deref(),
+        Some("on")
+    );
+    // The driver got the decrypted password; nothing Anvil stored shows it.
+    assert!(
+        fakes
+            .seen_passwords
+            .lock()
+            .unwrap()
+            .contains(&Some("calvin-SECRET".into()))
+    );
+    let events = app
+        .list_events(Some(&m.hostname), Default::default())
+        .await
+        .unwrap();
+    let all = format!("{:?} {:?}", events, app.list_jobs(None, 100).await.unwrap());
+    assert!(!all.contains("calvin-SECRET"));
+    assert!(events.items.iter().any(|e| e.kind == "power.pxe-boot"));
+}
+
+#[tokio::test]
+async fn one_hanging_bmc_does_not_hold_up_the_others() {
+    let fakes = Arc::new(Fakes::default());
+    let (app, _d) = app(fakes.clone(), Duration::from_millis(1500)).await;
+    for i in 1..=6u8 {
+        // BMC 1 "hangs": its power change never takes effect in time.
+        let delay = if i == 1 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_millis(50)
+        };
+        fakes.bmcs.lock().unwrap().insert(
+            format!("10.1.0.{i}"),
+            FakeBmc::new(inventory(&format!("S{i}"), i), delay),
+        );
+        app.enroll(&Principal::System, enroll_req(&format!("10.1.0.{i}")))
+            .await
+            .unwrap();
+    }
+    // A broken BMC outside the selection, and one inside.
+    fakes
+        .bmcs
+        .lock()
+        .unwrap()
+        .get("10.1.0.2")
+        .unwrap()
+        .fail_with("internal error");
+    let start = std::time::Instant::now();
+    let jobs = app
+        .start_bulk_action(
+            &Principal::System,
+            BulkSelector {
+                tag: Some("rack1".into()),
+                ..Default::default()
+            },
+            MachineAction::PowerOn,
+        )
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 6);
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for j in &jobs {
+        let d = wait_job(&app, j.id).await;
+        match d.status {
+            JobStatus::Succeeded => ok += 1,
+            _ => failed.push(d.error.unwrap_or_default()),
+        }
+    }
+    assert_eq!(ok, 4, "{failed:?}");
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed.iter().any(|e| e.contains("internal error")),
+        "{failed:?}"
+    );
+    assert!(
+        failed
+            .iter()
+            .any(|e| e.contains("timed out") || e.contains("did not reach")),
+        "{failed:?}"
+    );
+    // Concurrency 4 and a 1.5 s bound: the hung BMC costs one slot, not the run.
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        start.elapsed()
+    );
+    let e = app
+        .start_bulk_action(
+            &Principal::System,
+            BulkSelector::default(),
+            MachineAction::PowerOn,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("select machines"), "{e}");
+}
+
+#[tokio::test]
+async fn actions_need_a_bmc() {
+    let fakes = Arc::new(Fakes::default());
+    let (app, _d) = app(fakes, Duration::from_secs(1)).await;
+    app.create_machine(
+        &Principal::System,
+        MachineCreate {
+            hostname: "nobmc".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let e = app
+        .start_action(&Principal::System, "nobmc", MachineAction::PowerOn)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no BMC"), "{e}");
+}

@@ -1,0 +1,229 @@
+//! Jobs and the power state of machines.
+
+use crate::error::{Result, StoreError, query_err};
+use crate::ts::Ts;
+use crate::{Store, on_pool};
+use anvil_types::{Job, JobStatus};
+use sqlx::Row;
+use sqlx::types::Json;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        message: e.to_string(),
+    }
+}
+
+const JOB_COLUMNS: &str = "id, kind, machine_id, status, actor, params, result, error, created_at, started_at, finished_at";
+
+macro_rules! job_from_row {
+    ($row:expr) => {{
+        let row = $row;
+        let status: String = row.try_get("status").map_err(|e| corrupt("status", e))?;
+        let params: Json<serde_json::Value> =
+            row.try_get("params").map_err(|e| corrupt("params", e))?;
+        let result: Option<Json<serde_json::Value>> =
+            row.try_get("result").map_err(|e| corrupt("result", e))?;
+        let created: Ts = row
+            .try_get("created_at")
+            .map_err(|e| corrupt("created_at", e))?;
+        let started: Option<Ts> = row
+            .try_get("started_at")
+            .map_err(|e| corrupt("started_at", e))?;
+        let finished: Option<Ts> = row
+            .try_get("finished_at")
+            .map_err(|e| corrupt("finished_at", e))?;
+        Job {
+            id: row.try_get("id").map_err(|e| corrupt("id", e))?,
+            kind: row.try_get("kind").map_err(|e| corrupt("kind", e))?,
+            machine_id: row
+                .try_get("machine_id")
+                .map_err(|e| corrupt("machine_id", e))?,
+            status: status
+                .parse::<JobStatus>()
+                .map_err(|e| corrupt("status", e))?,
+            actor: row.try_get("actor").map_err(|e| corrupt("actor", e))?,
+            params: params.0,
+            result: result.map(|r| r.0),
+            error: row.try_get("error").map_err(|e| corrupt("error", e))?,
+            created_at: created.0,
+            started_at: started.map(|t| t.0),
+            finished_at: finished.map(|t| t.0),
+        }
+    }};
+}
+
+impl Store {
+    pub async fn insert_job(&self, job: &Job) -> Result<()> {
+        let _serialised = self.write_guard().await;
+        on_pool!(self, |p, _b| {
+            sqlx::query(
+                "INSERT INTO jobs (id, kind, machine_id, status, actor, params, result, error, created_at, started_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(job.id)
+            .bind(&job.kind)
+            .bind(job.machine_id)
+            .bind(job.status.as_str())
+            .bind(&job.actor)
+            .bind(Json(&job.params))
+            .bind(job.result.as_ref().map(Json))
+            .bind(&job.error)
+            .bind(Ts(job.created_at))
+            .bind(job.started_at.map(Ts))
+            .bind(job.finished_at.map(Ts))
+            .execute(p)
+            .await
+            .map_err(query_err("insert job"))?;
+        });
+        Ok(())
+    }
+
+    /// Moves a job to `running`.
+    pub async fn start_job(&self, id: Uuid, at: OffsetDateTime) -> Result<()> {
+        let _serialised = self.write_guard().await;
+        on_pool!(self, |p, _b| {
+            sqlx::query("UPDATE jobs SET status = 'running', started_at = $1 WHERE id = $2 AND status = 'queued'")
+                .bind(Ts(at))
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err("start job"))?;
+        });
+        Ok(())
+    }
+
+    /// Records a job's outcome.
+    pub async fn finish_job(
+        &self,
+        id: Uuid,
+        outcome: std::result::Result<&serde_json::Value, &str>,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let _serialised = self.write_guard().await;
+        let (status, result, error) = match outcome {
+            Ok(r) => (JobStatus::Succeeded, Some(Json(r)), None),
+            Err(e) => (JobStatus::Failed, None, Some(e)),
+        };
+        on_pool!(self, |p, _b| {
+            sqlx::query("UPDATE jobs SET status = $1, result = $2, error = $3, finished_at = $4 WHERE id = $5")
+                .bind(status.as_str())
+                .bind(result)
+                .bind(error)
+                .bind(Ts(at))
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err("finish job"))?;
+        });
+        Ok(())
+    }
+
+    pub async fn get_job(&self, id: Uuid) -> Result<Option<Job>> {
+        on_pool!(self, |p, _b| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"
+            )))
+            .bind(id)
+            .fetch_optional(p)
+            .await
+            .map_err(query_err("get job"))?;
+            match row {
+                Some(row) => Ok(Some(job_from_row!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// The newest jobs, of one machine or all, newest first.
+    pub async fn list_jobs(&self, machine_id: Option<Uuid>, limit: u32) -> Result<Vec<Job>> {
+        on_pool!(self, |p, _b| {
+            let mut qb = sqlx::QueryBuilder::new(format!("SELECT {JOB_COLUMNS} FROM jobs"));
+            if let Some(m) = machine_id {
+                qb.push(" WHERE machine_id = ").push_bind(m);
+            }
+            qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(i64::from(limit));
+            let rows = qb
+                .build()
+                .fetch_all(p)
+                .await
+                .map_err(query_err("list jobs"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.push(job_from_row!(row));
+            }
+            Ok(out)
+        })
+    }
+
+    /// Jobs a previous run left queued or running: after a restart they can
+    /// only be failed (the process that ran them is gone).
+    pub async fn fail_orphaned_jobs(&self, at: OffsetDateTime) -> Result<u64> {
+        let _serialised = self.write_guard().await;
+        on_pool!(self, |p, _b| {
+            let done = sqlx::query(
+                "UPDATE jobs SET status = 'failed', error = 'interrupted: anvil restarted while the job ran', finished_at = $1
+                 WHERE status IN ('queued', 'running')",
+            )
+            .bind(Ts(at))
+            .execute(p)
+            .await
+            .map_err(query_err("fail orphaned jobs"))?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// Records the power state read from a machine's BMC. Does not touch
+    /// `updated_at`: polling is not an edit.
+    pub async fn set_power_state(
+        &self,
+        machine_id: Uuid,
+        state: Option<&str>,
+        at: OffsetDateTime,
+    ) -> Result<()> {
+        let _serialised = self.write_guard().await;
+        on_pool!(self, |p, _b| {
+            sqlx::query(
+                "UPDATE machines SET power_state = $1, power_checked_at = $2 WHERE id = $3",
+            )
+            .bind(state)
+            .bind(Ts(at))
+            .bind(machine_id)
+            .execute(p)
+            .await
+            .map_err(query_err("set power state"))?;
+        });
+        Ok(())
+    }
+
+    /// The machine whose BMC is at `address` (and `port`, when given).
+    pub async fn machine_id_by_bmc(
+        &self,
+        address: &str,
+        port: Option<u16>,
+    ) -> Result<Option<Uuid>> {
+        on_pool!(self, |p, _b| {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT machine_id FROM bmcs WHERE lower(address) = lower($1) AND (port = $2 OR ($2 IS NULL AND port IS NULL))",
+            )
+            .bind(address)
+            .bind(port.map(i32::from))
+            .fetch_optional(p)
+            .await
+            .map_err(query_err("find machine by bmc"))
+        })
+    }
+
+    /// Machines that have a BMC, for the power-state poller.
+    pub async fn machines_with_bmc(&self) -> Result<Vec<Uuid>> {
+        on_pool!(self, |p, _b| {
+            sqlx::query_scalar::<_, Uuid>("SELECT machine_id FROM bmcs")
+                .fetch_all(p)
+                .await
+                .map_err(query_err("machines with bmc"))
+        })
+    }
+}
