@@ -10,14 +10,15 @@ use axum::response::{IntoResponse, Response};
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub problem: Problem,
+    /// Boxed: results carrying an ApiError stay small on the happy path.
+    pub problem: Box<Problem>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, type_: &str, title: &str, detail: impl Into<String>) -> Self {
         ApiError {
             status,
-            problem: Problem {
+            problem: Box::new(Problem {
                 type_: type_.to_string(),
                 title: title.to_string(),
                 status: status.as_u16(),
@@ -26,7 +27,7 @@ impl ApiError {
                 field: None,
                 existing_id: None,
                 current_state: None,
-            },
+            }),
         }
     }
 
