@@ -44,7 +44,7 @@ CONF
 nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
 pids+=($!)
 
-"$ANVIL" serve --data-dir "$work/data" --listen 127.0.0.1:0 --log-level warn > "$work/anvil.out" 2>"$work/anvil.err" &
+"$ANVIL" serve --data-dir "$work/data" --listen 127.0.0.1:0 --tftp-listen 127.0.0.1:0 --log-level warn > "$work/anvil.out" 2>"$work/anvil.err" &
 pids+=($!)
 for _ in $(seq 1 100); do grep -q "listening on" "$work/anvil.out" 2>/dev/null && break; sleep 0.1; done
 ANVIL_URL=$(sed -n 's/^anvil: listening on //p' "$work/anvil.out")

@@ -47,6 +47,9 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--listen")
+            .arg("127.0.0.1:0")
+            // TFTP is on by default (port 69): keep the benchmark off it.
+            .arg("--tftp-listen")
             .arg("127.0.0.1:0");
         if let Some(url) = database_url {
             cmd.arg("--database-url").arg(url);

@@ -189,6 +189,59 @@ impl Client {
         self.empty(req).await
     }
 
+    /// `POST /api/v1/enroll`.
+    pub async fn enroll(
+        &self,
+        body: &anvil_api_types::EnrollRequest,
+    ) -> Result<anvil_api_types::EnrollResult, CliError> {
+        self.json(self.request(Method::POST, &["enroll"]).json(body))
+            .await
+    }
+
+    /// `POST /api/v1/machines/{target}/actions/{action}`.
+    pub async fn machine_action(
+        &self,
+        target: &str,
+        action: &str,
+    ) -> Result<anvil_api_types::Job, CliError> {
+        self.json(self.request(Method::POST, &["machines", target, "actions", action]))
+            .await
+    }
+
+    /// `POST /api/v1/actions/{action}`.
+    pub async fn bulk_action(
+        &self,
+        action: &str,
+        selector: &anvil_api_types::BulkSelector,
+    ) -> Result<anvil_api_types::JobList, CliError> {
+        self.json(
+            self.request(Method::POST, &["actions", action])
+                .json(selector),
+        )
+        .await
+    }
+
+    /// `GET /api/v1/jobs/{id}`.
+    pub async fn get_job(&self, id: Uuid) -> Result<anvil_api_types::Job, CliError> {
+        self.json(self.request(Method::GET, &["jobs", &id.to_string()]))
+            .await
+    }
+
+    /// `POST /api/v1/machines/{target}/power-state`: read it from the BMC now.
+    pub async fn refresh_power(&self, target: &str) -> Result<Machine, CliError> {
+        self.json(self.request(Method::POST, &["machines", target, "power-state"]))
+            .await
+    }
+
+    /// `GET /api/v1/machines/{target}/boot-timeline`.
+    pub async fn boot_timeline(
+        &self,
+        target: &str,
+    ) -> Result<anvil_api_types::BootTimeline, CliError> {
+        self.json(self.request(Method::GET, &["machines", target, "boot-timeline"]))
+            .await
+    }
+
     fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         self.http.request(method, api_url(&self.base, segments))
     }

@@ -12,7 +12,8 @@
 //! | 4 | conflict (409): a duplicate hostname or MAC, a lifecycle transition that is not allowed |
 //! | 5 | authentication or authorization (401, 403), or no token given |
 //! | 6 | the server cannot be reached: connection refused, DNS failure, TLS failure, timeout |
-//! | 7 | server error (5xx) |
+//! | 7 | server error (5xx, except 502) |
+//! | 8 | a BMC or a job failed: the API's 502 (the BMC refused, failed or did not answer), a `--wait` with failed jobs, a machine that did not come up in `rack up` |
 //!
 //! For example, `anvil machine rm node-01` exits with 3 when the machine is
 //! already gone, which lets a playbook treat the removal as idempotent.
@@ -51,6 +52,9 @@ pub enum CliError {
     /// Writing the result to stdout failed.
     #[error("cannot write output: {0}")]
     Output(#[source] std::io::Error),
+    /// Some of the jobs (or machines) failed: `(failed, total)`.
+    #[error("{0} of {1} failed")]
+    JobsFailed(usize, usize),
 }
 
 impl CliError {
@@ -63,12 +67,14 @@ impl CliError {
                 404 => 3,
                 409 => 4,
                 401 | 403 => 5,
+                502 => 8,
                 500..=599 => 7,
                 _ => 1,
             },
             CliError::NoToken => 5,
             CliError::Unreachable { .. } => 6,
             CliError::Protocol(_) | CliError::Internal(_) | CliError::Output(_) => 1,
+            CliError::JobsFailed(..) => 8,
         }
     }
 
@@ -164,7 +170,9 @@ mod tests {
         };
         assert_eq!(unreachable.exit_code(), 6);
         assert_eq!(api(500).exit_code(), 7);
-        assert_eq!(api(502).exit_code(), 7);
+        // 502 is Anvil's "the BMC failed", not a server fault.
+        assert_eq!(api(502).exit_code(), 8);
+        assert_eq!(CliError::JobsFailed(1, 3).exit_code(), 8);
         assert_eq!(api(503).exit_code(), 7);
         // Statuses that point at a client bug rather than at the input.
         assert_eq!(api(405).exit_code(), 1);

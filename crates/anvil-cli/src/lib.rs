@@ -16,6 +16,8 @@ pub mod error;
 mod client;
 mod machine;
 mod output;
+mod power;
+mod rack;
 mod secret;
 mod token;
 mod user;
@@ -27,6 +29,8 @@ pub use machine::{
     run_machine,
 };
 pub use output::OutputFormat;
+pub use power::{EnrollArgs, PowerCmd, Targets, run_enroll, run_power, run_pxe_boot};
+pub use rack::{RackCmd, RackEntry, RackUpArgs, read_manifest, run_rack};
 pub use secret::PasswordArgs;
 pub use token::{TokenCmd, TokenCreateArgs, print_token_created, run_token};
 pub use user::{UserCmd, run_user};

@@ -22,6 +22,10 @@ pub struct Config {
     pub boot: BootConfig,
     /// IPv6 router advertisements on boot networks (off unless interfaces are named).
     pub ipv6_ra: anvil_ra::RaConfig,
+    /// TFTP: on by default (iPXE binaries for firmware PXE clients).
+    pub tftp: anvil_tftp::TftpConfig,
+    /// DHCP: serves nothing until a `[[dhcp.network]]` is configured.
+    pub dhcp: anvil_dhcp::DhcpConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +84,8 @@ impl Default for Config {
                 ipxe_dirs: Vec::new(),
             },
             ipv6_ra: anvil_ra::RaConfig::default(),
+            tftp: anvil_tftp::TftpConfig::default(),
+            dhcp: anvil_dhcp::DhcpConfig::default(),
         }
     }
 }
@@ -95,6 +101,13 @@ pub struct FlagOverrides {
     pub http: Option<HttpOverride>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOverride>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tftp: Option<TftpOverride>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TftpOverride {
+    pub listen: SocketAddr,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +128,9 @@ pub struct LogOverride {
 /// (`ANVIL_URL`, `ANVIL_TOKEN`) or to the secret key (`ANVIL_SECRET_KEY`) and
 /// are not configuration.
 pub const ENV_KEYS: &[&str] = &[
+    "tftp.listen",
+    "tftp.enabled",
+    "dhcp.enabled",
     "data_dir",
     "database_url",
     "http.listen",
@@ -164,6 +180,12 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
             anvil_store::redact_url(url)
         )));
     }
+    cfg.dhcp
+        .validate()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    cfg.tftp
+        .validate()
+        .map_err(|e| ConfigError::Invalid(e.to_string()))?;
     if cfg.auth.session_hours == 0 || cfg.auth.session_hours > 24 * 30 {
         return Err(ConfigError::Invalid(
             "auth.session_hours must be between 1 and 720".into(),

@@ -4,6 +4,7 @@
 //! server (`serve.rs`), the configuration (`config.rs`) or the API client
 //! (`anvil-cli`).
 
+mod boot_services;
 mod config;
 mod serve;
 
@@ -43,6 +44,16 @@ enum Command {
     /// Manage users of the web UI and API.
     #[command(subcommand)]
     User(anvil_cli::UserCmd),
+    /// Enrol a machine by its BMC.
+    Enroll(anvil_cli::EnrollArgs),
+    /// Power machines on or off through their BMCs.
+    #[command(subcommand)]
+    Power(anvil_cli::PowerCmd),
+    /// Boot machines from the network once (set PXE, then power on or reset).
+    PxeBoot(anvil_cli::Targets),
+    /// Rack bring-up from a manifest of BMCs.
+    #[command(subcommand)]
+    Rack(anvil_cli::RackCmd),
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
@@ -66,6 +77,9 @@ struct ServeArgs {
     log_level: Option<String>,
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// Address of the TFTP service, e.g. 0.0.0.0:69.
+    #[arg(long)]
+    tftp_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -114,6 +128,10 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Machine(cmd) => cli_result(anvil_cli::run_machine(&cli.global, cmd).await),
         Command::Token(cmd) => cli_result(anvil_cli::run_token(&cli.global, cmd).await),
         Command::User(cmd) => cli_result(anvil_cli::run_user(&cli.global, cmd).await),
+        Command::Enroll(args) => cli_result(anvil_cli::run_enroll(&cli.global, args).await),
+        Command::Power(cmd) => cli_result(anvil_cli::run_power(&cli.global, cmd).await),
+        Command::PxeBoot(t) => cli_result(anvil_cli::run_pxe_boot(&cli.global, t).await),
+        Command::Rack(cmd) => cli_result(anvil_cli::run_rack(&cli.global, cmd).await),
     }
 }
 
@@ -136,6 +154,9 @@ async fn serve_command(args: ServeArgs) -> ExitCode {
             level: args.log_level,
             format: args.log_format,
         }),
+        tftp: args
+            .tftp_listen
+            .map(|listen| config::TftpOverride { listen }),
     };
     let cfg = match config::load(args.config.as_deref(), flags) {
         Ok(c) => c,

@@ -68,6 +68,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     app.start_background();
+    // The boot index must be loaded before DHCP answers its first packet.
+    if let Err(e) = app.refresh_boot_index().await {
+        tracing::warn!(error = %e, "cannot load the boot index");
+    }
+    let app_for_services = app.clone();
     let metrics = PrometheusBuilder::new()
         .install_recorder()
         .context("cannot install the metrics recorder")?;
@@ -100,6 +105,58 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             anvil_ra::run(ra, stop)
                 .await
                 .context("IPv6 router advertisements failed")
+        });
+    }
+    let addresses = crate::boot_services::AddressBook::default();
+    {
+        let tftp_cfg = cfg.tftp.clone();
+        let mut source = anvil_tftp::MultiSource::new();
+        // The data directory's tftp/ first (operator files), then the
+        // configured root, then the iPXE binaries.
+        let mut roots = vec![cfg.data_dir.join("tftp")];
+        roots.extend(cfg.tftp.root.clone());
+        roots.extend(cfg.ipxe_dirs());
+        for dir in roots {
+            if dir.is_dir() {
+                match anvil_tftp::DirSource::new(&dir) {
+                    Ok(s) => source = source.with(s),
+                    Err(e) => {
+                        tracing::warn!(dir = %dir.display(), error = %e, "skipping a TFTP directory")
+                    }
+                }
+            }
+        }
+        let observer = std::sync::Arc::new(crate::boot_services::TftpTimeline {
+            app: app_for_services.clone(),
+            addresses: addresses.clone(),
+        });
+        let stop = stopped();
+        services.spawn(async move {
+            anvil_tftp::run(tftp_cfg, std::sync::Arc::new(source), observer, stop)
+                .await
+                .context("TFTP service failed")
+        });
+    }
+    {
+        let dhcp_cfg = cfg.dhcp.clone();
+        let leases = std::sync::Arc::new(crate::boot_services::StoreLeases {
+            store: store.clone(),
+        });
+        let facts = std::sync::Arc::new(crate::boot_services::AppFacts {
+            app: app_for_services.clone(),
+        });
+        let observer = std::sync::Arc::new(crate::boot_services::DhcpTimeline {
+            app: app_for_services.clone(),
+            addresses: addresses.clone(),
+        });
+        if cfg.dhcp.networks.is_empty() {
+            tracing::info!("DHCP is off: no [[dhcp.network]] is configured");
+        }
+        let stop = stopped();
+        services.spawn(async move {
+            anvil_dhcp::run(dhcp_cfg, leases, facts, observer, stop)
+                .await
+                .context("DHCP service failed")
         });
     }
     let http_stop = stopped();

@@ -423,7 +423,14 @@ async fn clean_shutdown_on_sigterm_and_second_server_refused() {
     let mut s = Server::start();
     // A second server on the same data directory (same SQLite file) is refused.
     let out = std::process::Command::new(common::ANVIL)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tftp-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(s.data_path())
         .output()
         .unwrap();

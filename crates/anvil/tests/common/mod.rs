@@ -98,7 +98,14 @@ impl Drop for Server {
 /// Starts `anvil serve` and waits for its "listening on" line.
 pub fn spawn_serve(data_dir: &Path, extra: &[&str]) -> (Child, String) {
     let mut child = Command::new(ANVIL)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tftp-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
         .arg(data_dir)
         .args(extra)
         .env_remove("ANVIL_SECRET_KEY")

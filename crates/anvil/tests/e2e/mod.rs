@@ -276,7 +276,7 @@ pub struct Lab {
     pub ns: String,
     pub n: u32,
     /// Logs and data of this lab: `target/e2e-boot/<ns>/`, removed when the
-    /// test passes, kept (and named) when it fails.
+    /// test passes (unless `ANVIL_E2E_KEEP=1`), kept (and named) when it fails.
     pub dir: PathBuf,
     procs: Mutex<Vec<Proc>>,
     hosts: Mutex<Vec<String>>,
@@ -403,8 +403,8 @@ impl Lab {
         c
     }
 
-    /// Starts a long-running process; its output goes to `<dir>/<name>.log`
-    /// unless `cmd` already set stdout. Killed (by PID) when the lab drops.
+    /// Starts a long-running process with its output to `<dir>/<name>.log`.
+    /// Killed (by PID) when the lab drops.
     pub fn spawn(&self, name: &str, mut cmd: Command) -> u32 {
         let log = File::create(self.dir.join(format!("{name}.log"))).unwrap();
         cmd.stdin(Stdio::null())
@@ -498,6 +498,8 @@ impl Drop for Lab {
         }
         if std::thread::panicking() {
             eprintln!("e2e: logs of the failed lab kept in {}", self.dir.display());
+        } else if std::env::var("ANVIL_E2E_KEEP").as_deref() == Ok("1") {
+            eprintln!("e2e: ANVIL_E2E_KEEP=1: logs kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
@@ -828,7 +830,8 @@ impl Vm {
         let serial = lab.dir.join(format!("{name}.serial"));
         let mut cmd = Lab::command_in(&lab.ns, "qemu-system-x86_64");
         cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
-            .args(["-nographic", "-display", "none", "-monitor", "none"])
+            // No default devices (the CD-ROM OVMF would try first, VGA, …).
+            .args(["-nodefaults", "-display", "none", "-monitor", "none"])
             .args(["-no-reboot", "-boot", "n"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -930,8 +933,8 @@ pub fn printable(s: &str) -> String {
 pub fn reported_uptime(serial: &str) -> Option<f64> {
     serial
         .lines()
-        .filter(|l| l.contains("ANVIL-CALLHOME: try"))
-        .last()
+        .rev()
+        .find(|l| l.contains("ANVIL-CALLHOME: try"))
         .and_then(|l| l.split("\"uptime_secs\": ").nth(1))
         .and_then(|r| r.trim_end_matches(['}', '\r', ' ']).parse().ok())
 }
@@ -981,10 +984,13 @@ pub fn udhcpc(lab: &Lab, hns: &str, tag: &str, vendor: Option<&str>) -> DhcpAnsw
     .unwrap();
     run(Command::new("chmod").arg("755").arg(&script));
     let mut cmd = Lab::command_in(hns, "busybox");
-    cmd.args([
-        "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "4", "-T", "2", "-s",
-    ])
-    .arg(&script);
+    // Only the DHCP variables reach the script's environment.
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .args([
+            "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "4", "-T", "2", "-s",
+        ])
+        .arg(&script);
     if let Some(v) = vendor {
         cmd.args(["-V", v]);
     }
