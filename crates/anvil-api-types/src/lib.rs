@@ -467,6 +467,8 @@ pub struct EnrollRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct EnrollResult {
     pub machine: Machine,
+    /// True when this call enrolled the BMC: it created the machine, or
+    /// attached the BMC to the machine already discovered with its NICs.
     /// False when the BMC was already enrolled (nothing changed).
     pub created: bool,
 }

@@ -147,13 +147,23 @@ fn interfaces(input: Vec<InterfaceInput>, existing: &[Interface]) -> Result<Vec<
 
 fn bmc(app: &App, inp: BmcInput, old: Option<&Bmc>) -> Result<(Bmc, SecretUpdate)> {
     let address = inp.address.trim();
-    let ok = !address.is_empty()
+    // A host name or IP address, or an http(s) URL for BMCs (and emulators)
+    // that are not on the default port/scheme. Never credentials in it.
+    let host_part = match address.split_once("://") {
+        Some((scheme, rest)) if scheme == "http" || scheme == "https" => rest.trim_end_matches('/'),
+        Some(_) => "",
+        None => address,
+    };
+    let ok = !host_part.is_empty()
         && address.len() <= 253
-        && address
+        && host_part
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
     if !ok {
-        return Err(Error::invalid("bmc.address", "a host name or IP address"));
+        return Err(Error::invalid(
+            "bmc.address",
+            "a host name or IP address, or an http(s):// URL without credentials",
+        ));
     }
     let username = text("bmc.username", inp.username)?;
     let secret = match inp.password {

@@ -192,6 +192,24 @@ impl App {
                 )));
             }
         };
+        // A machine discovered by PXE before its BMC was enrolled owns the
+        // BMC's NICs already: attach the BMC to it instead of refusing.
+        let mut owners = std::collections::BTreeSet::new();
+        for n in &inventory.nics {
+            if let Some(id) = self.store.machine_id_by_mac(&n.mac).await? {
+                owners.insert(id);
+            }
+        }
+        if owners.len() == 1
+            && let Some(id) = owners.first()
+        {
+            let existing = self.get_machine(&id.to_string()).await?;
+            if existing.bmc.is_none() {
+                return self
+                    .attach_bmc(by, existing, &req, &address, port, &inventory)
+                    .await;
+            }
+        }
         let hostname = match req.hostname.clone() {
             Some(h) => h,
             None => default_hostname(&inventory, &address),
@@ -243,6 +261,89 @@ impl App {
             .await?;
         Ok(EnrollResult {
             machine: self.get_machine(&m.id.to_string()).await?,
+            created: true,
+        })
+    }
+
+    async fn attach_bmc(
+        &self,
+        by: &Principal,
+        m: Machine,
+        req: &EnrollRequest,
+        address: &str,
+        port: Option<u16>,
+        inventory: &Inventory,
+    ) -> Result<EnrollResult> {
+        let mut interfaces: Vec<InterfaceInput> = m
+            .interfaces
+            .iter()
+            .map(|i| InterfaceInput {
+                mac: i.mac.to_string(),
+                name: Some(i.name.clone()),
+                pxe: Some(i.pxe),
+                ipv4: i.ipv4.clone(),
+            })
+            .collect();
+        for n in &inventory.nics {
+            if !m.interfaces.iter().any(|i| i.mac == n.mac) {
+                let taken: Vec<String> = interfaces.iter().filter_map(|i| i.name.clone()).collect();
+                let name = (0..)
+                    .map(|k| format!("eth{k}"))
+                    .find(|c| !taken.contains(c))
+                    .unwrap_or_default();
+                interfaces.push(InterfaceInput {
+                    mac: n.mac.to_string(),
+                    name: Some(name),
+                    pxe: Some(false),
+                    ipv4: None,
+                });
+            }
+        }
+        let mut facts = m.facts.clone();
+        if !facts.is_object() {
+            facts = json!({});
+        }
+        facts["bmc_inventory"] = json!(inventory);
+        let mut tags = m.tags.clone();
+        for t in &req.tags {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+        let patch = anvil_api_types::MachinePatch {
+            hostname: req.hostname.clone(),
+            vendor: m.vendor.is_none().then(|| inventory.manufacturer.clone()),
+            model: m.model.is_none().then(|| inventory.model.clone()),
+            serial: m.serial.is_none().then(|| inventory.serial.clone()),
+            tags: Some(tags),
+            facts: Some(facts),
+            interfaces: Some(interfaces),
+            bmc: Some(Some(anvil_api_types::BmcInput {
+                driver: req.driver,
+                address: address.to_string(),
+                port,
+                username: req.username.clone(),
+                password: req.password.clone(),
+                verify_tls: req.verify_tls,
+            })),
+            ..Default::default()
+        };
+        let updated = self.update_machine(by, &m.id.to_string(), patch).await?;
+        self.store
+            .append_event(&anvil_store::NewEvent {
+                time: now(),
+                actor: by.actor(),
+                machine_id: Some(m.id),
+                kind: "machine.enrolled".into(),
+                message: format!(
+                    "its {} BMC at {address} was enrolled; the machine had been discovered by PXE",
+                    req.driver
+                ),
+                data: json!({ "driver": req.driver, "address": address, "attached": true }),
+            })
+            .await?;
+        Ok(EnrollResult {
+            machine: updated,
             created: true,
         })
     }

@@ -286,3 +286,44 @@ async fn actions_need_a_bmc() {
         .unwrap_err();
     assert!(e.to_string().contains("no BMC"), "{e}");
 }
+
+#[tokio::test]
+async fn enrolling_attaches_the_bmc_to_a_machine_discovered_by_pxe() {
+    let fakes = Arc::new(Fakes::default());
+    fakes.bmcs.lock().unwrap().insert(
+        "10.1.0.5".into(),
+        FakeBmc::new(inventory("S5", 5), Duration::ZERO),
+    );
+    let (app, _d) = app(fakes, Duration::from_secs(5)).await;
+    // PXE discovery saw the first NIC before anyone enrolled the BMC.
+    let ack = app
+        .call_home(anvil_api_types::CallHome {
+            mac: "52:54:00:00:01:05".into(),
+            macs: vec![],
+            ip: None,
+            uptime_secs: None,
+            facts: None,
+        })
+        .await
+        .unwrap();
+    let r = app
+        .enroll(&Principal::System, enroll_req("10.1.0.5"))
+        .await
+        .unwrap();
+    assert!(r.created);
+    assert_eq!(
+        r.machine.id, ack.machine_id,
+        "the same machine, not a duplicate"
+    );
+    assert!(r.machine.bmc.is_some());
+    assert_eq!(
+        r.machine.interfaces.len(),
+        2,
+        "the BMC's second NIC was added"
+    );
+    assert_eq!(r.machine.serial.as_deref(), Some("S5"));
+    assert_eq!(
+        app.list_machines(Default::default()).await.unwrap().total,
+        1
+    );
+}

@@ -26,6 +26,32 @@ pub struct Config {
     pub tftp: anvil_tftp::TftpConfig,
     /// DHCP: serves nothing until a `[[dhcp.network]]` is configured.
     pub dhcp: anvil_dhcp::DhcpConfig,
+    pub power: PowerConfig,
+}
+
+/// BMC work: how much at once, how long each may take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerConfig {
+    /// BMC calls in flight at once (actions and polls together).
+    pub concurrency: usize,
+    /// Longest one action may take, including waiting for the power state.
+    pub action_timeout_secs: u64,
+    /// Longest one power-state read may take.
+    pub status_timeout_secs: u64,
+    /// Seconds between two polls of every machine's power state; 0: off.
+    pub poll_interval_secs: u64,
+}
+
+impl Default for PowerConfig {
+    fn default() -> Self {
+        PowerConfig {
+            concurrency: 32,
+            action_timeout_secs: 120,
+            status_timeout_secs: 15,
+            poll_interval_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,6 +112,7 @@ impl Default for Config {
             ipv6_ra: anvil_ra::RaConfig::default(),
             tftp: anvil_tftp::TftpConfig::default(),
             dhcp: anvil_dhcp::DhcpConfig::default(),
+            power: PowerConfig::default(),
         }
     }
 }

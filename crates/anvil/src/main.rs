@@ -6,6 +6,7 @@
 
 mod boot_services;
 mod config;
+mod power_drivers;
 mod serve;
 
 use anvil_store::{Access, Store};

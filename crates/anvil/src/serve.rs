@@ -47,8 +47,26 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let env_key = std::env::var("ANVIL_SECRET_KEY").ok();
     let secrets = SecretBox::load_or_create(&cfg.data_dir, env_key.as_deref())
         .context("cannot load the secret key")?;
+    let limits = anvil_core::power::PowerLimits {
+        concurrency: cfg.power.concurrency.max(1),
+        action_timeout: std::time::Duration::from_secs(cfg.power.action_timeout_secs.max(1)),
+        status_timeout: std::time::Duration::from_secs(cfg.power.status_timeout_secs.max(1)),
+        poll_interval: std::time::Duration::from_secs(cfg.power.poll_interval_secs.max(1)),
+    };
     let app = App::new(store.clone(), secrets)
-        .with_session_ttl(time::Duration::hours(i64::from(cfg.auth.session_hours)));
+        .with_session_ttl(time::Duration::hours(i64::from(cfg.auth.session_hours)))
+        .with_power(
+            std::sync::Arc::new(crate::power_drivers::Drivers::default()),
+            limits,
+        );
+    match app.fail_orphaned_jobs().await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            jobs = n,
+            "marked jobs interrupted by the last shutdown as failed"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot clean up interrupted jobs"),
+    }
 
     match app
         .bootstrap_admin(&cfg.data_dir)
@@ -68,6 +86,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     app.start_background();
+    if cfg.power.poll_interval_secs > 0 {
+        app.start_power_poller();
+    }
     // The boot index must be loaded before DHCP answers its first packet.
     if let Err(e) = app.refresh_boot_index().await {
         tracing::warn!(error = %e, "cannot load the boot index");

@@ -534,6 +534,16 @@ impl Anvil {
         for f in ["vmlinuz", "initrd.img"] {
             std::fs::copy(assets.join(f), disc.join(f)).unwrap();
         }
+        if std::env::var("ANVIL_E2E_TMP_WORKAROUNDS").as_deref() == Ok("1") {
+            std::fs::create_dir_all(data_dir.join("tftp")).unwrap();
+            std::fs::copy("/usr/lib/ipxe/ipxe.efi", data_dir.join("tftp/ipxe.efi")).unwrap();
+            std::fs::create_dir_all(data_dir.join("ipxe")).unwrap();
+            std::fs::copy(
+                workspace_root().join("ipxe/discovery.ipxe"),
+                data_dir.join("ipxe/local.ipxe"),
+            )
+            .unwrap();
+        }
         let config = lab.dir.join("anvil.toml");
         std::fs::write(
             &config,
@@ -739,6 +749,9 @@ pub fn start_dnsmasq(lab: &Lab, ns: &str, iface: &str, name: &str, role: Dnsmasq
             "--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe".into(),
             format!("--dhcp-boot=tag:ipxe,http://{anvil}:8080/boot/${{mac}}.ipxe"),
         ]);
+        if std::env::var("ANVIL_E2E_TMP_NOPXEDHCP").as_deref() == Ok("1") {
+            args.push("--dhcp-option=tag:ipxe,encap:175,176,1b".into());
+        }
         if router_advertisements {
             args.extend([
                 "--enable-ra".into(),
@@ -819,6 +832,60 @@ pub struct BootResult {
     pub to_callhome: Duration,
     /// The serial log.
     pub serial: String,
+    /// When each [`MILESTONES`] text first showed on the serial console
+    /// (polled every 100 ms), since QEMU start.
+    pub milestones: Vec<(&'static str, Duration)>,
+}
+
+/// Serial-console texts that mark the phases of a network boot.
+pub const MILESTONES: &[(&str, &str)] = &[
+    ("uefi_pxe_start", ">>Start PXE over IPv4"),
+    ("uefi_pxe_dhcp_done", "Station IP address is"),
+    ("uefi_nbp_loaded", "NBP file downloaded successfully"),
+    ("ipxe_start", "iPXE initialising devices"),
+    ("ipxe_dhcp_start", "Configuring (net0"),
+    ("ipxe_dhcp_done", "Filename:"),
+    ("ipxe_script", "Anvil: "),
+    ("kernel_start", "Linux version"),
+    ("init_start", "ANVIL-INIT: up"),
+    ("ramdisk_dhcp_start", "ANVIL-INIT: interface"),
+    ("ramdisk_dhcp_done", "ANVIL-DHCP:"),
+    ("callhome", "ANVIL-CALLHOME-OK"),
+];
+
+/// The phases worth comparing between boot servers: (name, from, to).
+const PHASES: &[(&str, &str, &str)] = &[
+    ("fw_dhcp", "uefi_pxe_start", "uefi_pxe_dhcp_done"),
+    ("tftp_nbp", "uefi_pxe_dhcp_done", "uefi_nbp_loaded"),
+    ("ipxe_dhcp", "ipxe_dhcp_start", "ipxe_dhcp_done"),
+    (
+        "http_script_kernel_initrd",
+        "ipxe_dhcp_done",
+        "kernel_start",
+    ),
+    ("ramdisk_dhcp", "ramdisk_dhcp_start", "ramdisk_dhcp_done"),
+    ("callhome_post", "ramdisk_dhcp_done", "callhome"),
+];
+
+impl BootResult {
+    pub fn at(&self, milestone: &str) -> Option<Duration> {
+        self.milestones
+            .iter()
+            .find(|(m, _)| *m == milestone)
+            .map(|(_, t)| *t)
+    }
+
+    /// `name=1.2s` for each phase both ends of which were seen.
+    pub fn phases(&self) -> String {
+        PHASES
+            .iter()
+            .filter_map(|(name, from, to)| {
+                let (a, b) = (self.at(from)?, self.at(to)?);
+                Some(format!("{name}={:.1}s", b.saturating_sub(a).as_secs_f64()))
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
 }
 
 impl Vm {
@@ -830,8 +897,10 @@ impl Vm {
         let serial = lab.dir.join(format!("{name}.serial"));
         let mut cmd = Lab::command_in(&lab.ns, "qemu-system-x86_64");
         cmd.args(["-machine", "q35", "-accel", "tcg", "-m", "512", "-smp", "1"])
-            // No default devices (the CD-ROM OVMF would try first, VGA, …).
-            .args(["-nodefaults", "-display", "none", "-monitor", "none"])
+            // No default devices (the CD-ROM OVMF would try first, VGA, …);
+            // -nographic still puts the firmware's and iPXE's text on the
+            // serial console.
+            .args(["-nographic", "-nodefaults", "-monitor", "none"])
             .args(["-no-reboot", "-boot", "n"])
             .arg("-serial")
             .arg(format!("file:{}", serial.display()))
@@ -839,7 +908,8 @@ impl Vm {
             .arg(format!("tap,id=n0,ifname={tap},script=no,downscript=no"));
         match firmware {
             Firmware::BiosIpxeRom => {
-                cmd.arg("-device").arg(format!("e1000,netdev=n0,mac={mac}"));
+                cmd.arg("-device")
+                    .arg(format!("e1000,netdev=n0,mac={mac},autonegotiation=off"));
             }
             Firmware::UefiPxe => {
                 cmd.args(["-bios", OVMF])
@@ -868,12 +938,20 @@ impl Vm {
     /// it prints `ANVIL-CALLHOME-FAILED`, QEMU exits first, or time runs out.
     pub fn wait_for_callhome(&self, lab: &Lab) -> BootResult {
         let deadline = self.started + BOOT_TIMEOUT;
+        let mut milestones: Vec<(&'static str, Duration)> = Vec::new();
         loop {
+            let now = self.started.elapsed();
             let log = self.serial_log();
+            for (name, text) in MILESTONES {
+                if !milestones.iter().any(|(m, _)| m == name) && log.contains(text) {
+                    milestones.push((name, now));
+                }
+            }
             if log.contains("ANVIL-CALLHOME-OK") {
                 return BootResult {
-                    to_callhome: self.started.elapsed(),
+                    to_callhome: now,
                     serial: log,
+                    milestones,
                 };
             }
             let why = if log.contains("ANVIL-CALLHOME-FAILED") {
@@ -942,11 +1020,12 @@ pub fn reported_uptime(serial: &str) -> Option<f64> {
 /// Prints (and appends to `target/e2e-boot/timings.txt`) one timing line.
 pub fn record_timing(test: &str, server: &str, firmware: Firmware, r: &BootResult) {
     let line = format!(
-        "e2e-boot timing: test={test} server={server} firmware={firmware:?} qemu_start_to_callhome={:.1}s kernel_uptime_at_callhome={}",
+        "e2e-boot timing: test={test} server={server} firmware={firmware:?} qemu_start_to_callhome={:.1}s kernel_uptime_at_callhome={} phases: {}",
         r.to_callhome.as_secs_f64(),
         reported_uptime(&r.serial)
             .map(|u| format!("{u:.1}s"))
-            .unwrap_or_else(|| "?".into())
+            .unwrap_or_else(|| "?".into()),
+        r.phases()
     );
     println!("{line}");
     let path = workspace_root().join("target/e2e-boot/timings.txt");
@@ -971,7 +1050,7 @@ pub struct DhcpAnswer {
 
 /// Runs `busybox udhcpc` once on `eth0` of host namespace `hns` (a few
 /// tries, no address configured), with vendor class `vendor` if given.
-pub fn udhcpc(lab: &Lab, hns: &str, tag: &str, vendor: Option<&str>) -> DhcpAnswer {
+pub fn udhcpc(lab: &Lab, hns: &str, tag: &str, vendor: Option<&str>, tries: u32) -> DhcpAnswer {
     let script = lab.dir.join(format!("udhcpc-{tag}.sh"));
     let envfile = lab.dir.join(format!("udhcpc-{tag}.env"));
     std::fs::write(
@@ -987,9 +1066,9 @@ pub fn udhcpc(lab: &Lab, hns: &str, tag: &str, vendor: Option<&str>) -> DhcpAnsw
     // Only the DHCP variables reach the script's environment.
     cmd.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .args([
-            "udhcpc", "-i", "eth0", "-f", "-q", "-n", "-t", "4", "-T", "2", "-s",
-        ])
+        .args(["udhcpc", "-i", "eth0", "-f", "-q", "-n", "-T", "2", "-t"])
+        .arg(tries.to_string())
+        .arg("-s")
         .arg(&script);
     if let Some(v) = vendor {
         cmd.args(["-V", v]);
