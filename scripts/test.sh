@@ -8,15 +8,31 @@ cd "$(dirname "$0")/.."
 log() { printf '\n=== %s\n' "$*"; }
 
 # --- Debian packages -------------------------------------------------------
+# postgresql                      the store suite's second backend
+# chromium chromium-driver        the web UI test in a real browser
+# iproute2 busybox-static         network namespaces; udhcpc, the initrd
+# isc-dhcp-client                 dhclient against Anvil's DHCP
+# atftp tftp-hpa curl             TFTP clients against Anvil's TFTP
+# qemu-system-x86 qemu-utils      the network-boot VMs (TCG); qemu-utils in the
+#                                 same command, or a newer qemu-img is removed
+# ipxe ipxe-qemu ovmf             iPXE binaries and ROMs, UEFI firmware
+# dnsmasq-base                    the baseline boot server and the "site" DHCP
+#                                 server beside Anvil's proxyDHCP
+# cpio kmod                       building the test initrd
+# openipmi ipmitool               ipmi_sim BMCs and the IPMI fallback driver
+PACKAGES=(postgresql chromium chromium-driver iproute2 busybox-static isc-dhcp-client
+    atftp tftp-hpa curl qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf dnsmasq-base
+    cpio kmod openipmi ipmitool)
 need=()
-for pkg in postgresql chromium chromium-driver; do
+for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
 done
 if ((${#need[@]})); then
     log "installing Debian packages: ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # --allow-downgrades: Debian 12's qemu-system-x86 wants its own qemu-utils.
+    apt-get install -y -qq --no-install-recommends --allow-downgrades "${PACKAGES[@]}" >/dev/null
 fi
 
 # --- PostgreSQL --------------------------------------------------------------
@@ -44,6 +60,11 @@ SQL
 runuser -u postgres -- psql -q -p "$PG_PORT" -tc "SELECT 1 FROM pg_database WHERE datname = 'anvil_test'" | grep -q 1 \
     || runuser -u postgres -- createdb -p "$PG_PORT" -O anvil_test anvil_test
 export ANVIL_TEST_POSTGRES_URL="postgres://anvil_test:anvil_test@127.0.0.1:${PG_PORT}/anvil_test"
+
+# --- Python venv for sushy-tools (the Redfish emulator) -----------------------
+log "sushy-tools venv"
+export ANVIL_SUSHY_VENV
+ANVIL_SUSHY_VENV=$(bash crates/anvil-power-redfish/scripts/sushy-venv.sh target/sushy-venv)
 
 if [[ "${1:-}" == "--setup-only" ]]; then
     echo "export ANVIL_TEST_POSTGRES_URL=$ANVIL_TEST_POSTGRES_URL"
