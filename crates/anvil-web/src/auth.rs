@@ -3,7 +3,7 @@
 use crate::error::PageError;
 use anvil_core::{App, SessionCookie};
 use anvil_types::User;
-use axum::extract::{Form, FromRequest, FromRequestParts, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum_extra::extract::cookie::{Cookie, CookieJar, SameSite};
 use http::header::{HOST, ORIGIN};
@@ -80,7 +80,9 @@ fn login_redirect(parts: &Parts) -> Response {
 
 /// A POST form from a logged-in user whose `csrf_token` field matches the
 /// session's. Anything else is refused before the handler runs: no session
-/// → login redirect, token missing or wrong → 403 page.
+/// → login redirect, token missing or wrong → 403 page. The body is read
+/// with `axum_extra`'s `Form`, which also takes a repeated field into a
+/// `Vec` (the ticked checkboxes of a bulk action).
 pub(crate) struct CsrfForm<T> {
     pub(crate) session: Session,
     pub(crate) form: T,
@@ -102,9 +104,10 @@ where
     async fn from_request(req: Request, app: &App) -> Result<Self, Response> {
         let (mut parts, body) = req.into_parts();
         let session = Session::from_request_parts(&mut parts, app).await?;
-        let Form(form) = Form::<T>::from_request(Request::from_parts(parts, body), app)
-            .await
-            .map_err(|e| PageError::BadRequest(e.body_text()).into_response())?;
+        let axum_extra::extract::Form(form) =
+            axum_extra::extract::Form::<T>::from_request(Request::from_parts(parts, body), app)
+                .await
+                .map_err(|e| PageError::BadRequest(e.body_text()).into_response())?;
         if !tokens_match(form.csrf_token(), &session.csrf_token) {
             return Err(PageError::CsrfMismatch.into_response());
         }

@@ -6,7 +6,11 @@
 //! networks are often air-gapped.
 //!
 //! Every page works as plain HTML forms and links; htmx only adds the live
-//! machine search (a request with `HX-Request` gets the result table alone).
+//! machine search (a request with `HX-Request` gets the result table alone)
+//! and the cards of a machine page that follow work in progress (the boot
+//! timeline and the power jobs poll their own fragment while something is
+//! happening). `static/anvil.js` adds small comforts (select all, confirm
+//! before power off); nothing depends on it.
 //!
 //! The UI acts only through [`App`], like the REST API, so validation, the
 //! lifecycle and the audit log are the same whichever way a change arrives.
@@ -38,13 +42,15 @@ use axum::routing::{get, post};
 /// security headers are set here. Behind a TLS-terminating proxy, have the
 /// proxy send `X-Forwarded-Proto: https` so the session cookie is `Secure`.
 pub fn router(app: App) -> Router {
-    use views::{login, machine_form, machines};
+    use views::{boot, enroll, login, machine_form, machines, power};
     Router::new()
         .route("/", get(views::home))
         .route("/login", get(login::page).post(login::submit))
         .route("/logout", post(login::logout))
         .route("/machines", get(machines::list).post(machine_form::create))
         .route("/machines/new", get(machine_form::new_page))
+        .route("/machines/enroll", get(enroll::page).post(enroll::submit))
+        .route("/machines/actions", post(power::bulk))
         .route("/machines/{id}", get(machines::detail))
         .route(
             "/machines/{id}/edit",
@@ -52,6 +58,10 @@ pub fn router(app: App) -> Router {
         )
         .route("/machines/{id}/state", post(machines::change_state))
         .route("/machines/{id}/delete", post(machines::delete))
+        .route("/machines/{id}/power", post(power::action))
+        .route("/machines/{id}/power-state", post(power::check))
+        .route("/machines/{id}/jobs", get(power::jobs_fragment))
+        .route("/machines/{id}/boot-timeline", get(boot::fragment))
         .route("/static/{*path}", get(assets::serve))
         .fallback(error::not_found)
         .layer(axum::middleware::map_response(security::headers))

@@ -110,17 +110,17 @@ impl FormValues {
 
 /// A mistake in the form, shown beside `field` ("" for the whole form).
 pub(crate) struct FieldError {
-    field: &'static str,
-    message: String,
+    pub(crate) field: &'static str,
+    pub(crate) message: String,
     /// The machine that already has a duplicate hostname or MAC.
-    link: Option<String>,
+    pub(crate) link: Option<String>,
 }
 
 #[derive(Default)]
-pub(crate) struct FieldErrors(Vec<FieldError>);
+pub(crate) struct FieldErrors(pub(crate) Vec<FieldError>);
 
 impl FieldErrors {
-    fn add(&mut self, field: &'static str, message: impl Into<String>) {
+    pub(crate) fn add(&mut self, field: &'static str, message: impl Into<String>) {
         self.0.push(FieldError {
             field,
             message: message.into(),
@@ -144,11 +144,15 @@ impl FieldErrors {
 }
 
 pub(crate) struct Choice {
-    value: &'static str,
-    selected: bool,
+    pub(crate) value: &'static str,
+    pub(crate) selected: bool,
 }
 
-fn choices<T: Copy>(all: &[T], name: impl Fn(T) -> &'static str, current: &str) -> Vec<Choice> {
+pub(crate) fn choices<T: Copy>(
+    all: &[T],
+    name: impl Fn(T) -> &'static str,
+    current: &str,
+) -> Vec<Choice> {
     all.iter()
         .map(|&v| Choice {
             value: name(v),
@@ -237,7 +241,7 @@ struct Parsed {
     bmc: Option<BmcInput>,
 }
 
-fn non_empty(s: &str) -> Option<String> {
+pub(crate) fn non_empty(s: &str) -> Option<String> {
     Some(s.trim().to_string()).filter(|s| !s.is_empty())
 }
 
@@ -409,7 +413,7 @@ fn form_errors(e: Error) -> Result<(StatusCode, FieldErrors), PageError> {
     Ok((status, errors))
 }
 
-fn upper_first(s: &str) -> String {
+pub(crate) fn upper_first(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
         Some(first) => first.to_uppercase().chain(c).collect(),

@@ -1,6 +1,10 @@
 //! The machine list, a machine's page, lifecycle moves and deletion.
 
-use super::{Layout, fmt_iso, fmt_minute, fmt_time, or_dash};
+use super::boot::{TimelineView, timeline_view};
+use super::power::{
+    JOBS_SHOWN, JobsView, PowerButton, PowerView, bulk_notice, jobs_view, power_buttons, power_view,
+};
+use super::{Layout, fmt_iso, fmt_minute, fmt_time, or_dash, sentence};
 use crate::auth::{CsrfForm, HasCsrfToken, Session, encode_component};
 use crate::error::PageError;
 use anvil_api_types::{EventQuery, MachineQuery, StateChange};
@@ -14,6 +18,7 @@ use http::header::VARY;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 use std::collections::VecDeque;
+use time::OffsetDateTime;
 
 /// Page sizes offered in the list.
 const PAGE_SIZES: [u32; 4] = [25, 50, 100, 200];
@@ -73,6 +78,11 @@ pub(crate) struct ListParams {
     per_page: String,
     /// Hostname of a machine just deleted, for the confirmation banner.
     deleted: String,
+    /// After a bulk power action: which, how many jobs started, how many
+    /// selected machines were skipped (for the banner).
+    action: String,
+    started: String,
+    skipped: String,
 }
 
 /// The list's filters after validation; builds the list's links.
@@ -136,6 +146,11 @@ impl Filters {
 
     /// `/machines` with these filters; defaults are left out so links stay short.
     fn url(&self) -> String {
+        self.url_at("/machines", &[])
+    }
+
+    /// `path` with these filters and `extra` parameters in its query.
+    fn url_at(&self, path: &str, extra: &[(&str, String)]) -> String {
         let mut parts = Vec::new();
         let mut add = |k: &str, v: &str| parts.push(format!("{k}={}", encode_component(v)));
         if !self.q.is_empty() {
@@ -156,10 +171,13 @@ impl Filters {
         if self.page > 1 {
             add("page", &self.page.to_string());
         }
+        for (k, v) in extra {
+            add(k, v);
+        }
         if parts.is_empty() {
-            "/machines".to_string()
+            path.to_string()
         } else {
-            format!("/machines?{}", parts.join("&"))
+            format!("{path}?{}", parts.join("&"))
         }
     }
 
@@ -201,6 +219,9 @@ pub(crate) struct Row {
     state: &'static str,
     state_label: &'static str,
     reason: Option<String>,
+    /// `on`, `off`, `unknown` (never read) or `none` (no BMC).
+    power: &'static str,
+    power_label: &'static str,
     arch: String,
     hardware: String,
     mac: String,
@@ -235,6 +256,11 @@ pub(crate) struct Results {
     first_page_url: String,
     /// The query failed validation in core (e.g. a malformed MAC).
     error: Option<String>,
+    /// For the bulk-action form around the table.
+    csrf: String,
+    /// Where the bulk form posts: it carries the filters, so the list comes
+    /// back as it was.
+    bulk_url: String,
 }
 
 pub(crate) struct StateLink {
@@ -267,6 +293,10 @@ struct MachinesPage {
     size_choices: Vec<Choice>,
     notices: Vec<String>,
     deleted: Option<String>,
+    /// Jobs started by a bulk action.
+    bulk_notice: Option<String>,
+    /// Why a bulk action was refused.
+    bulk_error: Option<String>,
     oob: bool,
 }
 
@@ -284,6 +314,12 @@ struct MachineResultsPartial {
 }
 
 fn row(m: &Machine, filters: &Filters) -> Row {
+    let (power, power_label) = match (&m.bmc, m.power_state.as_deref()) {
+        (None, _) => ("none", "No BMC"),
+        (Some(_), Some("on")) => ("on", "On"),
+        (Some(_), Some("off")) => ("off", "Off"),
+        (Some(_), _) => ("unknown", "Unknown"),
+    };
     let hardware = [m.vendor.as_deref(), m.model.as_deref()]
         .into_iter()
         .flatten()
@@ -295,6 +331,8 @@ fn row(m: &Machine, filters: &Filters) -> Row {
         state: m.state.as_str(),
         state_label: state_label(m.state),
         reason: m.state_reason.clone(),
+        power,
+        power_label,
         arch: or_dash(m.architecture.map(|a| a.as_str())),
         hardware: or_dash(Some(&hardware)),
         mac: or_dash(
@@ -351,6 +389,7 @@ fn columns(filters: &Filters) -> Vec<Column> {
     vec![
         sortable("Hostname", "hostname"),
         sortable("Status", "state"),
+        plain("Power"),
         plain("Arch"),
         plain("Hardware"),
         plain("MAC"),
@@ -359,7 +398,8 @@ fn columns(filters: &Filters) -> Vec<Column> {
     ]
 }
 
-async fn results(app: &App, filters: &Filters) -> Result<Results, PageError> {
+async fn results(app: &App, filters: &Filters, csrf: &str) -> Result<Results, PageError> {
+    let bulk_url = filters.url_at("/machines/actions", &[]);
     let empty = |error| Results {
         rows: Vec::new(),
         columns: columns(filters),
@@ -373,6 +413,8 @@ async fn results(app: &App, filters: &Filters) -> Result<Results, PageError> {
         filtered: filters.active(),
         first_page_url: filters.with(|_| ()),
         error,
+        csrf: csrf.to_string(),
+        bulk_url: bulk_url.clone(),
     };
     let list = match app.list_machines(filters.query()).await {
         Ok(l) => l,
@@ -406,6 +448,8 @@ async fn results(app: &App, filters: &Filters) -> Result<Results, PageError> {
         filtered: filters.active(),
         first_page_url: filters.with(|_| ()),
         error: None,
+        csrf: csrf.to_string(),
+        bulk_url,
     })
 }
 
@@ -439,12 +483,12 @@ pub(crate) async fn list(
     headers: HeaderMap,
     Query(p): Query<ListParams>,
 ) -> Result<Response, PageError> {
-    let (filters, notices) = Filters::from_params(&p);
-    let results = results(&app, &filters).await?;
-    let (states, total_all) = state_links(&app, &filters).await?;
-    let all_url = filters.with(|f| f.state = None);
-    let all_active = filters.state.is_none();
     let mut res = if wants_fragment(&headers) {
+        let (filters, _) = Filters::from_params(&p);
+        let results = results(&app, &filters, &session.csrf_token).await?;
+        let (states, total_all) = state_links(&app, &filters).await?;
+        let all_url = filters.with(|f| f.state = None);
+        let all_active = filters.state.is_none();
         MachineResultsPartial {
             results,
             states,
@@ -455,6 +499,29 @@ pub(crate) async fn list(
         }
         .into_response()
     } else {
+        render_list(&app, &session, &p, None, StatusCode::OK).await?
+    };
+    // The same URL answers a fragment or a page: caches must keep both.
+    res.headers_mut()
+        .insert(VARY, HeaderValue::from_static("HX-Request"));
+    Ok(res)
+}
+
+/// The list page for `p`, with `bulk_error` (a refused bulk action) shown
+/// above the table.
+pub(crate) async fn render_list(
+    app: &App,
+    session: &Session,
+    p: &ListParams,
+    bulk_error: Option<String>,
+    status: StatusCode,
+) -> Result<Response, PageError> {
+    let (filters, notices) = Filters::from_params(p);
+    let results = results(app, &filters, &session.csrf_token).await?;
+    let (states, total_all) = state_links(app, &filters).await?;
+    let all_url = filters.with(|f| f.state = None);
+    let all_active = filters.state.is_none();
+    {
         let state_choices = std::iter::once(Choice {
             value: String::new(),
             label: "All states".to_string(),
@@ -474,8 +541,8 @@ pub(crate) async fn list(
                 selected: *n == filters.per_page,
             })
             .collect();
-        MachinesPage {
-            layout: Layout::for_session(&session),
+        let page = MachinesPage {
+            layout: Layout::for_session(session),
             results,
             states,
             total_all,
@@ -492,14 +559,17 @@ pub(crate) async fn list(
                 .parse::<Hostname>()
                 .ok()
                 .map(|h| h.as_str().to_string()),
+            bulk_notice: bulk_notice(&p.action, &p.started, &p.skipped),
+            bulk_error,
             oob: false,
-        }
-        .into_response()
-    };
-    // The same URL answers a fragment or a page: caches must keep both.
-    res.headers_mut()
-        .insert(VARY, HeaderValue::from_static("HX-Request"));
-    Ok(res)
+        };
+        Ok((status, page).into_response())
+    }
+}
+
+/// The list with the filters of `p` and `extra` parameters (a banner's).
+pub(crate) fn list_url_with(p: &ListParams, extra: &[(&str, String)]) -> String {
+    Filters::from_params(p).0.url_at("/machines", extra)
 }
 
 // ----------------------------------------------------------- machine page
@@ -570,14 +640,27 @@ struct MachinePage {
     delete_error: Option<String>,
     /// The reason typed before a refused move, shown again.
     reason: String,
+    /// Power state and buttons, when the machine has a BMC.
+    power: Option<PowerView>,
+    power_buttons: Vec<PowerButton>,
+    power_error: Option<String>,
+    /// The jobs card, when the machine has a BMC or jobs.
+    jobs: Option<JobsView>,
+    timeline: TimelineView,
+    /// A confirmation after a redirect ("power on requested", "enrolled").
+    notice: Option<String>,
+    /// For the included partials: the page renders them in place.
+    oob: bool,
 }
 
 /// What a refused action puts back on the page.
 #[derive(Default)]
-struct Feedback {
-    state_error: Option<String>,
-    delete_error: Option<String>,
-    reason: String,
+pub(crate) struct Feedback {
+    pub(crate) state_error: Option<String>,
+    pub(crate) delete_error: Option<String>,
+    pub(crate) reason: String,
+    pub(crate) power_error: Option<String>,
+    pub(crate) notice: Option<String>,
 }
 
 /// The newest events of a machine, newest first, and whether older ones
@@ -608,7 +691,7 @@ async fn recent_events(app: &App, id: &str) -> Result<(Vec<Event>, bool), PageEr
     Ok((kept.into_iter().rev().collect(), truncated))
 }
 
-async fn render_machine(
+pub(crate) async fn render_machine(
     app: &App,
     session: &Session,
     m: Machine,
@@ -616,7 +699,17 @@ async fn render_machine(
     status: StatusCode,
 ) -> Result<Response, PageError> {
     let id = m.id.to_string();
+    let now = OffsetDateTime::now_utc();
     let (events, events_truncated) = recent_events(app, &id).await?;
+    let jobs = app.list_jobs(Some(&id), JOBS_SHOWN).await?;
+    let timeline = timeline_view(&app.boot_timeline(&id).await?, &jobs, now);
+    let power = m.bmc.as_ref().map(|_| power_view(&m, now));
+    let buttons = if power.is_some() {
+        power_buttons(&m.hostname)
+    } else {
+        Vec::new()
+    };
+    let jobs = (m.bmc.is_some() || !jobs.is_empty()).then(|| jobs_view(&id, &jobs, now));
     let no_filter = Filters::from_params(&ListParams::default()).0;
     let facts = match &m.facts {
         serde_json::Value::Object(o) if o.is_empty() => None,
@@ -692,8 +785,57 @@ async fn render_machine(
         state_error: feedback.state_error,
         delete_error: feedback.delete_error,
         reason: feedback.reason,
+        power_buttons: buttons,
+        power,
+        power_error: feedback.power_error,
+        jobs,
+        timeline,
+        notice: feedback.notice,
+        oob: false,
     };
     Ok((status, page).into_response())
+}
+
+/// Query of a machine's page: what a redirect to it confirms.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub(crate) struct DetailParams {
+    /// A power action just started.
+    power: String,
+    /// The power state was just read.
+    checked: String,
+    /// `new` or `already`, after "Add server by BMC".
+    enrolled: String,
+}
+
+impl DetailParams {
+    /// The banner, built from known values only (nothing from the URL is
+    /// echoed, so a crafted link cannot put words on the page).
+    fn notice(&self, m: &Machine) -> Option<String> {
+        if let Some(a) = anvil_core::power::MachineAction::parse(&self.power) {
+            return Some(format!(
+                "{} requested. The job runs in the background; Power jobs below follows it.",
+                super::power::action_label(a)
+            ));
+        }
+        if self.checked == "1" {
+            let state = m.power_state.as_deref().unwrap_or("unknown");
+            return Some(format!("Power state read from the BMC: {state}."));
+        }
+        match self.enrolled.as_str() {
+            "new" => Some(format!(
+                "Enrolled {} from its BMC with {} network interface{}. It is recognised when it PXE-boots.",
+                m.hostname,
+                m.interfaces.len(),
+                if m.interfaces.len() == 1 { "" } else { "s" }
+            )),
+            "already" => Some(format!(
+                "This BMC was already enrolled as {}; nothing was changed.",
+                m.hostname
+            )),
+            _ => None,
+        }
+    }
 }
 
 /// `GET /machines/{id}` (id or hostname).
@@ -701,9 +843,14 @@ pub(crate) async fn detail(
     session: Session,
     State(app): State<App>,
     Path(id): Path<String>,
+    Query(q): Query<DetailParams>,
 ) -> Result<Response, PageError> {
     let m = app.get_machine(&id).await?;
-    render_machine(&app, &session, m, Feedback::default(), StatusCode::OK).await
+    let feedback = Feedback {
+        notice: q.notice(&m),
+        ..Default::default()
+    };
+    render_machine(&app, &session, m, feedback, StatusCode::OK).await
 }
 
 #[derive(Deserialize, Default)]
@@ -752,7 +899,7 @@ pub(crate) async fn change_state(
                 &app,
                 &session,
                 &id,
-                sentence(&e),
+                sentence(&e.to_string()),
                 form.reason,
                 StatusCode::CONFLICT,
             )
@@ -760,7 +907,15 @@ pub(crate) async fn change_state(
         }
         Err(e @ Error::Invalid { .. }) => {
             let status = StatusCode::UNPROCESSABLE_ENTITY;
-            refused(&app, &session, &id, sentence(&e), form.reason, status).await
+            refused(
+                &app,
+                &session,
+                &id,
+                sentence(&e.to_string()),
+                form.reason,
+                status,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
@@ -783,20 +938,6 @@ async fn refused(
         ..Default::default()
     };
     render_machine(app, session, m, feedback, status).await
-}
-
-/// A core error message as a sentence for a banner.
-fn sentence(e: &Error) -> String {
-    let s = e.to_string();
-    let mut chars = s.chars();
-    match chars.next() {
-        Some(c) => format!(
-            "{}{}.",
-            c.to_uppercase(),
-            chars.as_str().trim_end_matches('.')
-        ),
-        None => s,
-    }
 }
 
 #[derive(Deserialize, Default)]

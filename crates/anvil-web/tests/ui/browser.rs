@@ -1,17 +1,21 @@
 //! The UI in a real headless Chromium, driven through chromedriver:
 //! log in, add a machine with the form, find it with the live search, open
-//! it, move it through the lifecycle, log out.
+//! it, move it through the lifecycle, power a server enrolled by its (fake)
+//! BMC and watch its job finish, log out.
 //!
 //! Needs the Debian packages `chromium` and `chromium-driver` (or
 //! `ANVIL_CHROMIUM` / `ANVIL_CHROMEDRIVER` pointing at the binaries). Without
 //! them the test fails, unless `ANVIL_SKIP_BROWSER=1` says to skip it.
 //! Everything stays on 127.0.0.1.
 
-use crate::support::{ADMIN, ADMIN_PASSWORD, TestServer};
-use anvil_api_types::{InterfaceInput, MachineCreate, StateChange};
+use crate::support::{ADMIN, ADMIN_PASSWORD, FakeBmcs, TestServer, inventory};
+use anvil_api_types::{EnrollRequest, InterfaceInput, MachineCreate, StateChange};
 use anvil_core::Principal;
-use anvil_types::{Architecture, MachineState};
+use anvil_core::power::MachineAction;
+use anvil_power::FakeBmc;
+use anvil_types::{Architecture, BmcDriver, JobStatus, MacAddr, MachineState};
 use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -165,6 +169,115 @@ async fn seed_fleet(server: &TestServer) {
     }
 }
 
+/// A server enrolled by its BMC, with a finished and a failed power job and
+/// a recorded network boot (the firmware runs iPXE itself, so no TFTP).
+/// Returns its id.
+async fn seed_power(server: &TestServer, fakes: &FakeBmcs) -> String {
+    let app = &server.app;
+    // First a BMC that fails, for a failed job; then a working one.
+    let broken = FakeBmc::new(inventory("7XK2P13", 5), Duration::ZERO);
+    fakes.add("10.20.0.5", broken.clone());
+    let m = app
+        .enroll(
+            &Principal::System,
+            EnrollRequest {
+                driver: BmcDriver::Redfish,
+                address: "10.20.0.5".into(),
+                port: None,
+                username: Some("root".into()),
+                password: Some(BMC_PASSWORD.into()),
+                hostname: Some("compute-05".into()),
+                verify_tls: Some(false),
+                tags: vec!["compute".into(), "rack1".into()],
+            },
+        )
+        .await
+        .expect("enroll");
+    let id = m.machine.id.to_string();
+    broken.fail_with("HTTP 503 from /redfish/v1/Systems/System.Embedded.1");
+    let admin = app
+        .list_users(&Principal::System)
+        .await
+        .expect("users")
+        .into_iter()
+        .find(|u| u.username == ADMIN)
+        .expect("admin");
+    let by = Principal::User(admin);
+    app.start_action(&by, &id, MachineAction::PowerCycle)
+        .await
+        .expect("job");
+    wait_jobs(server, &id).await;
+    fakes.add(
+        "10.20.0.5",
+        FakeBmc::new(inventory("7XK2P13", 5), Duration::from_millis(700)),
+    );
+    app.start_action(&by, &id, MachineAction::PxeBoot)
+        .await
+        .expect("job");
+    wait_jobs(server, &id).await;
+
+    // A boot, compressed in time (each step waits a little, so the
+    // timeline has offsets to show).
+    let mac = MacAddr([0x52, 0x54, 0, 5, 1, 0x10]);
+    let steps = [
+        (
+            0,
+            "dhcp.discover",
+            json!({"arch": 7, "vendor_class": "PXEClient:Arch:00007"}),
+        ),
+        (
+            40,
+            "dhcp.offer",
+            json!({"ip": "10.20.1.45", "network": "boot-lan"}),
+        ),
+        (60, "dhcp.request", json!({"ip": "10.20.1.45"})),
+        (
+            20,
+            "dhcp.ack",
+            json!({"ip": "10.20.1.45", "network": "boot-lan"}),
+        ),
+        (
+            300,
+            "http.script",
+            json!({"stage": "discovery", "state": "new"}),
+        ),
+        (
+            150,
+            "http.kernel",
+            json!({"path": "/boot/amd64/vmlinuz", "status": 200, "bytes": 11_534_336}),
+        ),
+        (
+            450,
+            "http.initrd",
+            json!({"path": "/boot/amd64/initrd.img", "status": 200, "bytes": 64_487_424}),
+        ),
+        (
+            700,
+            "callhome",
+            json!({"ip": "10.20.1.45", "uptime_secs": 18.4}),
+        ),
+    ];
+    for (wait_ms, kind, detail) in steps {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        app.record_boot(mac, kind, detail);
+    }
+    eventually("the recorded boot", || async {
+        app.boot_timeline(&id).await.is_ok_and(|t| t.complete)
+    })
+    .await;
+    id
+}
+
+async fn wait_jobs(server: &TestServer, id: &str) {
+    eventually("the power jobs", || async {
+        server.app.list_jobs(Some(id), 20).await.is_ok_and(|js| {
+            js.iter()
+                .all(|j| matches!(j.status, JobStatus::Succeeded | JobStatus::Failed))
+        })
+    })
+    .await;
+}
+
 /// Polls `check` until it holds or `what` times out.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
@@ -178,13 +291,25 @@ where
     }
 }
 
+/// The text of the first element `css` matches. Cards that refresh
+/// themselves may replace the element between finding and reading it:
+/// then it is found again.
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .text()
-        .await
-        .expect("text")
+    let mut tries = 0;
+    loop {
+        let e = c
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        match e.text().await {
+            Ok(t) => return t,
+            Err(e) if tries < 5 => {
+                tries += 1;
+                eprintln!("{css}: {e}; looking again");
+            }
+            Err(e) => panic!("{css}: {e}"),
+        }
+    }
 }
 
 async fn path_of(c: &Client) -> String {
@@ -195,7 +320,7 @@ async fn path_of(c: &Client) -> String {
     }
 }
 
-async fn run(c: &Client, server: &TestServer) {
+async fn run(c: &Client, server: &TestServer, power_id: &str) {
     let base = &server.base;
 
     // Logged out: the machine list sends us to the login page.
@@ -327,7 +452,7 @@ async fn run(c: &Client, server: &TestServer) {
         .find_all(Locator::Css(".machines-table tbody tr"))
         .await
         .expect("rows");
-    assert_eq!(rows.len(), 10);
+    assert_eq!(rows.len(), 11);
     let png = c.screenshot().await.expect("screenshot");
     std::fs::write(dir.join("machines.png"), png).expect("write screenshot");
 
@@ -398,6 +523,115 @@ async fn run(c: &Client, server: &TestServer) {
     })
     .await;
 
+    // A server enrolled by its BMC: the boot timeline, power and its jobs.
+    // Power it on with the button; the jobs card follows the job by htmx
+    // polling, without a page load.
+    c.goto(&format!("{base}/machines/{power_id}"))
+        .await
+        .expect("goto");
+    assert_eq!(text_of(c, "h1").await, "compute-05");
+    assert!(
+        text_of(c, "#boot-timeline .boot-headline").await == "Boot complete",
+        "the timeline card is there and says how the boot went"
+    );
+    assert_eq!(
+        c.find_all(Locator::Css("#boot-timeline .step"))
+            .await
+            .expect("steps")
+            .len(),
+        9
+    );
+    c.find(Locator::XPath("//button[normalize-space(.)='Power on']"))
+        .await
+        .expect("power on button")
+        .click()
+        .await
+        .expect("click");
+    eventually("the power-on notice", || async {
+        path_of(c).await.ends_with("?power=power-on")
+    })
+    .await;
+    c.execute("window.__sameDocument = true", vec![])
+        .await
+        .expect("js");
+    eventually("the job to finish on the page", || async {
+        // The card is replaced while we look: a stale element is a retry.
+        match c
+            .find(Locator::Css("#jobs tbody tr:first-child .badge"))
+            .await
+        {
+            Ok(e) => e.text().await.is_ok_and(|t| t == "Succeeded"),
+            Err(_) => false,
+        }
+    })
+    .await;
+    let same: bool = c
+        .execute("return window.__sameDocument === true", vec![])
+        .await
+        .expect("js")
+        .as_bool()
+        .unwrap_or(false);
+    assert!(same, "the jobs card was refreshed in place");
+    assert_eq!(
+        text_of(c, "#power-status .power-label").await,
+        "Powered on",
+        "the power state followed the job (out-of-band swap)"
+    );
+    let html = c.source().await.expect("source");
+    assert!(!html.contains(BMC_PASSWORD), "BMC password in the page");
+    // The whole page, for the humans.
+    let (w, h) = c.get_window_size().await.expect("size");
+    c.set_window_size(1440, 1800).await.expect("resize");
+    std::fs::write(
+        dir.join("machine-power.png"),
+        c.screenshot().await.expect("png"),
+    )
+    .expect("write screenshot");
+    c.set_window_size(1440, 2600).await.expect("resize");
+    c.find(Locator::Css("#boot-timeline details > summary"))
+        .await
+        .expect("events toggle")
+        .click()
+        .await
+        .expect("click");
+    let png = c
+        .find(Locator::Css("#boot-timeline"))
+        .await
+        .expect("timeline")
+        .screenshot()
+        .await
+        .expect("png");
+    std::fs::write(dir.join("boot-timeline.png"), png).expect("write screenshot");
+    let (w, h) = (
+        u32::try_from(w).unwrap_or(1440),
+        u32::try_from(h).unwrap_or(900),
+    );
+    c.set_window_size(w, h).await.expect("resize");
+
+    // Bulk: tick two machines, the bar counts them.
+    c.goto(&format!("{base}/machines?tag=rack1"))
+        .await
+        .expect("goto");
+    for host in ["compute-01", "compute-05"] {
+        c.find(Locator::Css(&format!("input[aria-label='Select {host}']")))
+            .await
+            .expect("checkbox")
+            .click()
+            .await
+            .expect("tick");
+    }
+    assert_eq!(text_of(c, "[data-bulk-count]").await, "2 machines selected");
+    std::fs::write(
+        dir.join("machines-bulk.png"),
+        c.screenshot().await.expect("png"),
+    )
+    .expect("write screenshot");
+    c.goto(&format!("{base}/machines/enroll"))
+        .await
+        .expect("goto");
+    std::fs::write(dir.join("enroll.png"), c.screenshot().await.expect("png"))
+        .expect("write screenshot");
+
     // Log out; the list is closed again.
     c.find(Locator::Css(".usermenu button"))
         .await
@@ -429,8 +663,9 @@ async fn a_person_with_a_browser_can_do_the_basics() {
          ANVIL_CHROMEDRIVER, or set ANVIL_SKIP_BROWSER=1 to skip this test",
     );
 
-    let server = TestServer::start().await;
+    let (server, fakes) = TestServer::start_with_power().await;
     seed_fleet(&server).await;
+    let power_id = seed_power(&server, &fakes).await;
     let scratch = tempfile::tempdir().expect("temp dir");
     let driver = Chromedriver::start(&chromedriver, scratch.path().join("chromedriver.log"));
 
@@ -473,7 +708,7 @@ async fn a_person_with_a_browser_can_do_the_basics() {
     // the browser session before the driver is killed.
     let outcome = tokio::time::timeout(Duration::from_secs(120), async {
         let c = client.clone();
-        let steps = async move { run(&c, &server).await };
+        let steps = async move { run(&c, &server, &power_id).await };
         tokio::spawn(steps).await
     })
     .await;

@@ -48,7 +48,14 @@ async fn pages_need_a_session_and_remember_where_they_were() {
         page.location(),
         "/login?next=%2Fmachines%3Fstate%3Dready%26q%3Dnode"
     );
-    for path in ["/machines/new", "/machines/x", "/machines/x/edit"] {
+    for path in [
+        "/machines/new",
+        "/machines/x",
+        "/machines/x/edit",
+        "/machines/enroll",
+        "/machines/x/jobs",
+        "/machines/x/boot-timeline",
+    ] {
         let page = c.get(path).await;
         assert_eq!(page.status, 303, "{path}");
         assert!(page.location().starts_with("/login?next="), "{path}");
@@ -58,11 +65,25 @@ async fn pages_need_a_session_and_remember_where_they_were() {
         page.header("hx-redirect"),
         "/login?next=%2Fmachines%3Fq%3Da"
     );
+    // A polling card whose session ended sends the whole page to login.
+    let page = c
+        .get_with("/machines/x/jobs", &[("HX-Request", "true")])
+        .await;
+    assert_eq!(page.status, 204);
+    assert!(page.header("hx-redirect").starts_with("/login?next="));
 
     // A POST without a session changes nothing.
-    let page = c.post("/machines", &[("hostname", "sneaky")]).await;
-    assert_eq!(page.status, 303);
-    assert_eq!(page.location(), "/login");
+    for path in [
+        "/machines",
+        "/machines/enroll",
+        "/machines/actions",
+        "/machines/x/power",
+        "/machines/x/power-state",
+    ] {
+        let page = c.post(path, &[("hostname", "sneaky")]).await;
+        assert_eq!(page.status, 303, "{path}");
+        assert_eq!(page.location(), "/login", "{path}");
+    }
     assert_eq!(machine_count(&server).await, 0);
 
     // The login page and assets are public.
@@ -743,6 +764,7 @@ async fn headers_errors_and_assets() {
         "/static/anvil.css",
         "/static/anvil-logo.svg",
         "/static/htmx-2.0.11.min.js",
+        "/static/anvil.js",
     ] {
         assert!(list.body.contains(asset), "{asset} not referenced");
         assert_eq!(c.get(asset).await.status, 200, "{asset}");

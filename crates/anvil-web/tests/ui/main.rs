@@ -2,4 +2,5 @@
 
 mod browser;
 mod http;
+mod power;
 mod support;

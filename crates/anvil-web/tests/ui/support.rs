@@ -1,13 +1,76 @@
 //! A real server on 127.0.0.1 with a fresh SQLite store, and a small HTTP
 //! client that keeps the session cookie by hand (the workspace's reqwest has
 //! no cookie store) and never follows redirects, so tests see every 303.
+//! With power control, the BMCs are in-memory `FakeBmc`s behind a driver
+//! factory that looks them up by address.
 
+use anvil_core::power::{DriverFactory, PowerLimits};
 use anvil_core::{App, Principal, SecretBox};
+use anvil_power::{BmcCredentials, FakeBmc, Inventory, Nic, PowerDriver, PowerError};
 use anvil_store::Store;
+use anvil_types::{BmcDriver, MacAddr};
 use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderMap, LOCATION, SET_COOKIE};
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
+
+/// In-memory BMCs by address; an address without one is unreachable.
+#[derive(Default)]
+pub struct FakeBmcs {
+    bmcs: Mutex<HashMap<String, FakeBmc>>,
+}
+
+impl FakeBmcs {
+    pub fn add(&self, address: &str, bmc: FakeBmc) {
+        self.bmcs
+            .lock()
+            .expect("fakes")
+            .insert(address.to_string(), bmc);
+    }
+
+    pub fn get(&self, address: &str) -> FakeBmc {
+        self.bmcs.lock().expect("fakes")[address].clone()
+    }
+}
+
+impl DriverFactory for FakeBmcs {
+    fn driver(
+        &self,
+        _driver: BmcDriver,
+        creds: BmcCredentials,
+    ) -> Result<Arc<dyn PowerDriver>, PowerError> {
+        match self.bmcs.lock().expect("fakes").get(&creds.address) {
+            Some(b) => Ok(Arc::new(b.clone())),
+            None => Err(PowerError::Unreachable {
+                address: creds.address,
+                reason: "no route to host".into(),
+            }),
+        }
+    }
+}
+
+/// What a Dell BMC reports: two NICs, `52:54:00:0n:01:xx` and `…:02:xx`.
+pub fn inventory(serial: &str, n: u8) -> Inventory {
+    Inventory {
+        manufacturer: Some("Dell Inc.".into()),
+        model: Some("PowerEdge R650".into()),
+        serial: Some(serial.into()),
+        nics: vec![
+            Nic {
+                mac: MacAddr([0x52, 0x54, 0, n, 1, 0x10]),
+                name: Some("NIC.Integrated.1-1".into()),
+            },
+            Nic {
+                mac: MacAddr([0x52, 0x54, 0, n, 2, 0x10]),
+                name: Some("NIC.Integrated.1-2".into()),
+            },
+        ],
+        ..Default::default()
+    }
+}
 
 pub const ADMIN: &str = "admin";
 pub const ADMIN_PASSWORD: &str = "password123";
@@ -20,12 +83,38 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// A server without power control (as when the binary has no drivers).
     pub async fn start() -> TestServer {
+        Self::start_with(|app| app).await
+    }
+
+    /// A server whose BMCs are the returned fakes.
+    pub async fn start_with_power() -> (TestServer, Arc<FakeBmcs>) {
+        let fakes = Arc::new(FakeBmcs::default());
+        let factory = fakes.clone();
+        let server = Self::start_with(move |app| {
+            app.with_power(
+                factory,
+                PowerLimits {
+                    concurrency: 4,
+                    action_timeout: Duration::from_secs(10),
+                    status_timeout: Duration::from_secs(2),
+                    poll_interval: Duration::from_secs(3600),
+                },
+            )
+        })
+        .await;
+        (server, fakes)
+    }
+
+    async fn start_with(configure: impl FnOnce(App) -> App) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open_sqlite(&dir.path().join("anvil.db"))
             .await
             .expect("open store");
-        let app = App::new(store, SecretBox::from_key([0; 32]));
+        let app = configure(App::new(store, SecretBox::from_key([0; 32])));
+        // The boot-event writer, as `anvil serve` starts it.
+        app.start_background();
         app.create_user(&Principal::System, ADMIN, ADMIN_PASSWORD, true)
             .await
             .expect("create admin");
