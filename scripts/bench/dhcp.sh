@@ -7,9 +7,18 @@
 # Usage: scripts/bench/dhcp.sh [ANVIL_BINARY]   (default target/release/anvil)
 # Knobs (environment):
 #   CLIENTS=20000  INFLIGHT=64  MACS="seq random"  TIME_LIMIT=120 (s per run)
-#   TIMEOUT_MS=2000 (retransmit)  SERVERS="kea-memfile kea-pgsql dnsmasq anvil"
+#   TIMEOUT_MS=2000 (retransmit)  SERVERS="kea-memfile anvil kea-pgsql dnsmasq"
+#   RUNS=1: repeat the whole round; each round gives its own Anvil/Kea ratios
+#   (on a busy shared host, compare within a round, not across rounds).
 #   ANVIL_TEST_POSTGRES_URL=postgres://USER:PASS@127.0.0.1:5432/DB (kea-pgsql;
 #   skipped without it; the role needs CREATEDB)
+#   PROFILE=perf|strace|threads: attach to each server during its load and
+#   keep the result in PROFILE_DIR (default target/dhcp-bench-profile):
+#   perf record -g (then `perf report -i FILE --no-children`), strace -c -f
+#   (syscall counts and time), or per-thread CPU from /proc/PID/task.
+#   Profiling slows the server: use it to find where time goes, not for figures.
+#   KEEP=1: keep the work directory (configs, logs, lease files, Anvil's DB).
+#   ANVIL_DHCP_EXTRA='commit_delay_max_ms = 0': extra lines for Anvil's [dhcp].
 #
 # Topology: two network namespaces, created here and removed on exit, joined
 # by a veth pair; nothing else is touched.
@@ -32,13 +41,18 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
 ANVIL=${1:-target/release/anvil}
+[[ $ANVIL == /* ]] || ANVIL=$ROOT/$ANVIL
 CLIENTS=${CLIENTS:-20000}
 INFLIGHT=${INFLIGHT:-64}
 MACS=${MACS:-seq random}
 TIME_LIMIT=${TIME_LIMIT:-120}
 TIMEOUT_MS=${TIMEOUT_MS:-2000}
-SERVERS=${SERVERS:-kea-memfile kea-pgsql dnsmasq anvil}
+# Anvil right after Kea memfile, so the two it is judged against run closest
+# in time (the host's load drifts).
+SERVERS=${SERVERS:-kea-memfile anvil kea-pgsql dnsmasq}
+RUNS=${RUNS:-1}
 GEN=$ROOT/target/release/anvil-dhcpperf
+PROFILE_DIR=${PROFILE_DIR:-$ROOT/target/dhcp-bench-profile}
 
 [[ $(id -u) == 0 ]] || { echo "needs root (network namespaces, port 67)" >&2; exit 2; }
 for tool in ip ss jq; do
@@ -92,7 +106,7 @@ cleanup() {
     if [[ -n ${PG_DB:-} ]]; then
         psql "$ANVIL_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS $PG_DB" >/dev/null 2>&1 || true
     fi
-    rm -rf "$work"
+    if [[ -n ${KEEP:-} ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
@@ -133,6 +147,15 @@ start() { # log cmd... -> sets SPID
     ip netns exec "$NS_S" "$@" >"$log" 2>&1 &
     SPID=$!
     pids+=("$SPID")
+}
+
+# "TID NAME TICKS" per thread, sorted by TID (for join).
+thread_cpu() {
+    for t in /proc/"$1"/task/*; do
+        awk '{ sub(/^[^(]*\(/, ""); name = $0; sub(/\).*/, "", name); gsub(/ /, "_", name);
+               sub(/^[^)]*\) /, ""); split($0, f, " "); print name, f[12] + f[13] }' "$t/stat" |
+            sed "s|^|${t##*/} |"
+    done | sort -k1,1
 }
 
 stop_hard() { # pid: SIGKILL, so only what was durable survives
@@ -210,10 +233,10 @@ fresh_pg_db() { # -> PG_DB with Kea's schema
 
 pg_url_db() { sed -E "s#/[^/?]*(\?|\$)#/$PG_DB\1#" <<<"$ANVIL_TEST_POSTGRES_URL"; }
 
-# run_server NAME MACS: starts NAME fresh, loads it, SIGKILLs it, counts the
-# leases it had made durable. Writes $work/NAME-MACS.json (+ .durable).
+# run_server NAME MACS KEY: starts NAME fresh, loads it, SIGKILLs it, counts
+# the leases it had made durable. Writes $work/KEY.json (+ .durable, .rc).
 run_server() {
-    local name=$1 macs=$2 dir=$work/$1-$2 durable=-
+    local name=$1 macs=$2 key=$3 dir=$work/$3 durable=-
     mkdir -p "$dir"
     case $name in
     kea-memfile)
@@ -244,6 +267,7 @@ enabled = false
 
 [dhcp]
 listen = ["$SERVER_IP:67"]
+${ANVIL_DHCP_EXTRA:-}
 
 [[dhcp.network]]
 name = "bench"
@@ -253,7 +277,7 @@ range_start = "10.200.0.10"
 range_end = "10.200.255.250"
 server_address = "$SERVER_IP"
 CONF
-        start "$dir/out.log" "$ROOT/$ANVIL" serve --config "$dir/anvil.toml" --data-dir "$dir/data" --listen 127.0.0.1:0
+        start "$dir/out.log" "$ANVIL" serve --config "$dir/anvil.toml" --data-dir "$dir/data" --listen 127.0.0.1:0
         ;;
     esac
     if ! wait_bound "$SPID"; then
@@ -262,10 +286,28 @@ CONF
         stop_hard "$SPID"
         return 1
     fi
-    local rc=0
+    local rc=0 prof=
+    if [[ -n ${PROFILE:-} ]]; then
+        mkdir -p "$PROFILE_DIR"
+        case $PROFILE in
+        perf) perf record -q -F 999 -g -p "$SPID" -o "$PROFILE_DIR/$key.perf.data" 2>/dev/null & prof=$! ;;
+        strace) strace -c -f -p "$SPID" -o "$PROFILE_DIR/$key.strace.txt" 2>/dev/null & prof=$! ;;
+        threads) thread_cpu "$SPID" >"$work/threads.before" ;;
+        esac
+        sleep 0.5
+    fi
     in_r "$GEN" --server "$SERVER_IP:67" --relay "$GIADDR" --clients "$CLIENTS" --macs "$macs" \
         --inflight "$INFLIGHT" --timeout-ms "$TIMEOUT_MS" --time-limit-s "$TIME_LIMIT" \
-        --server-pid "$SPID" --label "$name" --json "$work/$name-$macs.json" >"$dir/gen.txt" || rc=$?
+        --server-pid "$SPID" --label "$name" --json "$work/$key.json" >"$dir/gen.txt" || rc=$?
+    if [[ -n $prof ]]; then
+        kill -INT "$prof" 2>/dev/null || true
+        wait "$prof" 2>/dev/null || true
+    fi
+    if [[ ${PROFILE:-} == threads ]]; then
+        thread_cpu "$SPID" | join -a 2 -e 0 -o 2.1,2.2,1.3,2.3 "$work/threads.before" - |
+            awk '{ printf "%8d ms  %s (tid %s)\n", ($4 - $3) * 1000 / '"$(getconf CLK_TCK)"', $2, $1 }' |
+            sort -rn >"$PROFILE_DIR/$key.threads.txt"
+    fi
     stop_hard "$SPID"
     case $name in
     kea-memfile) durable=$(tail -n +2 "$dir/leases4.csv" | cut -d, -f1 | sort -u | wc -l) ;;
@@ -273,41 +315,43 @@ CONF
     dnsmasq) durable=$(wc -l <"$dir/leases") ;;
     anvil) durable=$(sqlite3 "$dir/data/anvil.db" "SELECT count(*) FROM leases WHERE state = 'bound'") ;;
     esac
-    echo "$durable" >"$work/$name-$macs.durable"
-    echo "$rc" >"$work/$name-$macs.rc"
+    echo "$durable" >"$work/$key.durable"
+    echo "$rc" >"$work/$key.rc"
     sed 's/^/    /' "$dir/gen.txt" >&2
 }
 
 # --- run ----------------------------------------------------------------------------
 echo "DHCP: $CLIENTS clients per run, inflight $INFLIGHT, retransmit ${TIMEOUT_MS} ms, load $(cut -d' ' -f1-3 /proc/loadavg), $(nproc) cores" >&2
 ran=()
-for name in $SERVERS; do
-    case $name in
-    kea-pgsql) [[ -n $PG_READY ]] || setup_pg || continue ;;
-    anvil)
-        [[ -x $ANVIL ]] || { echo "anvil: skipped (build first: cargo build --release -p anvil)" >&2; continue; }
-        ;;
-    esac
-    for macs in $MACS; do
-        echo "== $name, $macs MACs" >&2
-        run_server "$name" "$macs" && ran+=("$name-$macs")
+for run in $(seq 1 "$RUNS"); do
+    for name in $SERVERS; do
+        case $name in
+        kea-pgsql) [[ -n $PG_READY ]] || setup_pg || continue ;;
+        anvil)
+            [[ -x $ANVIL ]] || { echo "anvil: skipped (build first: cargo build --release -p anvil)" >&2; continue; }
+            ;;
+        esac
+        for macs in $MACS; do
+            echo "== round $run: $name, $macs MACs (load $(cut -d' ' -f1 /proc/loadavg))" >&2
+            run_server "$name" "$macs" "$name-$macs-$run" && ran+=("$name-$macs-$run")
+        done
     done
 done
 
 # --- table ----------------------------------------------------------------------------
 echo
 echo "DHCP DORA, relayed over veth: $CLIENTS clients, inflight $INFLIGHT; load after: $(cut -d' ' -f1-3 /proc/loadavg); $(nproc) cores"
-printf "%-12s %-7s %8s %8s %8s %9s %7s %7s %7s %7s %8s %8s\n" \
-    server macs DORA/s p50_ms p99_ms cpu_us/D acked naks retx failed errors on_disk
+printf "%-5s %-12s %-7s %8s %8s %8s %9s %7s %7s %7s %7s %8s %8s\n" \
+    round server macs DORA/s p50_ms p99_ms cpu_us/D acked naks retx failed errors on_disk
 fail=0
 for key in "${ran[@]}"; do
     j=$work/$key.json
     [[ -s $j ]] || { echo "$key: no result" >&2; fail=1; continue; }
     durable=$(cat "$work/$key.durable")
-    jq -r --arg d "$durable" '[.label, .macs, (.dora_per_s|floor), .latency_ms.p50, .latency_ms.p99,
+    jq -r --arg d "$durable" --arg run "${key##*-}" '[$run, .label, .macs, (.dora_per_s|floor), .latency_ms.p50, .latency_ms.p99,
         (.server_cpu_us_per_dora // 0 | . * 10 | round / 10), .acks, .naks,
         (.retransmits.discover + .retransmits.request), (.failed + .unfinished), .errors, $d] | @tsv' "$j" |
-        awk -F'\t' '{ printf "%-12s %-7s %8s %8.2f %8.2f %9s %7s %7s %7s %7s %8s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 }'
+        awk -F'\t' '{ printf "%-5s %-12s %-7s %8s %8.2f %8.2f %9s %7s %7s %7s %7s %8s %8s\n", $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13 }'
     [[ $(cat "$work/$key.rc") == 0 ]] || fail=1
     # Anvil must have every ACKed lease on disk after SIGKILL.
     if [[ $key == anvil-* ]]; then
@@ -318,13 +362,13 @@ for key in "${ran[@]}"; do
         fi
     fi
 done
-for macs in $MACS; do
-    a=$work/anvil-$macs.json k=$work/kea-memfile-$macs.json
+for run in $(seq 1 "$RUNS"); do for macs in $MACS; do
+    a=$work/anvil-$macs-$run.json k=$work/kea-memfile-$macs-$run.json
     [[ -s $a && -s $k ]] || continue
-    jq -rn --slurpfile a "$a" --slurpfile k "$k" --arg m "$macs" '
+    jq -rn --slurpfile a "$a" --slurpfile k "$k" --arg m "$macs" --arg run "$run" '
         def r(x; y): if (y // 0) > 0 and x != null then (x / y * 100 | round / 100 | tostring) else "-" end;
-        "anvil/kea-memfile (\($m)): DORA/s x" + r($a[0].dora_per_s; $k[0].dora_per_s)
+        "round \($run) anvil/kea-memfile (\($m)): DORA/s x" + r($a[0].dora_per_s; $k[0].dora_per_s)
         + ", p99 x" + r($a[0].latency_ms.p99; $k[0].latency_ms.p99)
         + ", CPU/DORA x" + r($a[0].server_cpu_us_per_dora; $k[0].server_cpu_us_per_dora)'
-done
+done; done
 exit $fail

@@ -77,17 +77,18 @@ pub struct KnownMachine {
 }
 
 /// The stage for a MAC: its machine's lifecycle state decides; an unknown
-/// MAC is discovered. States with nothing to run boot the local disk, so a
-/// deployed server that PXE-boots first still comes up.
+/// MAC, or a `new` machine (known by its BMC or its first DHCP request, not
+/// yet described), boots the discovery environment, as MAAS enlists. States
+/// with nothing to run boot the local disk, so a deployed server that
+/// PXE-boots first still comes up.
 pub fn decide(machine: Option<&KnownMachine>) -> Stage {
     match machine.map(|m| m.state) {
-        None => Stage::Discovery,
+        None | Some(MachineState::New) => Stage::Discovery,
         Some(MachineState::Commissioning) => Stage::Commissioning,
         Some(MachineState::Deploying) => Stage::Deploying,
         Some(MachineState::Rescue) => Stage::Rescue,
         Some(
-            MachineState::New
-            | MachineState::Ready
+            MachineState::Ready
             | MachineState::Allocated
             | MachineState::Deployed
             | MachineState::Releasing
@@ -190,8 +191,8 @@ mod tests {
         );
         assert_eq!(decide(Some(&m(MachineState::Deploying))), Stage::Deploying);
         assert_eq!(decide(Some(&m(MachineState::Rescue))), Stage::Rescue);
+        assert_eq!(decide(Some(&m(MachineState::New))), Stage::Discovery);
         for s in [
-            MachineState::New,
             MachineState::Ready,
             MachineState::Deployed,
             MachineState::Broken,

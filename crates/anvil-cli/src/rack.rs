@@ -460,4 +460,15 @@ mod tests {
         assert!(err.contains("entry 1"), "{err}");
         assert!(read_manifest(Path::new("/nonexistent.csv")).is_err());
     }
+
+    #[test]
+    fn shipped_examples_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/examples");
+        let csv = read_manifest(&root.join("rack.csv")).unwrap();
+        assert_eq!(csv.len(), 3);
+        assert_eq!(csv[2].password_env.as_deref(), Some("BMC_PASSWORD"));
+        let yaml = read_manifest(&root.join("rack.yaml")).unwrap();
+        assert_eq!(yaml.len(), 2);
+        assert_eq!(yaml[1].bmc_port, Some(623));
+    }
 }

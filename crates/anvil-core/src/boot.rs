@@ -90,6 +90,8 @@ pub struct DhcpFacts {
     pub user_class: Option<String>,
     /// Option 97 (machine UUID).
     pub system_uuid: Option<String>,
+    /// What revealed the machine: `dhcp`, `http` (its iPXE script), `callhome`.
+    pub via: &'static str,
 }
 
 /// Architecture and firmware from a PXE client architecture code (RFC 4578,
@@ -222,7 +224,7 @@ impl App {
         let (architecture, firmware) = facts.arch_code.map(arch_from_code).unwrap_or((None, None));
         let discovered = json!({
             "discovered": {
-                "via": "dhcp",
+                "via": facts.via,
                 "arch_code": facts.arch_code,
                 "vendor_class": facts.vendor_class,
                 "user_class": facts.user_class,
@@ -298,7 +300,16 @@ impl App {
         let id =
             match self.store.machine_id_by_mac(&mac).await? {
                 Some(id) => id,
-                None => match self.create_discovered(mac, &DhcpFacts::default()).await? {
+                None => match self
+                    .create_discovered(
+                        mac,
+                        &DhcpFacts {
+                            via: "callhome",
+                            ..Default::default()
+                        },
+                    )
+                    .await?
+                {
                     Some(id) => {
                         created = true;
                         id
@@ -416,9 +427,21 @@ impl App {
                 detail: e.detail,
             })
             .collect();
+        // A boot starts at the firmware's (or iPXE's) DISCOVER; the booted
+        // ramdisk's own DHCP request is part of that boot, not a new one.
+        let is_boot_start = |e: &BootEvent| {
+            e.kind == "dhcp.discover"
+                && (e.detail["vendor_class"]
+                    .as_str()
+                    .is_some_and(|v| v.starts_with("PXEClient") || v.starts_with("HTTPClient"))
+                    || e.detail["user_class"]
+                        .as_array()
+                        .is_some_and(|a| a.iter().any(|u| u == "iPXE")))
+        };
         let start = events
             .iter()
-            .rposition(|e| e.kind == "dhcp.discover")
+            .rposition(is_boot_start)
+            .or_else(|| events.iter().rposition(|e| e.kind == "dhcp.discover"))
             .unwrap_or(0);
         let latest = &events[start.min(events.len())..];
         let steps: Vec<BootStep> = BOOT_STEPS

@@ -118,7 +118,13 @@ async fn script(ctx: &Ctx, name: &str, headers: &HeaderMap) -> Response {
                 json!({ "stage": stage.as_str(), "state": known.as_ref().map(|k| k.state.as_str()) }),
             );
             if stage == Stage::Discovery {
-                ctx.app.discover(mac, Default::default());
+                ctx.app.discover(
+                    mac,
+                    anvil_core::boot::DhcpFacts {
+                        via: "http",
+                        ..Default::default()
+                    },
+                );
             }
             (
                 [(

@@ -30,6 +30,9 @@ const MAX_REQUEST: usize = 1024;
 /// truncated, which leaves its header intact.
 const MAX_REPLY: usize = 1024;
 
+/// How long shutdown waits for requests to finish before aborting them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 const DROPPED: &str = "anvil_tftp_dropped_packets_total";
 const TRANSFERS: &str = "anvil_tftp_transfers_total";
 const SENT_BYTES: &str = "anvil_tftp_sent_bytes_total";
@@ -200,10 +203,18 @@ impl TftpServer {
             }
         }
         info!(active = tasks.len(), "TFTP service stopping");
-        while let Some(done) = tasks.join_next().await {
-            if let Err(e) = done {
-                warn!(error = %e, "TFTP transfer task failed");
+        // Transfers end at once on cancellation (after sending their ERROR);
+        // only a source still opening a file can hold things up.
+        let drain = async {
+            while let Some(done) = tasks.join_next().await {
+                if let Err(e) = done {
+                    warn!(error = %e, "TFTP transfer task failed");
+                }
             }
+        };
+        if tokio::time::timeout(SHUTDOWN_GRACE, drain).await.is_err() {
+            warn!("TFTP requests still pending after {SHUTDOWN_GRACE:?}; aborting them");
+            tasks.shutdown().await;
         }
     }
 }

@@ -4,21 +4,24 @@
 mod common;
 
 use common::*;
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics::{SharedString, Unit};
+use metrics_util::CompositeKey;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use std::time::Duration;
 
-fn counter(snapshotter: &Snapshotter, name: &str, label: Option<(&str, &str)>) -> u64 {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
+type Metrics = Vec<(CompositeKey, Option<Unit>, Option<SharedString>, DebugValue)>;
+
+/// One snapshot for all assertions: taking a snapshot resets the counters.
+fn counter(snapshot: &Metrics, name: &str, label: Option<(&str, &str)>) -> u64 {
+    snapshot
+        .iter()
         .filter(|(key, _, _, _)| {
             let key = key.key();
             key.name() == name
                 && label.is_none_or(|(k, v)| key.labels().any(|l| l.key() == k && l.value() == v))
         })
         .map(|(_, _, _, value)| match value {
-            DebugValue::Counter(n) => n,
+            DebugValue::Counter(n) => *n,
             other => panic!("{name} is not a counter: {other:?}"),
         })
         .sum()
@@ -62,7 +65,7 @@ async fn drops_transfers_and_bytes_are_counted() {
     server.recorder.wait_for("f", 1).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    for (k, _, _, v) in snapshotter.snapshot().into_vec() { eprintln!("DBG {:?} {:?}", k.key(), v); }
+    let snapshot = snapshotter.snapshot().into_vec();
     let dropped = "anvil_tftp_dropped_packets_total";
     for (reason, n) in [
         ("truncated", 1),
@@ -72,23 +75,23 @@ async fn drops_transfers_and_bytes_are_counted() {
         ("oversize", 1),
     ] {
         assert_eq!(
-            counter(&snapshotter, dropped, Some(("reason", reason))),
+            counter(&snapshot, dropped, Some(("reason", reason))),
             n,
             "{reason}"
         );
     }
     let transfers = "anvil_tftp_transfers_total";
     assert_eq!(
-        counter(&snapshotter, transfers, Some(("result", "completed"))),
+        counter(&snapshot, transfers, Some(("result", "completed"))),
         1
     );
     assert_eq!(
-        counter(&snapshotter, transfers, Some(("result", "not_found"))),
+        counter(&snapshot, transfers, Some(("result", "not_found"))),
         1
     );
     // Two DATA packets: 4 + 512 and 4 + 488 bytes.
     assert_eq!(
-        counter(&snapshotter, "anvil_tftp_sent_bytes_total", None),
+        counter(&snapshot, "anvil_tftp_sent_bytes_total", None),
         1008
     );
     server.stop().await.expect("clean stop");

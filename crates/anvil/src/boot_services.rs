@@ -169,6 +169,7 @@ impl DhcpObserver for DhcpTimeline {
                     vendor_class: ev.class.vendor_class.clone(),
                     user_class: ev.class.user_class.first().cloned(),
                     system_uuid: ev.class.system_uuid.map(|u| u.to_string()),
+                    via: "dhcp",
                 },
             );
         }

@@ -139,7 +139,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         roots.extend(cfg.ipxe_dirs());
         for dir in roots {
             if dir.is_dir() {
-                match anvil_tftp::DirSource::new(&dir) {
+                match tftp_source(&dir) {
                     Ok(s) => source = source.with(s),
                     Err(e) => {
                         tracing::warn!(dir = %dir.display(), error = %e, "skipping a TFTP directory")
@@ -299,4 +299,28 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("signal received, draining connections");
+}
+
+/// A TFTP directory source that also serves the targets of the symlinks in
+/// it: Debian's `ipxe` package installs `/usr/lib/ipxe/ipxe.efi` as a
+/// symlink into `/boot`. Only files named in the directory are reachable; a
+/// request can never name a path outside it.
+fn tftp_source(dir: &std::path::Path) -> Result<anvil_tftp::DirSource, anvil_tftp::TftpError> {
+    let mut src = anvil_tftp::DirSource::new(dir)?;
+    let mut allowed = std::collections::BTreeSet::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let is_link = e.file_type().map(|t| t.is_symlink()).unwrap_or(false);
+            if is_link
+                && let Ok(target) = std::fs::canonicalize(e.path())
+                && let Some(parent) = target.parent()
+            {
+                allowed.insert(parent.to_path_buf());
+            }
+        }
+    }
+    for parent in allowed {
+        src = src.allow_symlinks_into(parent)?;
+    }
+    Ok(src)
 }

@@ -102,8 +102,17 @@ async fn known_machine_script_follows_its_state_and_overrides() {
                 .unwrap()
         }
     };
+    // A new machine (known, not yet described) boots discovery.
+    let disc = script(&s).await;
+    assert!(disc.contains("/boot/files/discovery/vmlinuz"), "{disc}");
+    c.post(s.api("/machines/n1/state"))
+        .bearer_auth(&s.token)
+        .json(&json!({"state": "ready"}))
+        .send()
+        .await
+        .unwrap();
     let local = script(&s).await;
-    assert!(local.contains("n1 is new, booting from disk"), "{local}");
+    assert!(local.contains("n1 is ready, booting from disk"), "{local}");
     assert!(local.contains("sanboot"), "{local}");
     c.post(s.api("/machines/n1/state"))
         .bearer_auth(&s.token)

@@ -690,3 +690,82 @@ fn random_loss_duplication_and_delay() {
         p.assert_complete();
     }
 }
+
+/// A hostile or broken peer (the fuzz target `tftp_transfer` does the same
+/// with coverage guidance): random options and limits, then random ACKs near
+/// and far from the window, garbage, ERRORs and timeouts. The machine must
+/// not panic, must read forward only, must keep DATA within blksize and must
+/// stay silent after it reported the end.
+#[test]
+fn hostile_peer_cannot_break_the_machine() {
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    const NAMES: [&str; 5] = ["blksize", "windowsize", "timeout", "tsize", "x"];
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    for _ in 0..300 {
+        let file_len = rng.gen_range(0..200_000usize);
+        let values: Vec<(&str, String)> = (0..rng.gen_range(0..5))
+            .map(|_| {
+                let value = match rng.gen_range(0..3) {
+                    0 => rng.gen_range(0..70_000u32).to_string(),
+                    1 => rng.gen_range(0..20u32).to_string(),
+                    _ => "junk".to_string(),
+                };
+                (NAMES[rng.gen_range(0..NAMES.len())], value)
+            })
+            .collect();
+        let options: Vec<TftpOption<'_>> = values
+            .iter()
+            .map(|(name, value)| TftpOption { name, value })
+            .collect();
+        let limits = Limits {
+            max_blksize: rng.gen_range(8..=65464),
+            max_windowsize: rng.gen_range(1..=64),
+            default_timeout: Duration::from_millis(rng.gen_range(1..2000)),
+            max_retries: rng.gen_range(0..4),
+        };
+        let mode = [Mode::Octet, Mode::Netascii][rng.gen_range(0..2)];
+        let mut now = Instant::now();
+        let mut t = ReadTransfer::new(now, mode, &options, Some(file_len as u64), &limits);
+        let blksize = usize::from(t.blksize());
+        let (mut next_read, mut last_data, mut ended) = (0u64, 0u16, false);
+        for _ in 0..2000 {
+            while let Some(action) = t.poll_action() {
+                assert!(!ended, "action after the end: {action:?}");
+                match action {
+                    Action::Send(pkt) => match Packet::decode(&pkt) {
+                        Ok(Packet::Data { block, data }) => {
+                            assert!(data.len() <= blksize);
+                            last_data = block;
+                        }
+                        Ok(_) => {}
+                        Err(e) => panic!("undecodable packet sent: {e}"),
+                    },
+                    Action::Read { offset, len } => {
+                        assert!(offset >= next_read, "read went backwards");
+                        let start = (offset as usize).min(file_len);
+                        let end = start.saturating_add(len).min(file_len);
+                        next_read = end as u64;
+                        let data = vec![b'a'; end - start];
+                        t.handle(now, Event::Data(&data));
+                    }
+                    Action::SetTimer(at) => assert!(at >= now),
+                    Action::Finished | Action::Failed(_) => ended = true,
+                }
+            }
+            let pkt: Vec<u8> = match rng.gen_range(0..10) {
+                0 => {
+                    now += Duration::from_millis(rng.gen_range(0..3000));
+                    t.handle(now, Event::Timeout);
+                    continue;
+                }
+                1 => (0..rng.gen_range(0..8)).map(|_| rng.r#gen()).collect(),
+                2 => error_packet(ErrorCode::Other(rng.r#gen()), "x"),
+                3 => ack(rng.r#gen::<u16>().into()),
+                _ => ack(u64::from(
+                    last_data.wrapping_add_signed(rng.gen_range(-40..=40)),
+                )),
+            };
+            t.handle(now, Event::Packet(&pkt));
+        }
+    }
+}

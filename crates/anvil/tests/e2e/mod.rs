@@ -20,6 +20,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -193,8 +194,11 @@ pub fn boot_assets() -> PathBuf {
 
 unsafe extern "C" {
     fn setns(fd: i32, nstype: i32) -> i32;
+    fn prctl(option: i32, ...) -> i32;
 }
 const CLONE_NEWNET: i32 = 0x4000_0000;
+const PR_SET_PDEATHSIG: i32 = 1;
+const SIGKILL: u64 = 9;
 
 /// Runs `f` on a thread that has joined network namespace `ns`.
 pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -230,8 +234,21 @@ fn ip(args: &[&str]) {
 }
 
 /// Namespaces left by an earlier run of these tests that was killed (its
-/// owner PID is gone): their processes are ended and they are removed.
+/// owner PID is gone): their processes are ended and they are removed; so
+/// are the log directories of earlier runs.
 fn remove_stale_namespaces() {
+    let me = std::process::id().to_string();
+    if let Ok(dirs) = std::fs::read_dir(workspace_root().join("target/e2e-boot")) {
+        for d in dirs.filter_map(Result::ok) {
+            let name = d.file_name().to_string_lossy().into_owned();
+            let owner = name
+                .strip_prefix("anvil-e2e-")
+                .and_then(|r| r.split('-').next());
+            if owner.is_some_and(|pid| pid != me && !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
+    }
     let Ok(o) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
@@ -397,9 +414,19 @@ impl Lab {
 
     /// `ip netns exec NS prog args…` (the child's PID is the program's: `ip`
     /// execs it).
+    /// The program gets SIGKILL if the thread that started it ends first
+    /// (a killed test run leaves no QEMU behind; the namespaces of such a
+    /// run are removed by the next one).
     pub fn command_in(ns: &str, prog: &str) -> Command {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", ns, prog]);
+        // SAFETY: prctl is async-signal-safe and touches only the child.
+        unsafe {
+            c.pre_exec(|| {
+                prctl(PR_SET_PDEATHSIG, SIGKILL, 0u64, 0u64, 0u64);
+                Ok(())
+            });
+        }
         c
     }
 
@@ -533,16 +560,6 @@ impl Anvil {
         std::fs::create_dir_all(&disc).unwrap();
         for f in ["vmlinuz", "initrd.img"] {
             std::fs::copy(assets.join(f), disc.join(f)).unwrap();
-        }
-        if std::env::var("ANVIL_E2E_TMP_WORKAROUNDS").as_deref() == Ok("1") {
-            std::fs::create_dir_all(data_dir.join("tftp")).unwrap();
-            std::fs::copy("/usr/lib/ipxe/ipxe.efi", data_dir.join("tftp/ipxe.efi")).unwrap();
-            std::fs::create_dir_all(data_dir.join("ipxe")).unwrap();
-            std::fs::copy(
-                workspace_root().join("ipxe/discovery.ipxe"),
-                data_dir.join("ipxe/local.ipxe"),
-            )
-            .unwrap();
         }
         let config = lab.dir.join("anvil.toml");
         std::fs::write(
@@ -749,9 +766,6 @@ pub fn start_dnsmasq(lab: &Lab, ns: &str, iface: &str, name: &str, role: Dnsmasq
             "--dhcp-boot=tag:!ipxe,tag:!efi64,undionly.kpxe".into(),
             format!("--dhcp-boot=tag:ipxe,http://{anvil}:8080/boot/${{mac}}.ipxe"),
         ]);
-        if std::env::var("ANVIL_E2E_TMP_NOPXEDHCP").as_deref() == Ok("1") {
-            args.push("--dhcp-option=tag:ipxe,encap:175,176,1b".into());
-        }
         if router_advertisements {
             args.extend([
                 "--enable-ra".into(),
@@ -851,6 +865,25 @@ pub const MILESTONES: &[(&str, &str)] = &[
     ("ramdisk_dhcp_start", "ANVIL-INIT: interface"),
     ("ramdisk_dhcp_done", "ANVIL-DHCP:"),
     ("callhome", "ANVIL-CALLHOME-OK"),
+];
+
+/// Serial-console texts after which the boot cannot reach the call-home:
+/// the test fails at once instead of at the timeout.
+const FAILURES: &[(&str, &str)] = &[
+    (
+        "booting from disk",
+        "Anvil served the local-disk iPXE script instead of discovery",
+    ),
+    (
+        "boot failed, retrying",
+        "iPXE could not load the kernel or initrd Anvil's script named",
+    ),
+    ("No bootable device", "the firmware found nothing to boot"),
+    (
+        "PXE-E",
+        "the UEFI firmware's PXE boot failed (DHCP or TFTP)",
+    ),
+    ("Kernel panic", "the discovery kernel panicked"),
 ];
 
 /// The phases worth comparing between boot servers: (name, from, to).
@@ -956,6 +989,8 @@ impl Vm {
             }
             let why = if log.contains("ANVIL-CALLHOME-FAILED") {
                 Some("the discovery ramdisk could not call home".to_string())
+            } else if let Some((text, what)) = FAILURES.iter().find(|(t, _)| log.contains(t)) {
+                Some(format!("{what} (serial console: {text:?})"))
             } else if let Some(st) = lab.exited(&self.name) {
                 // The serial file may lag the exit by a moment.
                 std::thread::sleep(Duration::from_millis(300));

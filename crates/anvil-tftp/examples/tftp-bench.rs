@@ -1,0 +1,379 @@
+//! Anvil's TFTP server against atftpd (the Debian TFTP server that supports
+//! RFC 7440 windowsize), in the same run, on 127.0.0.1:
+//!
+//! ```sh
+//! cargo run --release -p anvil-tftp --example tftp-bench -- --runs 5
+//! ```
+//!
+//! Serves one file of random bytes (64 MiB by default) from both servers and
+//! fetches it with the `atftp` client at blksize 1468, windowsize 1 and 16,
+//! alternating servers run by run, checking every copy's SHA-256. Prints
+//! MB/s per run, medians, the ratio, and the servers' CPU time per transfer.
+//!
+//! `--raw-client` adds runs with a minimal client built in (one `recv` per
+//! DATA, nothing written to disk), which costs far less per packet than
+//! atftp's `pselect` + `recvmsg` + `write`, so the server side dominates.
+//!
+//! atftpd is not installed (it conflicts with tftpd-hpa): the bench runs
+//! `apt-get download atftpd libwrap0` and unpacks both with `dpkg -x` into a
+//! temporary directory, unless `--atftpd PATH` names a binary. Needs root
+//! (atftpd changes user) and the `atftp` client (`apt-get install atftp`).
+
+use anvil_tftp::{DirSource, NoopObserver, TftpConfig, TftpServer};
+use rand::{RngCore, SeedableRng, rngs::StdRng};
+use sha2::{Digest, Sha256};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+struct Args {
+    size_mib: usize,
+    runs: usize,
+    blksize: u16,
+    windows: Vec<u16>,
+    atftpd: Option<PathBuf>,
+    raw_client: bool,
+}
+
+fn parse_args() -> Result<Args, Error> {
+    let mut args = Args {
+        size_mib: 64,
+        runs: 5,
+        blksize: 1468,
+        windows: vec![1, 16],
+        atftpd: None,
+        raw_client: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--size-mib" => args.size_mib = value()?.parse()?,
+            "--runs" => args.runs = value()?.parse()?,
+            "--blksize" => args.blksize = value()?.parse()?,
+            "--windows" => {
+                args.windows = value()?
+                    .split(',')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()?
+            }
+            "--atftpd" => args.atftpd = Some(PathBuf::from(value()?)),
+            "--raw-client" => args.raw_client = true,
+            "-h" | "--help" => {
+                println!(
+                    "tftp-bench [--size-mib 64] [--runs 5] [--blksize 1468] \
+                     [--windows 1,16] [--atftpd PATH] [--raw-client]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    Ok(args)
+}
+
+fn sha256_file(path: &Path) -> Result<Vec<u8>, Error> {
+    Ok(Sha256::digest(std::fs::read(path)?).to_vec())
+}
+
+/// Unpacks atftpd and the libwrap it links against from Debian's archive.
+fn fetch_atftpd(dir: &Path) -> Result<(PathBuf, PathBuf), Error> {
+    let status = Command::new("apt-get")
+        .args(["download", "atftpd", "libwrap0"])
+        .current_dir(dir)
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err("apt-get download atftpd libwrap0 failed (run apt-get update?)".into());
+    }
+    let root = dir.join("root");
+    for deb in std::fs::read_dir(dir)? {
+        let deb = deb?.path();
+        if deb.extension().is_some_and(|e| e == "deb") {
+            let ok = Command::new("dpkg")
+                .arg("-x")
+                .arg(&deb)
+                .arg(&root)
+                .status()?;
+            if !ok.success() {
+                return Err(format!("dpkg -x {} failed", deb.display()).into());
+            }
+        }
+    }
+    Ok((
+        root.join("usr/sbin/atftpd"),
+        root.join("usr/lib/x86_64-linux-gnu"),
+    ))
+}
+
+fn free_udp_port() -> Result<u16, Error> {
+    Ok(UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until a TFTP server answers (an ERROR for a missing file will do).
+fn wait_ready(addr: SocketAddr) -> Result<(), Error> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_millis(100)))?;
+    for _ in 0..100 {
+        sock.send_to(b"\x00\x01no-such-file\0octet\0", addr)?;
+        let mut buf = [0u8; 600];
+        if sock.recv_from(&mut buf).is_ok() {
+            return Ok(());
+        }
+    }
+    Err(format!("no TFTP server answering on {addr}").into())
+}
+
+/// CPU seconds (user + system) from a /proc `stat` file: utime and stime
+/// are the 14th and 15th fields, counting the command name as one.
+fn stat_cpu_seconds(path: &Path) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks / hz.max(1) as f64
+}
+
+/// CPU seconds used so far by a server: a whole process (atftpd, including
+/// its finished transfer threads), or Anvil's service threads only, since
+/// this process also runs the raw client.
+fn server_cpu_seconds(pid: u32, anvil: bool) -> f64 {
+    if !anvil {
+        return stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")));
+    }
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|name| name.starts_with("anvil-tftp"))
+        })
+        .map(|t| stat_cpu_seconds(&t.path().join("stat")))
+        .sum()
+}
+
+struct Sample {
+    secs: f64,
+    server_cpu: f64,
+}
+
+fn fetch_atftp(addr: SocketAddr, blksize: u16, window: u16, out: &Path) -> Result<f64, Error> {
+    let _ = std::fs::remove_file(out);
+    let start = Instant::now();
+    let status = Command::new("atftp")
+        .args(["--get", "-r", "bench.bin", "-l"])
+        .arg(out)
+        .args(["--option", &format!("blksize {blksize}")])
+        .args(["--option", &format!("windowsize {window}")])
+        .args(["--option", "tsize 0"])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    let secs = start.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("atftp from {addr} failed: {status}").into());
+    }
+    Ok(secs)
+}
+
+/// A minimal RFC 7440 client: blocking `recv`, ACK at each window's end,
+/// bytes hashed rather than written. No loss handling: loopback only.
+fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<(f64, Vec<u8>), Error> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
+    let start = Instant::now();
+    sock.send_to(rrq.as_bytes(), addr)?;
+    let mut buf = vec![0u8; usize::from(blksize) + 4];
+    let mut hash = Sha256::new();
+    let mut expected: u16 = 1;
+    let mut in_window = 0;
+    let (n, tid) = sock.recv_from(&mut buf)?;
+    if buf.get(..2) != Some(&[0, 6]) {
+        return Err(format!("expected OACK, got {:?}", &buf[..n.min(32)]).into());
+    }
+    sock.send_to(&[0, 4, 0, 0], tid)?;
+    loop {
+        let n = sock.recv(&mut buf)?;
+        let block = u16::from_be_bytes([buf[2], buf[3]]);
+        if buf[1] != 3 || block != expected {
+            return Err(format!("unexpected packet (block {block}, want {expected})").into());
+        }
+        hash.update(&buf[4..n]);
+        in_window += 1;
+        let last = n - 4 < usize::from(blksize);
+        if last || in_window == window {
+            let b = block.to_be_bytes();
+            sock.send_to(&[0, 4, b[0], b[1]], tid)?;
+            in_window = 0;
+        }
+        if last {
+            return Ok((start.elapsed().as_secs_f64(), hash.finalize().to_vec()));
+        }
+        expected = expected.wrapping_add(1);
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    let args = parse_args()?;
+    let work = tempfile::tempdir()?;
+    let serve_dir = work.path().join("srv");
+    std::fs::create_dir(&serve_dir)?;
+    let file = serve_dir.join("bench.bin");
+    let mut content = vec![0u8; args.size_mib << 20];
+    StdRng::seed_from_u64(1).fill_bytes(&mut content);
+    std::fs::write(&file, &content)?;
+    let want = Sha256::digest(&content).to_vec();
+    drop(content);
+    // atftpd drops privileges and wants a world-accessible directory.
+    Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(work.path())
+        .status()?;
+
+    // atftpd, from Debian's archive unless given.
+    let (atftpd, libdir) = match &args.atftpd {
+        Some(path) => (path.clone(), PathBuf::new()),
+        None => fetch_atftpd(work.path())?,
+    };
+    let atftpd_port = free_udp_port()?;
+    let mut atftpd_child: Child = Command::new(&atftpd)
+        .env("LD_LIBRARY_PATH", &libdir)
+        .args(["--daemon", "--no-fork", "--user", "root", "--group", "root"])
+        .args(["--logfile", "/dev/null", "--bind-address", "127.0.0.1"])
+        .args(["--port", &atftpd_port.to_string()])
+        .arg(&serve_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let atftpd_addr = SocketAddr::from(([127, 0, 0, 1], atftpd_port));
+
+    // Anvil, in this process (its service thread is the only busy one).
+    let config = TftpConfig {
+        listen: "127.0.0.1:0".parse()?,
+        max_blksize: args.blksize.max(1468),
+        ..TftpConfig::default()
+    };
+    let server = TftpServer::bind(
+        config,
+        Arc::new(DirSource::new(&serve_dir)?),
+        Arc::new(NoopObserver),
+    )?;
+    let anvil_addr = server.local_addr();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let service = tokio::spawn(server.serve(async {
+        let _ = stop_rx.await;
+    }));
+
+    let result = tokio::task::spawn_blocking(move || -> Result<(), Error> {
+        wait_ready(atftpd_addr)?;
+        wait_ready(anvil_addr)?;
+        let servers = [
+            ("anvil", anvil_addr, std::process::id()),
+            ("atftpd", atftpd_addr, atftpd_child.id()),
+        ];
+        let mb = (args.size_mib << 20) as f64 / 1e6;
+        let out = work.path().join("fetched.bin");
+        println!(
+            "file {} MiB, blksize {}, {} runs per server and window, {}",
+            args.size_mib,
+            args.blksize,
+            args.runs,
+            std::fs::read_to_string("/proc/loadavg")
+                .map(|l| format!("loadavg {}", l.trim()))
+                .unwrap_or_default()
+        );
+        let mut clients = vec!["atftp"];
+        if args.raw_client {
+            clients.push("raw");
+        }
+        let mut table = Vec::new();
+        for client in &clients {
+            for &window in &args.windows {
+                let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
+                for run in 0..args.runs {
+                    // Alternate which server goes first, so drifting load
+                    // on a shared machine hits both alike.
+                    let order: [usize; 2] = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+                    for i in order {
+                        let (_, addr, pid) = servers[i];
+                        let cpu_before = server_cpu_seconds(pid, i == 0);
+                        let secs = if *client == "atftp" {
+                            let secs = fetch_atftp(addr, args.blksize, window, &out)?;
+                            if sha256_file(&out)? != want {
+                                return Err(format!("{} sent wrong bytes", servers[i].0).into());
+                            }
+                            secs
+                        } else {
+                            let (secs, got) = fetch_raw(addr, args.blksize, window)?;
+                            if got != want {
+                                return Err(format!("{} sent wrong bytes", servers[i].0).into());
+                            }
+                            secs
+                        };
+                        let server_cpu = server_cpu_seconds(pid, i == 0) - cpu_before;
+                        samples[i].push(Sample { secs, server_cpu });
+                    }
+                }
+                let mut medians = Vec::new();
+                for (i, (name, _, _)) in servers.iter().enumerate() {
+                    let mut rates: Vec<f64> = samples[i].iter().map(|s| mb / s.secs).collect();
+                    let mut cpu: Vec<f64> = samples[i].iter().map(|s| s.server_cpu).collect();
+                    let runs: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
+                    let m = median(&mut rates);
+                    println!(
+                        "{client:5} windowsize {window:2} {name:6}: median {m:6.1} MB/s, \
+                         server CPU {:.3} s/transfer, runs [{}]",
+                        median(&mut cpu),
+                        runs.join(", ")
+                    );
+                    medians.push((m, median(&mut cpu)));
+                }
+                table.push((client.to_string(), window, medians[0], medians[1]));
+            }
+        }
+        println!();
+        println!(
+            "| client | windowsize | Anvil MB/s | atftpd MB/s | ratio | Anvil CPU s | atftpd CPU s |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for (client, window, (a, acpu), (b, bcpu)) in table {
+            println!(
+                "| {client} | {window} | {a:.0} | {b:.0} | {:.2}x | {acpu:.3} | {bcpu:.3} |",
+                a / b
+            );
+        }
+        let _ = atftpd_child.kill();
+        let _ = atftpd_child.wait();
+        Ok(())
+    })
+    .await?;
+    let _ = stop_tx.send(());
+    service.await??;
+    result
+}
