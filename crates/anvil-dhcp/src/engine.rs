@@ -872,6 +872,13 @@ impl DhcpCore {
             }
             self.boot_options(b, net, &mut avail);
         }
+        // iPXE waits ~3 s for ProxyDHCP offers after every DHCP exchange
+        // unless told there are none: option 175 (iPXE encapsulated),
+        // sub-option 176 "no-pxedhcp" = 1. Full mode answers everything a
+        // ProxyDHCP server would, so the wait buys nothing.
+        if ctx.class.kind == crate::ClientKind::Ipxe {
+            avail.push((175, vec![176, 1, 1], true));
+        }
         self.finish(ctx, out, rb, avail, kind, boot)
     }
 
