@@ -64,7 +64,7 @@ export ANVIL_TEST_POSTGRES_URL="postgres://anvil_test:anvil_test@127.0.0.1:${PG_
 # --- Python venv for sushy-tools (the Redfish emulator) -----------------------
 log "sushy-tools venv"
 export ANVIL_SUSHY_VENV
-ANVIL_SUSHY_VENV=$(bash crates/anvil-power-redfish/scripts/sushy-venv.sh target/sushy-venv)
+ANVIL_SUSHY_VENV=$(bash crates/anvil-power-redfish/scripts/sushy-venv.sh "$PWD/target/sushy-venv")
 
 if [[ "${1:-}" == "--setup-only" ]]; then
     echo "export ANVIL_TEST_POSTGRES_URL=$ANVIL_TEST_POSTGRES_URL"
@@ -77,4 +77,4 @@ cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --workspace --locked -- --test-threads="${ANVIL_TEST_THREADS:-4}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${ANVIL_TEST_THREADS:-4}"
