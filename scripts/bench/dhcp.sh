@@ -33,10 +33,14 @@
 # what a server sees in a rack: unicast from a giaddr it routes back to.
 #
 # Each server starts fresh (empty lease storage) for each MAC pattern. Kea
-# memfile never fsyncs (the issue's baseline); Kea on PostgreSQL commits each
-# lease; dnsmasq rewrites its lease file per change; Anvil must fsync
-# (group commit) before every ACK. dnsmasq runs with --no-ping (Kea and Anvil
-# do not probe addresses either) and --quiet-dhcp (no per-packet logging).
+# memfile never fsyncs (the issue's baseline: "on_disk" after SIGKILL only
+# shows it wrote, not that it would survive a power cut); Kea on PostgreSQL
+# commits each lease; dnsmasq rewrites its whole lease file in place and
+# ACKs before doing so (a SIGKILL mid-rewrite has left it empty); Anvil must
+# commit (fsync) before every ACK, and the run fails if its on-disk count is
+# not its ACK count. dnsmasq runs with --no-ping (Kea and Anvil do not probe
+# addresses either) and --quiet-dhcp (no per-packet logging). Server CPU is
+# the server process's own: PostgreSQL's work for Kea is not in it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD

@@ -54,7 +54,7 @@ impl Default for DhcpConfig {
             proxy_listen: SocketAddr::from(([0, 0, 0, 0], 4011)),
             interfaces: Vec::new(),
             commit_batch_max: 256,
-            commit_delay_max_ms: 2,
+            commit_delay_max_ms: 0,
             offer_hold_secs: 30,
             decline_quarantine_secs: 3600,
             reply_timeout_ms: 2000,

@@ -55,8 +55,11 @@ pub struct Args {
     /// Seed for random MACs and transaction ids.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Clients with a DORA in progress at once.
-    #[arg(long, default_value_t = 256)]
+    /// Clients with a DORA in progress at once. Each has one request
+    /// outstanding, so this is also how many requests can sit in the
+    /// server's socket queue: at 256, Kea's default receive buffer (212 KiB)
+    /// overflows on the first burst and the drops show up as retransmits.
+    #[arg(long, default_value_t = 64)]
     pub inflight: u32,
     /// Retransmit a DISCOVER or REQUEST not answered within this time.
     #[arg(long, default_value_t = 2000)]

@@ -82,33 +82,55 @@ impl Store {
             return Ok(());
         }
         let _serialised = self.write_guard().await;
+        // Consecutive upserts go out as one multi-row statement (one round
+        // trip to the database instead of one per lease); order between
+        // upserts and removals is kept. Within one statement an address may
+        // appear once (PostgreSQL refuses ON CONFLICT touching a row twice),
+        // so a later upsert of the same address replaces an earlier one.
+        let mut runs: Vec<Result<Vec<&LeaseRecord>, &str>> = Vec::new();
+        for w in batch {
+            match w {
+                LeaseWrite::Upsert(l) => match runs.last_mut() {
+                    Some(Ok(run)) => {
+                        run.retain(|x| x.ip != l.ip);
+                        run.push(l);
+                    }
+                    _ => runs.push(Ok(vec![l])),
+                },
+                LeaseWrite::Remove { ip } => runs.push(Err(ip.as_str())),
+            }
+        }
         on_pool!(self, |p, begin| {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
-            for w in batch {
-                match w {
-                    LeaseWrite::Upsert(l) => {
-                        sqlx::query(
-                            "INSERT INTO leases (ip, mac, network, state, hostname, client_id, expires_at, updated_at)
-                             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-                             ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, network = excluded.network,
+            for run in &runs {
+                match run {
+                    Ok(leases) => {
+                        let mut qb = QueryBuilder::new(
+                            "INSERT INTO leases (ip, mac, network, state, hostname, client_id, expires_at, updated_at) ",
+                        );
+                        qb.push_values(leases.iter(), |mut b, l| {
+                            b.push_bind(l.ip.clone())
+                                .push_bind(l.mac.clone())
+                                .push_bind(l.network.clone())
+                                .push_bind(l.state.clone())
+                                .push_bind(l.hostname.clone())
+                                .push_bind(l.client_id.clone())
+                                .push_bind(Ts(l.expires_at))
+                                .push_bind(Ts(l.updated_at));
+                        });
+                        qb.push(
+                            " ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, network = excluded.network,
                                state = excluded.state, hostname = excluded.hostname, client_id = excluded.client_id,
                                expires_at = excluded.expires_at, updated_at = excluded.updated_at",
-                        )
-                        .bind(&l.ip)
-                        .bind(&l.mac)
-                        .bind(&l.network)
-                        .bind(&l.state)
-                        .bind(&l.hostname)
-                        .bind(&l.client_id)
-                        .bind(Ts(l.expires_at))
-                        .bind(Ts(l.updated_at))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(query_err("write lease"))?;
+                        );
+                        qb.build()
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(query_err("write leases"))?;
                     }
-                    LeaseWrite::Remove { ip } => {
+                    Err(ip) => {
                         sqlx::query("DELETE FROM leases WHERE ip = $1")
-                            .bind(ip)
+                            .bind(*ip)
                             .execute(&mut *tx)
                             .await
                             .map_err(query_err("remove lease"))?;

@@ -147,6 +147,14 @@ impl DhcpObserver for DhcpTimeline {
         {
             self.addresses.set(ip, ev.mac);
         }
+        // The timeline is about network boots: firmware PXE, iPXE, and the
+        // machines Anvil knows. Ordinary DHCP traffic of unknown clients
+        // (phones of the site, a DHCP load test) is not written, which keeps
+        // it off the store's write path.
+        let booting = ev.class.is_pxe() || ev.class.kind == anvil_dhcp::ClientKind::Ipxe;
+        if !booting && !ev.known {
+            return;
+        }
         self.app.record_boot(
             ev.mac,
             kind,
