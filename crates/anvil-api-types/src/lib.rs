@@ -461,6 +461,11 @@ pub struct EnrollRequest {
     pub verify_tls: Option<bool>,
     #[serde(default)]
     pub tags: Vec<String>,
+    /// MACs of the machine's NICs, the PXE NIC first, for BMCs that report
+    /// none (IPMI): they become the machine's interfaces, so the machine is
+    /// recognised when it PXE-boots. Ignored when the BMC reports its NICs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub macs: Vec<String>,
 }
 
 /// Answer to an enrolment.

@@ -83,6 +83,7 @@ pub async fn run_enroll(g: &GlobalOpts, a: EnrollArgs) -> Result<(), CliError> {
             hostname: a.hostname,
             verify_tls: Some(!a.insecure),
             tags: a.tags,
+            macs: Vec::new(),
         })
         .await?;
     if g.output == OutputFormat::Table {

@@ -8,8 +8,14 @@
 //!
 //! The manifest is CSV (with a header) or YAML (a list, or `machines:` list),
 //! with the columns/keys: `driver`, `bmc_address`, `bmc_port`, `username`,
-//! `password_file`, `password_env`, `hostname`, `rack`, `position`
+//! `password_file`, `password_env`, `hostname`, `rack`, `position`, `mac`
 //! (`docs/examples/rack.csv`, `rack.yaml`).
+//!
+//! `mac` (optional) is the MAC of the machine's PXE NIC, as the vendor's
+//! packing list gives it. IPMI BMCs report no NICs: without it, Anvil cannot
+//! tell that the machine PXE-booting is the one just enrolled, discovers it
+//! as a second machine, and the enrolled one never calls home. Redfish BMCs
+//! report their NICs, which win over the column.
 
 use crate::GlobalOpts;
 use crate::client::Client;
@@ -17,7 +23,7 @@ use crate::error::CliError;
 use crate::output::{self, OutputFormat, render};
 use crate::secret::from_file_or_env;
 use anvil_api_types::{EnrollRequest, JobStatus};
-use anvil_types::BmcDriver;
+use anvil_types::{BmcDriver, MacAddr};
 use clap::{Args, Subcommand};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -66,6 +72,9 @@ pub struct RackEntry {
     pub rack: Option<String>,
     #[serde(default, deserialize_with = "empty_as_none")]
     pub position: Option<String>,
+    /// MAC of the PXE NIC (for BMCs that report no NICs, such as IPMI).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    pub mac: Option<MacAddr>,
 }
 
 /// CSV cells are strings; an empty cell means "not given".
@@ -171,6 +180,7 @@ pub async fn run_rack(g: &GlobalOpts, cmd: RackCmd) -> Result<(), CliError> {
                     "hostname": e.hostname,
                     "rack": e.rack,
                     "position": e.position,
+                    "mac": e.mac.map(|m| m.to_string()),
                     "steps": ["enroll", "pxe-boot", "wait for discovery"],
                 })
             })
@@ -304,6 +314,7 @@ async fn bring_up(
             hostname: e.hostname.clone(),
             verify_tls: None,
             tags,
+            macs: e.mac.iter().map(|m| m.to_string()).collect(),
         })
         .await;
     let machine = match enrolled {
@@ -467,8 +478,54 @@ mod tests {
         let csv = read_manifest(&root.join("rack.csv")).unwrap();
         assert_eq!(csv.len(), 3);
         assert_eq!(csv[2].password_env.as_deref(), Some("BMC_PASSWORD"));
+        assert_eq!(csv[0].mac, None);
+        assert_eq!(
+            csv[2].mac.map(|m| m.to_string()).as_deref(),
+            Some("3c:ec:ef:10:07:05")
+        );
         let yaml = read_manifest(&root.join("rack.yaml")).unwrap();
         assert_eq!(yaml.len(), 2);
         assert_eq!(yaml[1].bmc_port, Some(623));
+        assert_eq!(yaml[1].mac, csv[2].mac);
+    }
+
+    #[test]
+    fn the_mac_column_is_optional_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("rack.csv");
+        std::fs::write(
+            &csv,
+            "driver,bmc_address,bmc_port,username,password_env,hostname,mac\n\
+             ipmi,10.0.0.2,623,admin,BMC_PW,node-2,52-54-00-AA-BB-01\n\
+             redfish,10.0.0.3,,root,BMC_PW,node-3,\n",
+        )
+        .unwrap();
+        let e = read_manifest(&csv).unwrap();
+        assert_eq!(
+            e[0].mac.map(|m| m.to_string()).as_deref(),
+            Some("52:54:00:aa:bb:01"),
+            "normalised"
+        );
+        assert_eq!(e[1].mac, None, "an empty cell is no MAC");
+        std::fs::write(
+            &csv,
+            "driver,bmc_address,mac\nipmi,10.0.0.2,52:54:00:aa:bb\n",
+        )
+        .unwrap();
+        let err = read_manifest(&csv).unwrap_err().to_string();
+        assert!(err.contains("entry 1"), "{err}");
+        let yaml = dir.path().join("rack.yaml");
+        std::fs::write(
+            &yaml,
+            "- driver: ipmi\n  bmc_address: 10.0.0.2\n  mac: \"52:54:00:aa:bb:02\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_manifest(&yaml).unwrap()[0]
+                .mac
+                .map(|m| m.to_string())
+                .as_deref(),
+            Some("52:54:00:aa:bb:02")
+        );
     }
 }

@@ -148,9 +148,17 @@ fn interfaces(input: Vec<InterfaceInput>, existing: &[Interface]) -> Result<Vec<
 fn bmc(app: &App, inp: BmcInput, old: Option<&Bmc>) -> Result<(Bmc, SecretUpdate)> {
     let address = inp.address.trim();
     // A host name or IP address, or an http(s) URL for BMCs (and emulators)
-    // that are not on the default port/scheme. Never credentials in it.
+    // that are not on the default port/scheme, which may name one Redfish
+    // system (`/redfish/v1/Systems/<id>`: many systems behind one address).
+    // Never credentials in it.
     let host_part = match address.split_once("://") {
-        Some((scheme, rest)) if scheme == "http" || scheme == "https" => rest.trim_end_matches('/'),
+        Some((scheme, rest)) if scheme == "http" || scheme == "https" => {
+            match rest.trim_end_matches('/').split_once('/') {
+                None => rest.trim_end_matches('/'),
+                Some((host, path)) if redfish_system_path(path) => host,
+                Some(_) => "",
+            }
+        }
         Some(_) => "",
         None => address,
     };
@@ -188,6 +196,18 @@ fn bmc(app: &App, inp: BmcInput, old: Option<&Bmc>) -> Result<(Bmc, SecretUpdate
         },
         secret,
     ))
+}
+
+/// `redfish/v1/Systems/<id>` (after the host), `<id>` one plain segment.
+fn redfish_system_path(path: &str) -> bool {
+    path.strip_prefix("redfish/v1/Systems/").is_some_and(|id| {
+        !id.is_empty()
+            && id != "."
+            && id != ".."
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+    })
 }
 
 fn event(
@@ -756,5 +776,31 @@ fn strip_index(e: Error, prefix: &str) -> Error {
             }
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redfish_system_path;
+
+    #[test]
+    fn a_bmc_url_may_name_one_redfish_system() {
+        assert!(redfish_system_path("redfish/v1/Systems/1"));
+        assert!(redfish_system_path(
+            "redfish/v1/Systems/0b3e0e9c-1a2b-4c5d-8e9f-000000000001"
+        ));
+        assert!(redfish_system_path("redfish/v1/Systems/System.Embedded.1"));
+        for bad in [
+            "",
+            "redfish/v1",
+            "redfish/v1/Systems/",
+            "redfish/v1/Systems/1/Bios",
+            "redfish/v1/Managers/1",
+            "redfish/v1/Systems/..",
+            "redfish/v1/Systems/a%2fb",
+            "redfish/v1/Systems/a?b",
+        ] {
+            assert!(!redfish_system_path(bad), "{bad:?} accepted");
+        }
     }
 }

@@ -16,7 +16,7 @@ use anvil_power::{
     BmcCredentials, BootDevice, BootOverride, Inventory, PowerAction, PowerDriver, PowerError,
     PowerState, wait_for_state,
 };
-use anvil_types::{BmcDriver, Job, JobStatus, Machine};
+use anvil_types::{BmcDriver, Job, JobStatus, MacAddr, Machine};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -147,6 +147,7 @@ impl App {
     pub async fn enroll(&self, by: &Principal, req: EnrollRequest) -> Result<EnrollResult> {
         let ctl = self.power_ctl()?.clone();
         let (address, port) = split_address(&req.address, req.port)?;
+        let given_macs = parse_macs(&req.macs)?;
         if let Some(id) = self.store.machine_id_by_bmc(&address, port).await? {
             return Ok(EnrollResult {
                 machine: self.get_machine(&id.to_string()).await?,
@@ -192,11 +193,18 @@ impl App {
                 )));
             }
         };
+        // The machine's NICs: as the BMC reports them, else (IPMI reports
+        // none) the MACs the request names.
+        let macs: Vec<MacAddr> = if inventory.nics.is_empty() {
+            given_macs
+        } else {
+            inventory.nics.iter().map(|n| n.mac).collect()
+        };
         // A machine discovered by PXE before its BMC was enrolled owns the
         // BMC's NICs already: attach the BMC to it instead of refusing.
         let mut owners = std::collections::BTreeSet::new();
-        for n in &inventory.nics {
-            if let Some(id) = self.store.machine_id_by_mac(&n.mac).await? {
+        for mac in &macs {
+            if let Some(id) = self.store.machine_id_by_mac(mac).await? {
                 owners.insert(id);
             }
         }
@@ -206,7 +214,7 @@ impl App {
             let existing = self.get_machine(&id.to_string()).await?;
             if existing.bmc.is_none() {
                 return self
-                    .attach_bmc(by, existing, &req, &address, port, &inventory)
+                    .attach_bmc(by, existing, &req, &address, port, &inventory, &macs)
                     .await;
             }
         }
@@ -214,12 +222,11 @@ impl App {
             Some(h) => h,
             None => default_hostname(&inventory, &address),
         };
-        let interfaces: Vec<InterfaceInput> = inventory
-            .nics
+        let interfaces: Vec<InterfaceInput> = macs
             .iter()
             .enumerate()
-            .map(|(i, n)| InterfaceInput {
-                mac: n.mac.to_string(),
+            .map(|(i, mac)| InterfaceInput {
+                mac: mac.to_string(),
                 name: Some(format!("eth{i}")),
                 pxe: Some(i == 0),
                 ipv4: None,
@@ -256,7 +263,7 @@ impl App {
                 machine_id: Some(m.id),
                 kind: "machine.enrolled".into(),
                 message: format!("enrolled by its {} BMC at {address}", req.driver),
-                data: json!({ "driver": req.driver, "address": address, "nics": inventory.nics.len() }),
+                data: json!({ "driver": req.driver, "address": address, "nics": macs.len() }),
             })
             .await?;
         Ok(EnrollResult {
@@ -265,6 +272,7 @@ impl App {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn attach_bmc(
         &self,
         by: &Principal,
@@ -273,6 +281,7 @@ impl App {
         address: &str,
         port: Option<u16>,
         inventory: &Inventory,
+        macs: &[MacAddr],
     ) -> Result<EnrollResult> {
         let mut interfaces: Vec<InterfaceInput> = m
             .interfaces
@@ -284,15 +293,15 @@ impl App {
                 ipv4: i.ipv4.clone(),
             })
             .collect();
-        for n in &inventory.nics {
-            if !m.interfaces.iter().any(|i| i.mac == n.mac) {
+        for mac in macs {
+            if !m.interfaces.iter().any(|i| i.mac == *mac) {
                 let taken: Vec<String> = interfaces.iter().filter_map(|i| i.name.clone()).collect();
                 let name = (0..)
                     .map(|k| format!("eth{k}"))
                     .find(|c| !taken.contains(c))
                     .unwrap_or_default();
                 interfaces.push(InterfaceInput {
-                    mac: n.mac.to_string(),
+                    mac: mac.to_string(),
                     name: Some(name),
                     pxe: Some(false),
                     ipv4: None,
@@ -642,6 +651,24 @@ impl App {
     pub async fn fail_orphaned_jobs(&self) -> Result<u64> {
         Ok(self.store.fail_orphaned_jobs(now()).await?)
     }
+}
+
+/// The MACs an enrolment names (`macs`): parsed, without repeats, at most 64.
+fn parse_macs(macs: &[String]) -> Result<Vec<MacAddr>> {
+    if macs.len() > 64 {
+        return Err(Error::invalid("macs", "at most 64"));
+    }
+    let mut out: Vec<MacAddr> = Vec::with_capacity(macs.len());
+    for (i, m) in macs.iter().enumerate() {
+        let mac: MacAddr = m
+            .trim()
+            .parse()
+            .map_err(|e| Error::from_parse(format!("macs[{i}]"), e))?;
+        if !out.contains(&mac) {
+            out.push(mac);
+        }
+    }
+    Ok(out)
 }
 
 /// `host`, `host:port`, `[v6]:port`, or `http(s)://host[:port]` (kept as is

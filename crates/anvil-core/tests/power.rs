@@ -92,6 +92,7 @@ fn enroll_req(address: &str) -> EnrollRequest {
         hostname: None,
         verify_tls: Some(false),
         tags: vec!["rack1".into()],
+        macs: Vec::new(),
     }
 }
 
@@ -326,4 +327,150 @@ async fn enrolling_attaches_the_bmc_to_a_machine_discovered_by_pxe() {
         app.list_machines(Default::default()).await.unwrap().total,
         1
     );
+}
+
+/// IPMI BMCs report no NICs: the MACs the enrolment names become the
+/// machine's interfaces (the first one PXE), so its PXE boot finds it instead
+/// of discovering a second machine; a BMC that reports NICs wins over them.
+#[tokio::test]
+async fn enrolment_macs_stand_in_for_nics_the_bmc_does_not_report() {
+    let fakes = Arc::new(Fakes::default());
+    let no_nics = Inventory {
+        serial: Some("IPMI1".into()),
+        ..Default::default()
+    };
+    fakes.bmcs.lock().unwrap().insert(
+        "10.1.0.7".into(),
+        FakeBmc::new(no_nics.clone(), Duration::ZERO),
+    );
+    fakes.bmcs.lock().unwrap().insert(
+        "10.1.0.8".into(),
+        FakeBmc::new(inventory("S8", 8), Duration::ZERO),
+    );
+    fakes
+        .bmcs
+        .lock()
+        .unwrap()
+        .insert("10.1.0.9".into(), FakeBmc::new(no_nics, Duration::ZERO));
+    let (app, _d) = app(fakes, Duration::from_secs(5)).await;
+
+    let mut req = enroll_req("10.1.0.7");
+    req.driver = BmcDriver::Ipmi;
+    req.macs = vec![
+        "52:54:00:07:00:01".into(),
+        "52-54-00-07-00-02".into(),
+        "52:54:00:07:00:01".into(),
+    ];
+    let m = app.enroll(&Principal::System, req).await.unwrap().machine;
+    let macs: Vec<String> = m.interfaces.iter().map(|i| i.mac.to_string()).collect();
+    assert_eq!(macs, ["52:54:00:07:00:01", "52:54:00:07:00:02"], "{m:?}");
+    assert!(m.interfaces[0].pxe && !m.interfaces[1].pxe, "{m:?}");
+    // The boot network now knows the machine by its PXE NIC.
+    let by_mac = app
+        .call_home(anvil_api_types::CallHome {
+            mac: "52:54:00:07:00:01".into(),
+            macs: vec![],
+            ip: None,
+            uptime_secs: None,
+            facts: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_mac.machine_id, m.id);
+    assert!(!by_mac.created);
+
+    // The BMC's own NICs win over the request's.
+    let mut req = enroll_req("10.1.0.8");
+    req.macs = vec!["52:54:00:08:00:99".into()];
+    let m8 = app.enroll(&Principal::System, req).await.unwrap().machine;
+    assert_eq!(m8.interfaces.len(), 2);
+    assert!(
+        m8.interfaces
+            .iter()
+            .all(|i| i.mac.to_string() != "52:54:00:08:00:99")
+    );
+
+    // A machine PXE discovered first gets the BMC attached through the MAC.
+    let seen = app
+        .call_home(anvil_api_types::CallHome {
+            mac: "52:54:00:09:00:01".into(),
+            macs: vec![],
+            ip: None,
+            uptime_secs: None,
+            facts: None,
+        })
+        .await
+        .unwrap();
+    let mut req = enroll_req("10.1.0.9");
+    req.driver = BmcDriver::Ipmi;
+    req.macs = vec!["52:54:00:09:00:01".into()];
+    let m9 = app.enroll(&Principal::System, req).await.unwrap();
+    assert!(m9.created);
+    assert_eq!(m9.machine.id, seen.machine_id, "no duplicate machine");
+    assert!(m9.machine.bmc.is_some());
+
+    // A bad MAC is refused before the BMC is contacted, naming the entry.
+    let mut req = enroll_req("10.1.0.99");
+    req.macs = vec!["52:54:00:07:00:03".into(), "not-a-mac".into()];
+    let e = app.enroll(&Principal::System, req).await.unwrap_err();
+    assert!(e.to_string().contains("macs[1]"), "{e}");
+    assert_eq!(
+        app.list_machines(Default::default()).await.unwrap().total,
+        3
+    );
+}
+
+/// Many Redfish systems behind one address (an emulator, a chassis
+/// manager): the address names each system, and each is its own BMC.
+#[tokio::test]
+async fn a_bmc_url_naming_a_system_is_its_own_bmc() {
+    let fakes = Arc::new(Fakes::default());
+    let base = "http://10.1.0.20:8000/redfish/v1/Systems";
+    for (k, id) in [(0x21u8, "aaaa"), (0x22, "bbbb")] {
+        fakes.bmcs.lock().unwrap().insert(
+            format!("{base}/{id}"),
+            FakeBmc::new(inventory(id, k), Duration::ZERO),
+        );
+    }
+    let (app, _d) = app(fakes, Duration::from_secs(5)).await;
+    let a = app
+        .enroll(&Principal::System, enroll_req(&format!("{base}/aaaa")))
+        .await
+        .unwrap();
+    let b = app
+        .enroll(&Principal::System, enroll_req(&format!("{base}/bbbb")))
+        .await
+        .unwrap();
+    assert!(a.created && b.created);
+    assert_ne!(a.machine.id, b.machine.id);
+    assert_eq!(
+        a.machine.bmc.as_ref().unwrap().address,
+        format!("{base}/aaaa")
+    );
+    let again = app
+        .enroll(&Principal::System, enroll_req(&format!("{base}/bbbb")))
+        .await
+        .unwrap();
+    assert!(!again.created);
+    assert_eq!(again.machine.id, b.machine.id);
+    // Only a system's path: anything else stays refused.
+    let e = app
+        .create_machine(
+            &Principal::System,
+            MachineCreate {
+                hostname: "odd-path".into(),
+                bmc: Some(anvil_api_types::BmcInput {
+                    driver: BmcDriver::Redfish,
+                    address: "http://10.1.0.20:8000/redfish/v1/Managers/1".into(),
+                    port: None,
+                    username: None,
+                    password: None,
+                    verify_tls: None,
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("bmc.address"), "{e}");
 }

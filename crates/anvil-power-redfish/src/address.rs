@@ -10,12 +10,32 @@ use url::Url;
 pub(crate) struct Endpoint {
     pub(crate) base: Url,
     pub(crate) display: String,
+    /// The ComputerSystem the address names (`/redfish/v1/Systems/<id>`),
+    /// for services with many systems behind one address (emulators,
+    /// chassis managers).
+    pub(crate) system: Option<String>,
+}
+
+/// `/redfish/v1/Systems/<id>` (one segment, a trailing `/` allowed).
+fn system_path(path: &str) -> Option<String> {
+    let id = path
+        .strip_prefix("/redfish/v1/Systems/")?
+        .trim_end_matches('/');
+    let ok = !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'))
+        && id != "."
+        && id != "..";
+    ok.then(|| format!("/redfish/v1/Systems/{id}"))
 }
 
 impl Endpoint {
     /// Accepts `host`, `host:port`, `[v6]:port`, a bare IPv6 address, or a URL
     /// with an explicit `http://` / `https://` scheme (emulators and tests).
-    /// HTTPS is the default. `port` overrides any port in `address`.
+    /// HTTPS is the default. `port` overrides any port in `address`. A URL
+    /// may name one system, `https://host/redfish/v1/Systems/<id>`: the
+    /// driver then manages that one instead of the first listed.
     pub(crate) fn parse(address: &str, port: Option<u16>) -> Result<Self, PowerError> {
         let address = address.trim();
         if address.is_empty() {
@@ -44,9 +64,18 @@ impl Endpoint {
             Url::parse(&format!("https://{address}"))
                 .map_err(|e| PowerError::Config(format!("invalid BMC address {address:?}: {e}")))?
         };
-        if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        let system = match url.path() {
+            "" | "/" => None,
+            p => Some(system_path(p).ok_or_else(|| {
+                PowerError::Config(format!(
+                    "the BMC address {address:?} may have no path but /redfish/v1/Systems/<id>: \
+                     the Redfish service is always at /redfish/v1"
+                ))
+            })?),
+        };
+        if url.query().is_some() || url.fragment().is_some() {
             return Err(PowerError::Config(format!(
-                "the BMC address {address:?} must not have a path: the Redfish service is always at /redfish/v1"
+                "the BMC address {address:?} must not have a query or fragment"
             )));
         }
         if let Some(port) = port {
@@ -61,7 +90,11 @@ impl Endpoint {
         let port = url.port_or_known_default().unwrap_or(443);
         url.set_path("/");
         let display = format!("{host}:{port}");
-        Ok(Endpoint { base: url, display })
+        Ok(Endpoint {
+            base: url,
+            display,
+            system,
+        })
     }
 
     /// Whether `url` is on the BMC itself: same scheme, host and port.
@@ -122,6 +155,48 @@ mod tests {
         assert!(Endpoint::parse("ftp://10.0.0.1", None).is_err());
         assert!(Endpoint::parse("10.0.0.1/redfish/v1", None).is_err());
         assert!(Endpoint::parse("  ", None).is_err());
+    }
+
+    #[test]
+    fn a_url_may_name_one_system() {
+        let e = Endpoint::parse(
+            "http://127.0.0.1:8001/redfish/v1/Systems/0b3e0e9c-1a2b-4c5d-8e9f-000000000001",
+            None,
+        )
+        .unwrap();
+        assert_eq!(e.base.as_str(), "http://127.0.0.1:8001/");
+        assert_eq!(e.display, "127.0.0.1:8001");
+        assert_eq!(
+            e.system.as_deref(),
+            Some("/redfish/v1/Systems/0b3e0e9c-1a2b-4c5d-8e9f-000000000001")
+        );
+        let e = Endpoint::parse(
+            "https://bmc/redfish/v1/Systems/System.Embedded.1/",
+            Some(8443),
+        )
+        .unwrap();
+        assert_eq!(
+            e.system.as_deref(),
+            Some("/redfish/v1/Systems/System.Embedded.1")
+        );
+        assert_eq!(e.display, "bmc:8443");
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:8000/", None)
+                .unwrap()
+                .system,
+            None
+        );
+        for bad in [
+            "http://127.0.0.1/redfish/v1",
+            "http://127.0.0.1/redfish/v1/Systems/",
+            "http://127.0.0.1/redfish/v1/Systems/1/Bios",
+            "http://127.0.0.1/redfish/v1/Managers/1",
+            "http://127.0.0.1/redfish/v1/Systems/%2e%2e",
+            "http://127.0.0.1/redfish/v1/Systems/1?x=1",
+            "http://127.0.0.1/redfish/v1/Systems/1#f",
+        ] {
+            assert!(Endpoint::parse(bad, None).is_err(), "{bad} accepted");
+        }
     }
 
     #[test]

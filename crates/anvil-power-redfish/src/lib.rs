@@ -117,6 +117,9 @@ struct ResetAction {
 pub struct RedfishDriver {
     http: Transport,
     options: RedfishOptions,
+    /// The system the address names (`…/redfish/v1/Systems/<id>`), if any:
+    /// it wins over `options.system_id` and needs no Systems listing.
+    named_system: Option<String>,
     discovery: tokio::sync::OnceCell<Discovery>,
 }
 
@@ -130,6 +133,7 @@ impl RedfishDriver {
             ));
         }
         let endpoint = Endpoint::parse(&creds.address, creds.port)?;
+        let named_system = endpoint.system.clone();
         if endpoint.base.scheme() == "http" && creds.username.is_some() {
             warn!(bmc = %endpoint.display, "plain HTTP: the BMC credentials cross the network unencrypted");
         }
@@ -153,6 +157,7 @@ impl RedfishDriver {
         Ok(RedfishDriver {
             http,
             options,
+            named_system,
             discovery: tokio::sync::OnceCell::new(),
         })
     }
@@ -220,16 +225,20 @@ impl RedfishDriver {
         };
 
         let systems = link(&root.body, "Systems").unwrap_or_else(|| "/redfish/v1/Systems".into());
-        let members = self.members(&systems).await?;
-        let chosen = match &self.options.system_id {
-            Some(id) => members
+        let chosen = match (&self.named_system, &self.options.system_id) {
+            (Some(uri), _) => uri.clone(),
+            (None, Some(id)) => self
+                .members(&systems)
+                .await?
                 .iter()
                 .find(|m| last_segment(m) == id.as_str())
                 .cloned()
                 // Not listed under that Id: ask for it directly (services
                 // may alias systems by name and redirect, like sushy-tools).
                 .unwrap_or_else(|| format!("{}/{}", systems.trim_end_matches('/'), id)),
-            None => members
+            (None, None) => self
+                .members(&systems)
+                .await?
                 .first()
                 .cloned()
                 .ok_or_else(|| PowerError::Protocol {

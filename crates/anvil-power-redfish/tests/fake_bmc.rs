@@ -346,6 +346,43 @@ async fn a_redirect_with_credentials_is_followed_without_leaking_them() {
     );
 }
 
+/// One address per system (`…/redfish/v1/Systems/<id>`): the driver
+/// manages that system without listing the collection, and it wins over a
+/// configured `system_id`.
+#[tokio::test]
+async fn an_address_naming_a_system_manages_that_system() {
+    init();
+    let bmc = start(State::default()).await;
+    let d = RedfishDriver::new(
+        creds(
+            format!("{}/redfish/v1/Systems/1", bmc.http_address()),
+            PASSWORD,
+        ),
+        RedfishOptions {
+            system_id: Some("other".into()),
+            ..options()
+        },
+    )
+    .unwrap();
+    assert_eq!(d.power_state().await.unwrap(), PowerState::Off);
+    assert_eq!(d.system_uri().await.unwrap(), "/redfish/v1/Systems/1");
+    assert_eq!(count(&bmc, "GET /redfish/v1/Systems"), 0);
+    assert!(count(&bmc, "GET /redfish/v1/Systems/1") >= 1);
+    // Errors still name the BMC by host and port.
+    assert_eq!(format!("http://{}", d.address()), bmc.http_address());
+    // A path that names no system is refused up front.
+    let e = RedfishDriver::new(
+        creds(
+            format!("{}/redfish/v1/Managers/1", bmc.http_address()),
+            PASSWORD,
+        ),
+        options(),
+    )
+    .err()
+    .expect("refused");
+    assert!(matches!(e, PowerError::Config(_)), "{e}");
+}
+
 #[tokio::test]
 async fn power_actions_use_the_advertised_reset_types() {
     init();

@@ -151,6 +151,7 @@ fn parse(f: &EnrollForm) -> Result<EnrollRequest, FieldErrors> {
                 .filter(|t| !t.is_empty())
                 .map(str::to_string)
                 .collect(),
+            macs: Vec::new(),
         }),
         _ => Err(errors),
     }

@@ -189,6 +189,7 @@ async fn seed_power(server: &TestServer, fakes: &FakeBmcs) -> String {
                 hostname: Some("compute-05".into()),
                 verify_tls: Some(false),
                 tags: vec!["compute".into(), "rack1".into()],
+                macs: Vec::new(),
             },
         )
         .await

@@ -78,6 +78,7 @@ async fn enroll(app: &App, address: &str) -> String {
             hostname: None,
             verify_tls: Some(false),
             tags: vec!["rack1".into()],
+            macs: Vec::new(),
         },
     )
     .await
