@@ -336,16 +336,8 @@ impl App {
                 "facts": report.facts,
                 "at": now().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
             });
-            let mut interfaces: Vec<InterfaceInput> = m
-                .interfaces
-                .iter()
-                .map(|i| InterfaceInput {
-                    mac: i.mac.to_string(),
-                    name: Some(i.name.clone()),
-                    pxe: Some(i.pxe),
-                    ipv4: i.ipv4.clone(),
-                })
-                .collect();
+            let mut interfaces: Vec<InterfaceInput> =
+                m.interfaces.iter().map(crate::machines::to_input).collect();
             for other in others.iter().copied() {
                 if m.interfaces.iter().any(|i| i.mac == other) {
                     continue;
@@ -367,12 +359,7 @@ impl App {
                         .await?;
                     continue;
                 }
-                let taken: HashSet<String> =
-                    interfaces.iter().filter_map(|i| i.name.clone()).collect();
-                let name = (0..)
-                    .map(|n| format!("eth{n}"))
-                    .find(|n| !taken.contains(n))
-                    .unwrap_or_default();
+                let name = crate::machines::free_input_name(&interfaces);
                 interfaces.push(InterfaceInput {
                     mac: other.to_string(),
                     name: Some(name),

@@ -748,13 +748,22 @@ impl App {
     }
 }
 
-fn to_input(i: &Interface) -> InterfaceInput {
+/// An interface as the input that recreates it (for whole-list rewrites).
+pub(crate) fn to_input(i: &Interface) -> InterfaceInput {
     InterfaceInput {
         mac: i.mac.to_string(),
         name: Some(i.name.clone()),
         pxe: Some(i.pxe),
         ipv4: i.ipv4.clone(),
     }
+}
+
+/// The first `ethN` name not used by `inputs`.
+pub(crate) fn free_input_name(inputs: &[InterfaceInput]) -> String {
+    (0..)
+        .map(|n| format!("eth{n}"))
+        .find(|n| !inputs.iter().any(|i| i.name.as_deref() == Some(n.as_str())))
+        .unwrap_or_else(|| "eth".to_string())
 }
 
 fn next_free_name(existing: &[Interface]) -> String {
