@@ -722,15 +722,33 @@ async fn leases_commit_in_batches(s: Store) {
     s.commit_leases(&[
         LeaseWrite::Upsert(lease("10.77.0.3", "52:54:00:00:00:aa", "offered")),
         LeaseWrite::Upsert(lease("10.77.0.3", "52:54:00:00:00:aa", "bound")),
-        LeaseWrite::Remove { ip: "10.77.0.4".into() },
+        LeaseWrite::Remove {
+            ip: "10.77.0.4".into(),
+        },
         LeaseWrite::Upsert(lease("10.77.0.4", "52:54:00:00:00:bb", "bound")),
-        LeaseWrite::Remove { ip: "10.77.0.5".into() },
+        LeaseWrite::Remove {
+            ip: "10.77.0.5".into(),
+        },
     ])
     .await
     .unwrap();
-    assert_eq!(s.list_leases(Some("52:54:00:00:00:aa")).await.unwrap()[0].state, "bound");
-    assert_eq!(s.list_leases(Some("52:54:00:00:00:bb")).await.unwrap().len(), 1);
-    assert!(s.list_leases(Some("52:54:00:00:00:05")).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_leases(Some("52:54:00:00:00:aa")).await.unwrap()[0].state,
+        "bound"
+    );
+    assert_eq!(
+        s.list_leases(Some("52:54:00:00:00:bb"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.list_leases(Some("52:54:00:00:00:05"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn boot_events_and_interface_index(s: Store) {
