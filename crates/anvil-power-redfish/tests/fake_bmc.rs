@@ -378,8 +378,7 @@ async fn an_address_naming_a_system_manages_that_system() {
         ),
         options(),
     )
-    .err()
-    .expect("refused");
+    .expect_err("refused");
     assert!(matches!(e, PowerError::Config(_)), "{e}");
 }
 
