@@ -14,7 +14,7 @@ use anvil_api_types::{
 };
 use anvil_power::{
     BmcCredentials, BootDevice, BootOverride, Inventory, PowerAction, PowerDriver, PowerError,
-    PowerState, wait_for_state,
+    PowerState,
 };
 use anvil_types::{BmcDriver, Job, JobStatus, MacAddr, Machine};
 use serde_json::json;
@@ -459,9 +459,6 @@ impl App {
         let Some(ctl) = self.power.clone() else {
             return;
         };
-        let Ok(_slot) = ctl.slots.clone().acquire_owned().await else {
-            return;
-        };
         let _ = self.store.start_job(job_id, now()).await;
         let outcome =
             match tokio::time::timeout(ctl.limits.action_timeout, self.perform(&m, action, &ctl))
@@ -517,6 +514,11 @@ impl App {
 
     /// The BMC calls of an action. Errors are strings already safe to show
     /// (drivers never put a password in an error).
+    /// The BMC calls of an action. A concurrency slot is held only while a
+    /// call is in flight, not while the BMC takes its seconds to apply a
+    /// power change: waiting machines must not keep others from starting.
+    /// Errors are strings already safe to show (drivers never put a password
+    /// in an error).
     async fn perform(
         &self,
         m: &Machine,
@@ -524,52 +526,65 @@ impl App {
         ctl: &PowerCtl,
     ) -> std::result::Result<PowerState, String> {
         let (d, address) = self.driver_for(m).await.map_err(|e| e.to_string())?;
-        let wait = ctl.limits.action_timeout;
         let err = |e: PowerError| e.to_string();
-        match action {
-            MachineAction::PowerOn => {
-                d.power(PowerAction::On).await.map_err(err)?;
-                wait_for_state(d.as_ref(), &address, PowerState::On, wait)
-                    .await
-                    .map_err(err)?;
-                Ok(PowerState::On)
-            }
-            MachineAction::PowerOff => {
-                d.power(PowerAction::ForceOff).await.map_err(err)?;
-                wait_for_state(d.as_ref(), &address, PowerState::Off, wait)
-                    .await
-                    .map_err(err)?;
-                Ok(PowerState::Off)
-            }
-            MachineAction::PowerCycle => {
-                if d.power_state().await.map_err(err)? == PowerState::On {
-                    d.power(PowerAction::Cycle).await.map_err(err)?;
-                } else {
+        let target = {
+            let _slot = ctl.slots.acquire().await.map_err(|e| e.to_string())?;
+            match action {
+                MachineAction::PowerOn => {
                     d.power(PowerAction::On).await.map_err(err)?;
+                    PowerState::On
                 }
-                wait_for_state(d.as_ref(), &address, PowerState::On, wait)
+                MachineAction::PowerOff => {
+                    d.power(PowerAction::ForceOff).await.map_err(err)?;
+                    PowerState::Off
+                }
+                MachineAction::PowerCycle => {
+                    if d.power_state().await.map_err(err)? == PowerState::On {
+                        d.power(PowerAction::Cycle).await.map_err(err)?;
+                    } else {
+                        d.power(PowerAction::On).await.map_err(err)?;
+                    }
+                    PowerState::On
+                }
+                MachineAction::PxeBoot => {
+                    d.set_boot(BootOverride {
+                        device: BootDevice::Pxe,
+                        once: true,
+                        mode: None,
+                    })
                     .await
                     .map_err(err)?;
-                Ok(PowerState::On)
-            }
-            MachineAction::PxeBoot => {
-                d.set_boot(BootOverride {
-                    device: BootDevice::Pxe,
-                    once: true,
-                    mode: None,
-                })
-                .await
-                .map_err(err)?;
-                if d.power_state().await.map_err(err)? == PowerState::On {
-                    d.power(PowerAction::Reset).await.map_err(err)?;
-                } else {
-                    d.power(PowerAction::On).await.map_err(err)?;
+                    if d.power_state().await.map_err(err)? == PowerState::On {
+                        d.power(PowerAction::Reset).await.map_err(err)?;
+                    } else {
+                        d.power(PowerAction::On).await.map_err(err)?;
+                    }
+                    PowerState::On
                 }
-                wait_for_state(d.as_ref(), &address, PowerState::On, wait)
-                    .await
-                    .map_err(err)?;
-                Ok(PowerState::On)
             }
+        };
+        // Poll with a slot per read and a short backoff (250 ms to 1 s), so
+        // the state is seen soon after the BMC reaches it.
+        let start = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(250);
+        loop {
+            tokio::time::sleep(delay).await;
+            let state = {
+                let _slot = ctl.slots.acquire().await.map_err(|e| e.to_string())?;
+                d.power_state().await.map_err(err)?
+            };
+            if state == target {
+                return Ok(target);
+            }
+            if start.elapsed() + delay > ctl.limits.action_timeout {
+                return Err(PowerError::NotConverged {
+                    address,
+                    wanted: target,
+                    after: ctl.limits.action_timeout,
+                }
+                .to_string());
+            }
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 
