@@ -93,6 +93,7 @@ impl From<Error> for ApiError {
             Error::Invalid { field, message } => {
                 ApiError::validation(Some(field.clone()), format!("{field}: {message}"))
             }
+            Error::PowerDisabled => ApiError::validation(Some("bmc".into()), format!("bmc: {e}")),
             Error::Bmc(detail) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 pt::BMC,
@@ -130,17 +131,7 @@ impl From<Error> for ApiError {
     }
 }
 
-/// The error and all its causes on one line, for the log.
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+pub use anvil_core::error_chain as chain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

@@ -86,6 +86,14 @@ impl SecretBox {
         }
     }
 
+    /// A box with a random key that is never stored: for short-lived
+    /// commands that must not create or read `secret.key`.
+    pub fn ephemeral() -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Self::from_key(key)
+    }
+
     pub fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let ct = self

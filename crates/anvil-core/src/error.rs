@@ -30,6 +30,9 @@ pub enum Error {
     /// password (drivers guarantee it).
     #[error("{0}")]
     Bmc(String),
+    /// This server was started without BMC drivers.
+    #[error("power control is not enabled on this server")]
+    PowerDisabled,
     #[error("authentication required")]
     Unauthenticated,
     #[error("{0}")]
@@ -48,6 +51,19 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error and all its causes on one line, for logs and CLI messages
+/// (causes are kept out of `Display`, so nothing is printed twice).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
 
 impl Error {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {

@@ -13,7 +13,7 @@ pub mod power;
 mod principals;
 
 pub use crypto::{KeyError, SecretBox};
-pub use error::{Error, Result};
+pub use error::{Error, Result, error_chain};
 pub use principals::{AdminBootstrap, Principal, SessionCookie, SessionInfo};
 
 use anvil_store::Store;

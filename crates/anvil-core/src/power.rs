@@ -117,9 +117,7 @@ impl App {
     }
 
     fn power_ctl(&self) -> Result<&Arc<PowerCtl>> {
-        self.power
-            .as_ref()
-            .ok_or_else(|| Error::invalid("bmc", "power control is not enabled on this server"))
+        self.power.as_ref().ok_or(Error::PowerDisabled)
     }
 
     /// A driver for a machine's BMC, with its decrypted password.

@@ -136,7 +136,7 @@ async fn script(ctx: &Ctx, name: &str, headers: &HeaderMap) -> Response {
                 .into_response()
         }
         Err(e) => {
-            tracing::error!(%mac, template = %override_path.display(), error = %error_chain(&e), "cannot render an iPXE script");
+            tracing::error!(%mac, template = %override_path.display(), error = %anvil_core::error_chain(&e), "cannot render an iPXE script");
             // iPXE shows this text; it says what to fix.
             (
                 StatusCode::INTERNAL_SERVER_ERROR,
@@ -148,17 +148,6 @@ async fn script(ctx: &Ctx, name: &str, headers: &HeaderMap) -> Response {
                 .into_response()
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Anvil's base URL as this client reached it, so scripts point back to the

@@ -1,6 +1,6 @@
 //! DHCP leases and boot-timeline events.
 
-use crate::error::{Result, StoreError, query_err};
+use crate::error::{Result, corrupt, query_err};
 use crate::ts::Ts;
 use crate::{Store, on_pool};
 use sqlx::types::Json;
@@ -38,13 +38,6 @@ pub struct BootEventRecord {
     pub mac: String,
     pub kind: String,
     pub detail: serde_json::Value,
-}
-
-fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        column,
-        message: e.to_string(),
-    }
 }
 
 macro_rules! lease_from_row {

@@ -72,3 +72,11 @@ pub(crate) fn query_err(op: &'static str) -> impl Fn(sqlx::Error) -> StoreError 
         StoreError::Query { op, source: e }
     }
 }
+
+/// A stored value that does not decode, naming its column.
+pub(crate) fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        column,
+        message: e.to_string(),
+    }
+}

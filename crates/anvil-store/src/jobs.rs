@@ -1,6 +1,6 @@
 //! Jobs and the power state of machines.
 
-use crate::error::{Result, StoreError, query_err};
+use crate::error::{Result, corrupt, query_err};
 use crate::ts::Ts;
 use crate::{Store, on_pool};
 use anvil_types::{Job, JobStatus};
@@ -8,13 +8,6 @@ use sqlx::Row;
 use sqlx::types::Json;
 use time::OffsetDateTime;
 use uuid::Uuid;
-
-fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        column,
-        message: e.to_string(),
-    }
-}
 
 const JOB_COLUMNS: &str = "id, kind, machine_id, status, actor, params, result, error, created_at, started_at, finished_at";
 

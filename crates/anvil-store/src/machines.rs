@@ -1,6 +1,6 @@
 //! Machines, their tags, interfaces and BMC, and the event log.
 
-use crate::error::{Result, StoreError, query_err};
+use crate::error::{Result, StoreError, corrupt, query_err};
 use crate::ts::Ts;
 use crate::{Store, on_pool};
 use anvil_types::{Bmc, BmcDriver, Event, Interface, MacAddr, Machine, MachineState};
@@ -81,13 +81,6 @@ pub struct EventFilter {
 }
 
 const MACHINE_COLUMNS: &str = "m.id, m.hostname, m.state, m.state_reason, m.architecture, m.firmware, m.vendor, m.model, m.serial, m.facts, m.power_state, m.power_checked_at, m.created_at, m.updated_at";
-
-fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        column,
-        message: e.to_string(),
-    }
-}
 
 fn parse_opt<T: std::str::FromStr>(column: &'static str, v: Option<String>) -> Result<Option<T>>
 where

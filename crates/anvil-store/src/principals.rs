@@ -1,6 +1,6 @@
 //! Users, API tokens and web sessions. Only hashes of secrets are stored.
 
-use crate::error::{Result, StoreError, query_err};
+use crate::error::{Result, StoreError, corrupt, query_err};
 use crate::ts::Ts;
 use crate::{Store, on_pool};
 use anvil_types::{Token, User};
@@ -21,13 +21,6 @@ pub struct SessionRecord {
     pub user: User,
     pub csrf_token: String,
     pub expires_at: OffsetDateTime,
-}
-
-fn corrupt(column: &'static str, e: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt {
-        column,
-        message: e.to_string(),
-    }
 }
 
 macro_rules! user_from_row {

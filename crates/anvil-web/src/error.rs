@@ -27,35 +27,22 @@ impl From<anvil_core::Error> for PageError {
             E::Duplicate { .. } | E::Transition { .. } | E::Concurrent { .. } => {
                 PageError::Conflict(e.to_string())
             }
-            E::Invalid { .. } => PageError::BadRequest(e.to_string()),
+            E::Invalid { .. } | E::PowerDisabled => PageError::BadRequest(e.to_string()),
             // A BMC's failure is the operator's to see and fix (the text never
             // holds a password); shown like a conflict, not as a server fault.
             E::Bmc(m) => PageError::Conflict(m),
             E::Unauthenticated => PageError::Forbidden(e.to_string()),
             E::Forbidden(m) => PageError::Forbidden(m.to_string()),
             E::Unavailable { .. } => {
-                tracing::error!(error = %chain(&e), "web UI: store unavailable");
+                tracing::error!(error = %anvil_core::error_chain(&e), "web UI: store unavailable");
                 PageError::Unavailable
             }
             E::Internal { .. } => {
-                tracing::error!(error = %chain(&e), "web UI: internal error");
+                tracing::error!(error = %anvil_core::error_chain(&e), "web UI: internal error");
                 PageError::Internal
             }
         }
     }
-}
-
-/// An error and its sources on one line, for the log (the page shows none
-/// of it: internal detail stays on the server).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[derive(Template, WebTemplate)]

@@ -208,7 +208,7 @@ async fn local_token_create(
     };
     // The key is not needed to mint a token; a throw-away one keeps this
     // command from creating a secret.key in a directory it only reads.
-    let app = anvil_core::App::new(store.clone(), anvil_core::SecretBox::from_key(rand_key()));
+    let app = anvil_core::App::new(store.clone(), anvil_core::SecretBox::ephemeral());
     let owner = match app.list_users(&anvil_core::Principal::System).await {
         Ok(users) => users.into_iter().find(|u| u.is_admin),
         Err(e) => {
@@ -232,17 +232,4 @@ async fn local_token_create(
             ExitCode::from(1)
         }
     }
-}
-
-fn rand_key() -> [u8; 32] {
-    let mut k = [0u8; 32];
-    for (i, b) in uuid::Uuid::new_v4()
-        .as_bytes()
-        .iter()
-        .chain(uuid::Uuid::new_v4().as_bytes())
-        .enumerate()
-    {
-        k[i] = *b;
-    }
-    k
 }

@@ -163,7 +163,7 @@ fn parse(f: &EnrollForm) -> Result<EnrollRequest, FieldErrors> {
 fn form_errors(e: Error) -> Result<(StatusCode, FieldErrors), PageError> {
     let mut errors = FieldErrors::default();
     let status = match e {
-        Error::Invalid { field, message } if field == "bmc" && message.contains("not enabled") => {
+        Error::PowerDisabled => {
             errors.add("", NOT_ENABLED);
             StatusCode::CONFLICT
         }

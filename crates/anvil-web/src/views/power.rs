@@ -30,7 +30,7 @@ const POLL_SECONDS: u32 = 2;
 /// Most machines one bulk request may act on.
 const MAX_BULK: usize = 1000;
 
-/// Shown instead of core's terse "bmc: power control is not enabled".
+/// Shown instead of core's terse `Error::PowerDisabled`.
 pub(crate) const NOT_ENABLED: &str = "Power control is not enabled on this Anvil server, so it \
      cannot talk to BMCs. Ask an administrator to enable it; until then, use the BMC's own \
      interface to power machines.";
@@ -65,9 +65,7 @@ fn job_label(kind: &str) -> String {
 /// stays an error page.
 pub(crate) fn power_problem(e: Error) -> Result<(StatusCode, String), PageError> {
     match e {
-        Error::Invalid { field, message } if field == "bmc" && message.contains("not enabled") => {
-            Ok((StatusCode::CONFLICT, NOT_ENABLED.to_string()))
-        }
+        Error::PowerDisabled => Ok((StatusCode::CONFLICT, NOT_ENABLED.to_string())),
         Error::Invalid { message, .. } => {
             Ok((StatusCode::UNPROCESSABLE_ENTITY, sentence(&message)))
         }
@@ -551,11 +549,7 @@ mod tests {
 
     #[test]
     fn errors_become_friendly_sentences() {
-        let (status, m) = power_problem(Error::invalid(
-            "bmc",
-            "power control is not enabled on this server",
-        ))
-        .unwrap();
+        let (status, m) = power_problem(Error::PowerDisabled).unwrap();
         assert_eq!(status, StatusCode::CONFLICT);
         assert_eq!(m, NOT_ENABLED);
         let (status, m) =
