@@ -4,6 +4,8 @@
 //! rather than a silently ignored key. Responses reuse the domain records of
 //! `anvil-types`, which never carry secrets.
 
+pub mod agent;
+
 use anvil_types::{Architecture, BmcDriver, Firmware, MachineState};
 use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::{IntoParams, ToSchema};
