@@ -870,3 +870,101 @@ async fn jobs_and_power_state(s: Store) {
         "polling is not an edit"
     );
 }
+
+// NetBox synchronisation (migration 0004).
+mod netbox_conformance {
+    use super::*;
+    conformance!(netbox_links_runs_outbox_and_cursors);
+}
+
+async fn netbox_links_runs_outbox_and_cursors(s: Store) {
+    use anvil_store::NetboxRunCounts;
+    let a = machine("nb-a", 9001);
+    let b = machine("nb-b", 9002);
+    insert(&s, &a).await;
+    insert(&s, &b).await;
+    let at = now();
+
+    // Links: one device per machine and one machine per device.
+    assert!(s.netbox_links().await.unwrap().is_empty());
+    s.netbox_link(a.id, 10, at).await.unwrap();
+    s.netbox_link(b.id, 20, at).await.unwrap();
+    assert_eq!(s.netbox_machine_for_device(10).await.unwrap(), Some(a.id));
+    // Re-linking device 20 to machine a replaces both old links.
+    s.netbox_link(a.id, 20, at).await.unwrap();
+    let links = s.netbox_links().await.unwrap();
+    assert_eq!(links.len(), 1);
+    assert_eq!(links[&a.id], 20);
+    assert_eq!(s.netbox_machine_for_device(10).await.unwrap(), None);
+    // Deleting the machine drops its link.
+    s.delete_machine(a.id, &ev(&a, "machine.deleted"))
+        .await
+        .unwrap();
+    assert!(s.netbox_links().await.unwrap().is_empty());
+
+    // Runs.
+    let r1 = s.netbox_run_start("full", false, at).await.unwrap();
+    let r2 = s.netbox_run_start("full", true, at).await.unwrap();
+    assert!(r2 > r1);
+    let counts = NetboxRunCounts {
+        created: 3,
+        updated: 2,
+        unchanged: 995,
+        written: 7,
+        pending: 0,
+        conflicts: 1,
+    };
+    let report = json!({"conflicts": [{"kind": "serial_mismatch"}]});
+    s.netbox_run_finish(r1, at, counts, None, &report)
+        .await
+        .unwrap();
+    s.netbox_run_finish(
+        r2,
+        at,
+        NetboxRunCounts::default(),
+        Some("NetBox is down"),
+        &json!({}),
+    )
+    .await
+    .unwrap();
+    let runs = s.netbox_runs(None, 10).await.unwrap();
+    assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [r2, r1]);
+    assert_eq!(runs[1].status, "succeeded");
+    assert_eq!(runs[1].counts, counts);
+    assert_eq!(runs[1].report, report);
+    assert_eq!(runs[1].finished_at, Some(at));
+    assert!(!runs[1].dry_run && runs[0].dry_run);
+    assert_eq!(runs[0].status, "failed");
+    assert_eq!(runs[0].error.as_deref(), Some("NetBox is down"));
+    let r3 = s.netbox_run_start("webhook", false, at).await.unwrap();
+    assert_eq!(s.netbox_runs(Some("webhook"), 10).await.unwrap()[0].id, r3);
+    assert_eq!(s.netbox_runs(Some("webhook"), 10).await.unwrap().len(), 1);
+    assert_eq!(s.netbox_fail_running(at).await.unwrap(), 1);
+    assert_eq!(
+        s.netbox_runs(Some("webhook"), 1).await.unwrap()[0].status,
+        "failed"
+    );
+
+    // Outbox: an entry keeps its first time until done; failures are counted.
+    let later = at + time::Duration::seconds(5);
+    s.netbox_outbox_add(&[b.id], at).await.unwrap();
+    s.netbox_outbox_add(&[b.id], later).await.unwrap();
+    let q = s.netbox_outbox(10).await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!((q[0].machine_id, q[0].since, q[0].attempts), (b.id, at, 0));
+    s.netbox_outbox_failed(&[b.id], "503").await.unwrap();
+    let q = s.netbox_outbox(10).await.unwrap();
+    assert_eq!(
+        (q[0].attempts, q[0].last_error.as_deref()),
+        (1, Some("503"))
+    );
+    assert_eq!(s.netbox_outbox_len().await.unwrap(), 1);
+    s.netbox_outbox_done(&[b.id]).await.unwrap();
+    assert_eq!(s.netbox_outbox_len().await.unwrap(), 0);
+
+    // Cursors.
+    assert_eq!(s.netbox_cursor("events").await.unwrap(), 0);
+    s.netbox_set_cursor("events", 42).await.unwrap();
+    s.netbox_set_cursor("events", 43).await.unwrap();
+    assert_eq!(s.netbox_cursor("events").await.unwrap(), 43);
+}
