@@ -8,6 +8,7 @@
 //! `tests/store.rs` runs against both.
 
 mod boot;
+mod commission;
 mod error;
 mod jobs;
 mod machines;
@@ -17,6 +18,7 @@ mod principals;
 mod ts;
 
 pub use boot::{BootEventRecord, InterfaceIndexRow, LeaseRecord, LeaseWrite};
+pub use commission::{AgentTokenRecord, FactsRecord, RunEnd, RunRecord, StepRecord, StepUpdate};
 pub use error::{Result, StoreError};
 pub use machines::{EventFilter, MachineFilter, MachineWrite, NewEvent, SecretUpdate, SortKey};
 pub use netbox::{NetboxRun, NetboxRunCounts, OutboxEntry};

@@ -871,6 +871,385 @@ async fn jobs_and_power_state(s: Store) {
     );
 }
 
+// ---------------------------------------------------------------------------
+// Commissioning (migration 0005): runs, steps, agent tokens, hardware facts.
+
+mod commissioning_conformance {
+    macro_rules! both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $( #[tokio::test] async fn $name() {
+                    let (s, _g) = super::super::sqlite_store().await.unwrap();
+                    super::$name(s).await;
+                } )*
+            }
+            mod postgres {
+                $( #[tokio::test] async fn $name() {
+                    let Some((s, _g)) = super::super::postgres_store().await else { return };
+                    super::$name(s).await;
+                } )*
+            }
+        };
+    }
+    both!(
+        runs_are_numbered_per_machine_and_move_the_machine,
+        step_reports_are_compare_and_set_on_seq,
+        finishing_a_run_is_once_and_moves_the_machine,
+        agent_tokens_expire_and_cascade,
+        facts_are_versioned_per_run,
+    );
+
+    use super::{ev, insert, machine, now};
+    use anvil_store::{NewEvent, RunEnd, RunRecord, StepRecord, StepUpdate, Store, StoreError};
+    use anvil_types::{Machine, MachineState};
+    use serde_json::json;
+    use time::Duration;
+    use uuid::Uuid;
+
+    fn run(m: &Machine) -> RunRecord {
+        let at = now();
+        RunRecord {
+            id: Uuid::now_v7(),
+            machine_id: m.id,
+            number: 0,
+            state: "running".into(),
+            tests: r#"["cpu"]"#.into(),
+            job_id: Some(Uuid::now_v7()),
+            failure_reason: None,
+            failed_step: None,
+            system_uuid: None,
+            agent_version: None,
+            started_at: at,
+            registered_at: None,
+            last_seen_at: None,
+            finished_at: None,
+            deadline: at + Duration::minutes(20),
+        }
+    }
+
+    fn steps(r: &RunRecord) -> Vec<StepRecord> {
+        ["inventory", "cpu_test"]
+            .iter()
+            .enumerate()
+            .map(|(i, k)| StepRecord {
+                id: Uuid::now_v7(),
+                run_id: r.id,
+                index: i as i32,
+                kind: (*k).into(),
+                params: r#"{"x":1}"#.into(),
+                status: "pending".into(),
+                last_seq: 0,
+                message: None,
+                progress: None,
+                result: None,
+                started_at: None,
+                finished_at: None,
+                updated_at: r.started_at,
+            })
+            .collect()
+    }
+
+    async fn start(
+        s: &Store,
+        m: &Machine,
+        from: MachineState,
+    ) -> (RunRecord, Vec<StepRecord>, i64) {
+        let r = run(m);
+        let st = steps(&r);
+        let n = s
+            .start_commissioning_run(&r, &st, from, &ev(m, "commission.start"))
+            .await
+            .unwrap();
+        (r, st, n)
+    }
+
+    fn end(r: &RunRecord, m: &Machine, state: &str, to: Option<MachineState>) -> RunEnd {
+        RunEnd {
+            run_id: r.id,
+            state: state.into(),
+            failure_reason: (state == "failed").then(|| "cpu_test failed: hot".to_string()),
+            failed_step: (state == "failed").then(|| "cpu_test".to_string()),
+            at: now(),
+            machine_state: to,
+            event: NewEvent {
+                kind: "commission.end".into(),
+                ..ev(m, "commission.end")
+            },
+        }
+    }
+
+    async fn runs_are_numbered_per_machine_and_move_the_machine(s: Store) {
+        let m = machine("cm1", 1);
+        insert(&s, &m).await;
+        let other = machine("cm2", 2);
+        insert(&s, &other).await;
+        // A stale `from` state is refused and writes nothing.
+        let r = run(&m);
+        let e = s
+            .start_commissioning_run(&r, &steps(&r), MachineState::Ready, &ev(&m, "x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Concurrent), "{e:?}");
+        assert!(s.commissioning_run(r.id).await.unwrap().is_none());
+
+        let (r1, st1, n1) = start(&s, &m, MachineState::New).await;
+        assert_eq!(n1, 1);
+        let got = s.get_machine(m.id).await.unwrap().unwrap();
+        assert_eq!(got.state, MachineState::Commissioning);
+        let stored = s.commissioning_run(r1.id).await.unwrap().unwrap();
+        assert_eq!(
+            stored,
+            RunRecord {
+                number: 1,
+                ..r1.clone()
+            }
+        );
+        assert_eq!(s.commissioning_steps(r1.id).await.unwrap(), st1);
+        assert_eq!(s.running_commissioning_runs().await.unwrap().len(), 1);
+
+        s.register_commissioning_agent(r1.id, Some("4c4c-uuid"), "0.1.0", now())
+            .await
+            .unwrap();
+        let first = s.commissioning_run(r1.id).await.unwrap().unwrap();
+        s.register_commissioning_agent(r1.id, None, "0.1.0", now() + Duration::seconds(1))
+            .await
+            .unwrap();
+        let again = s.commissioning_run(r1.id).await.unwrap().unwrap();
+        assert_eq!(again.system_uuid.as_deref(), Some("4c4c-uuid"));
+        assert_eq!(
+            again.registered_at, first.registered_at,
+            "first registration kept"
+        );
+        assert!(again.last_seen_at > first.last_seen_at);
+
+        assert!(
+            s.finish_commissioning_run(&end(&r1, &m, "succeeded", Some(MachineState::Ready)))
+                .await
+                .unwrap()
+        );
+        let (r2, _, n2) = start(&s, &m, MachineState::Ready).await;
+        assert_eq!(n2, 2);
+        let (_, _, n_other) = start(&s, &other, MachineState::New).await;
+        assert_eq!(n_other, 1, "numbers are per machine");
+        let listed = s.commissioning_runs(m.id, 10).await.unwrap();
+        assert_eq!(
+            listed.iter().map(|r| (r.number, r.id)).collect::<Vec<_>>(),
+            [(2, r2.id), (1, r1.id)]
+        );
+    }
+
+    async fn step_reports_are_compare_and_set_on_seq(s: Store) {
+        let m = machine("cs1", 3);
+        insert(&s, &m).await;
+        let (r, st, _) = start(&s, &m, MachineState::New).await;
+        let at = now();
+        let started = StepUpdate {
+            step_id: st[0].id,
+            expected_last_seq: 0,
+            seq: 1,
+            status: "started".into(),
+            message: Some("collecting".into()),
+            progress: None,
+            result: None,
+            at,
+            starts: true,
+            finishes: false,
+        };
+        s.update_commissioning_step(&started).await.unwrap();
+        // The same report again: last_seq moved, nothing is written.
+        let e = s.update_commissioning_step(&started).await.unwrap_err();
+        assert!(matches!(e, StoreError::Concurrent));
+        let progress = StepUpdate {
+            expected_last_seq: 1,
+            seq: 2,
+            status: "progress".into(),
+            message: None,
+            progress: Some((10, 30)),
+            starts: false,
+            at: at + Duration::seconds(1),
+            ..started.clone()
+        };
+        s.update_commissioning_step(&progress).await.unwrap();
+        let done = StepUpdate {
+            expected_last_seq: 2,
+            seq: 3,
+            status: "succeeded".into(),
+            message: Some("ok".into()),
+            progress: None,
+            result: Some(r#"{"disks":2}"#.into()),
+            starts: false,
+            finishes: true,
+            at: at + Duration::seconds(2),
+            ..started.clone()
+        };
+        s.update_commissioning_step(&done).await.unwrap();
+        let got = &s.commissioning_steps(r.id).await.unwrap()[0];
+        assert_eq!(
+            (
+                got.status.as_str(),
+                got.last_seq,
+                got.message.as_deref(),
+                got.progress,
+                got.result.as_deref(),
+                got.started_at,
+                got.finished_at
+            ),
+            (
+                "succeeded",
+                3,
+                Some("ok"),
+                Some((10, 30)),
+                Some(r#"{"disks":2}"#),
+                Some(at),
+                Some(at + Duration::seconds(2))
+            )
+        );
+        let untouched = &s.commissioning_steps(r.id).await.unwrap()[1];
+        assert_eq!(untouched, &st[1]);
+        let run = s.commissioning_run(r.id).await.unwrap().unwrap();
+        assert_eq!(run.last_seen_at, Some(at + Duration::seconds(2)));
+    }
+
+    async fn finishing_a_run_is_once_and_moves_the_machine(s: Store) {
+        let m = machine("cf1", 4);
+        insert(&s, &m).await;
+        let (r, _, _) = start(&s, &m, MachineState::New).await;
+        let e = end(&r, &m, "failed", Some(MachineState::Failed));
+        assert!(s.finish_commissioning_run(&e).await.unwrap());
+        assert!(
+            !s.finish_commissioning_run(&end(&r, &m, "succeeded", Some(MachineState::Ready)))
+                .await
+                .unwrap(),
+            "a run ends once"
+        );
+        let got = s.get_machine(m.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.state, got.state_reason.as_deref()),
+            (MachineState::Failed, Some("cpu_test failed: hot"))
+        );
+        let run = s.commissioning_run(r.id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                run.state.as_str(),
+                run.failed_step.as_deref(),
+                run.finished_at
+            ),
+            ("failed", Some("cpu_test"), Some(e.at))
+        );
+        assert!(s.running_commissioning_runs().await.unwrap().is_empty());
+
+        // A machine an operator moved away from commissioning stays where it is.
+        let (r2, _, _) = start(&s, &m, MachineState::Failed).await;
+        let cur = s.get_machine(m.id).await.unwrap().unwrap();
+        s.set_state(
+            m.id,
+            MachineState::Commissioning,
+            MachineState::Broken,
+            Some("pulled"),
+            now(),
+            &ev(&cur, "machine.state"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            s.finish_commissioning_run(&end(&r2, &m, "aborted", Some(MachineState::Ready)))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.get_machine(m.id).await.unwrap().unwrap().state,
+            MachineState::Broken
+        );
+        let kinds: Vec<String> = s
+            .list_events(&anvil_store::EventFilter {
+                machine_id: Some(m.id),
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
+        assert_eq!(kinds.iter().filter(|k| *k == "commission.end").count(), 2);
+    }
+
+    async fn agent_tokens_expire_and_cascade(s: Store) {
+        let m = machine("ct1", 5);
+        insert(&s, &m).await;
+        let (r, _, _) = start(&s, &m, MachineState::New).await;
+        let at = now();
+        s.insert_agent_token("hash-a", m.id, r.id, at, at + Duration::minutes(5))
+            .await
+            .unwrap();
+        s.insert_agent_token("hash-b", m.id, r.id, at, at + Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(s.count_agent_tokens(r.id).await.unwrap(), 2);
+        let t = s.agent_token("hash-a", at).await.unwrap().unwrap();
+        assert_eq!((t.machine_id, t.run_id), (m.id, r.id));
+        assert!(s.agent_token("nope", at).await.unwrap().is_none());
+        let later = at + Duration::seconds(2);
+        assert!(
+            s.agent_token("hash-b", later).await.unwrap().is_none(),
+            "expired"
+        );
+        assert_eq!(s.purge_agent_tokens(later).await.unwrap(), 1);
+        assert!(s.agent_token("hash-a", later).await.unwrap().is_some());
+        s.delete_machine(m.id, &ev(&m, "machine.deleted"))
+            .await
+            .unwrap();
+        assert!(s.agent_token("hash-a", later).await.unwrap().is_none());
+        assert!(s.commissioning_run(r.id).await.unwrap().is_none());
+    }
+
+    async fn facts_are_versioned_per_run(s: Store) {
+        let m = machine("cv1", 6);
+        insert(&s, &m).await;
+        assert!(s.hardware_facts(m.id, None).await.unwrap().is_none());
+        let (r1, _, _) = start(&s, &m, MachineState::New).await;
+        let at = now();
+        let doc1 = json!({"disks": [{"name": "vda"}]}).to_string();
+        s.put_hardware_facts(r1.id, m.id, &doc1, at).await.unwrap();
+        assert!(s.run_has_facts(r1.id).await.unwrap());
+        s.finish_commissioning_run(&end(&r1, &m, "succeeded", Some(MachineState::Ready)))
+            .await
+            .unwrap();
+        let (r2, _, _) = start(&s, &m, MachineState::Ready).await;
+        assert!(!s.run_has_facts(r2.id).await.unwrap());
+        // Before run 2 has facts, the latest are run 1's.
+        assert_eq!(
+            s.hardware_facts(m.id, None)
+                .await
+                .unwrap()
+                .unwrap()
+                .run_number,
+            1
+        );
+        let doc2 = json!({"disks": [{"name": "vda"}, {"name": "nvme0n1"}]}).to_string();
+        s.put_hardware_facts(r2.id, m.id, "{\"partial\":true}", at)
+            .await
+            .unwrap();
+        s.put_hardware_facts(r2.id, m.id, &doc2, at + Duration::seconds(1))
+            .await
+            .unwrap();
+        let latest = s.hardware_facts(m.id, None).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                latest.run_number,
+                latest.run_id,
+                latest.facts.as_str(),
+                latest.collected_at
+            ),
+            (2, r2.id, doc2.as_str(), at + Duration::seconds(1))
+        );
+        let first = s.hardware_facts(m.id, Some(1)).await.unwrap().unwrap();
+        assert_eq!(first.facts, doc1, "run 1's facts untouched by run 2");
+        assert!(s.hardware_facts(m.id, Some(3)).await.unwrap().is_none());
+        assert_eq!(s.runs_with_facts(m.id).await.unwrap(), [2, 1]);
+    }
+}
+
 // NetBox synchronisation (migration 0004).
 mod netbox_conformance {
     use super::*;
