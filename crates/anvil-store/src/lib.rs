@@ -10,6 +10,7 @@
 mod boot;
 mod commission;
 mod error;
+mod images;
 mod jobs;
 mod machines;
 mod netbox;
@@ -20,6 +21,7 @@ mod ts;
 pub use boot::{BootEventRecord, InterfaceIndexRow, LeaseRecord, LeaseWrite};
 pub use commission::{AgentTokenRecord, FactsRecord, RunEnd, RunRecord, StepRecord, StepUpdate};
 pub use error::{Result, StoreError};
+pub use images::{ImageDelete, ImageRecord, ImageUser};
 pub use machines::{EventFilter, MachineFilter, MachineWrite, NewEvent, SecretUpdate, SortKey};
 pub use netbox::{NetboxRun, NetboxRunCounts, OutboxEntry};
 pub use open::{Access, Backend, redact_url};

@@ -1347,3 +1347,153 @@ async fn netbox_links_runs_outbox_and_cursors(s: Store) {
     s.netbox_set_cursor("events", 43).await.unwrap();
     assert_eq!(s.netbox_cursor("events").await.unwrap(), 43);
 }
+
+// ---------------------------------------------------------------------------
+// Images (migration 0006): metadata, uniqueness by name and by content, and
+// deletion refused while a machine uses the image.
+
+mod image_conformance {
+    macro_rules! both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $( #[tokio::test] async fn $name() {
+                    let (s, _g) = super::super::sqlite_store().await.unwrap();
+                    super::$name(s).await;
+                } )*
+            }
+            mod postgres {
+                $( #[tokio::test] async fn $name() {
+                    let Some((s, _g)) = super::super::postgres_store().await else { return };
+                    super::$name(s).await;
+                } )*
+            }
+        };
+    }
+    both!(
+        images_round_trip_and_are_unique,
+        images_in_use_cannot_be_deleted
+    );
+
+    use super::{insert, machine, now};
+    use anvil_store::{ImageDelete, ImageRecord, NewEvent, Store, StoreError};
+    use uuid::Uuid;
+
+    fn image(name: &str, digest: char) -> ImageRecord {
+        ImageRecord {
+            id: Uuid::now_v7(),
+            name: name.into(),
+            kind: "disk".into(),
+            os: Some("debian".into()),
+            release: Some("12".into()),
+            arch: Some("x86_64".into()),
+            firmware: Some("bios+uefi".into()),
+            login_user: Some("debian".into()),
+            source_format: "qcow2".into(),
+            source_size: 345_000_000,
+            raw_size: 3 << 31, // above 2^32: sizes are 64-bit on both backends
+            stored_size: 300_000_000,
+            zero_bytes: 5 << 30,
+            sha256: std::iter::repeat_n(digest, 64).collect(),
+            created_at: now(),
+        }
+    }
+
+    fn event(kind: &str) -> NewEvent {
+        NewEvent {
+            time: now(),
+            actor: "test".into(),
+            machine_id: None,
+            kind: kind.into(),
+            message: String::new(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    async fn images_round_trip_and_are_unique(s: Store) {
+        let a = image("debian-12", 'a');
+        s.insert_image(&a, &event("image.import")).await.unwrap();
+        assert_eq!(
+            s.get_image_by_name("debian-12").await.unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            s.get_image_by_sha256(&a.sha256).await.unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(s.get_image_by_name("nope").await.unwrap(), None);
+
+        let same_name = image("debian-12", 'b');
+        assert!(matches!(
+            s.insert_image(&same_name, &event("image.import")).await,
+            Err(StoreError::Duplicate { what: "name", .. })
+        ));
+        let same_content = image("other", 'a');
+        assert!(matches!(
+            s.insert_image(&same_content, &event("image.import")).await,
+            Err(StoreError::Duplicate { what: "sha256", .. })
+        ));
+
+        let mut b = image("alma", 'c');
+        b.os = None;
+        b.release = None;
+        b.login_user = None;
+        s.insert_image(&b, &event("image.import")).await.unwrap();
+        let names: Vec<_> = s
+            .list_images()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        assert_eq!(names, ["alma", "debian-12"]);
+    }
+
+    async fn images_in_use_cannot_be_deleted(s: Store) {
+        let img = image("ubuntu-24.04", 'd');
+        s.insert_image(&img, &event("image.import")).await.unwrap();
+        let m1 = machine("web-2", 1);
+        let m2 = machine("web-1", 2);
+        insert(&s, &m1).await;
+        insert(&s, &m2).await;
+        assert!(s.set_machine_image(m1.id, Some(img.id)).await.unwrap());
+        assert!(s.set_machine_image(m2.id, Some(img.id)).await.unwrap());
+        assert!(
+            !s.set_machine_image(Uuid::now_v7(), Some(img.id))
+                .await
+                .unwrap()
+        );
+
+        let users = s.image_users(Some(img.id)).await.unwrap();
+        assert_eq!(
+            users
+                .iter()
+                .map(|u| u.hostname.as_str())
+                .collect::<Vec<_>>(),
+            ["web-1", "web-2"]
+        );
+        assert_eq!(s.image_users(None).await.unwrap().len(), 2);
+        assert_eq!(s.image_users(Some(Uuid::now_v7())).await.unwrap(), vec![]);
+
+        assert_eq!(
+            s.delete_image(img.id, &event("image.delete"))
+                .await
+                .unwrap(),
+            ImageDelete::InUse(vec!["web-1".into(), "web-2".into()])
+        );
+        s.set_machine_image(m1.id, None).await.unwrap();
+        s.set_machine_image(m2.id, None).await.unwrap();
+        assert_eq!(
+            s.delete_image(img.id, &event("image.delete"))
+                .await
+                .unwrap(),
+            ImageDelete::Deleted
+        );
+        assert_eq!(
+            s.delete_image(img.id, &event("image.delete"))
+                .await
+                .unwrap(),
+            ImageDelete::NotFound
+        );
+        assert_eq!(s.get_image_by_name("ubuntu-24.04").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,24 @@
+-- OS images: metadata of the raw disks stored compressed under
+-- <data_dir>/images/<sha256>.raw.zst (never in the database), and which
+-- machine uses which. Keep in step with migrations/postgres/0006_images.sql.
+CREATE TABLE images (
+    id             BLOB PRIMARY KEY NOT NULL,
+    name           TEXT NOT NULL UNIQUE,
+    kind           TEXT NOT NULL DEFAULT 'disk',
+    os             TEXT,
+    os_release     TEXT,
+    arch           TEXT,
+    firmware       TEXT,
+    login_user     TEXT,
+    source_format  TEXT NOT NULL,
+    source_size    INTEGER NOT NULL,
+    raw_size       INTEGER NOT NULL,
+    stored_size    INTEGER NOT NULL,
+    zero_bytes     INTEGER NOT NULL,
+    sha256         TEXT NOT NULL UNIQUE,
+    created_at     TEXT NOT NULL
+);
+
+-- Set by deployment; an image a machine uses cannot be deleted.
+ALTER TABLE machines ADD COLUMN image_id BLOB REFERENCES images (id);
+CREATE INDEX machines_image ON machines (image_id);
