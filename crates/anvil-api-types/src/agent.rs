@@ -25,6 +25,44 @@ pub const MAX_REPORT_BYTES: usize = 256 * 1024;
 /// Longest `message` of a step report, in characters.
 pub const MAX_MESSAGE_CHARS: usize = 4096;
 
+/// Why the agent API refused a report or call with 409. The problem `type`
+/// is `https://anvil.dev/problems/<name>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgentProblem {
+    /// This report's `seq` was already accepted (a retry after a lost answer).
+    AlreadyReported,
+    /// A gap in `seq`, a status out of order, a report about a finished step
+    /// or a step that is not the current one.
+    OutOfOrder,
+    /// The run is over; only `next` and `heartbeat` still answer.
+    RunEnded,
+}
+
+impl AgentProblem {
+    pub fn name(self) -> &'static str {
+        match self {
+            AgentProblem::AlreadyReported => "already-reported",
+            AgentProblem::OutOfOrder => "out-of-order",
+            AgentProblem::RunEnded => "run-ended",
+        }
+    }
+    pub fn type_uri(self) -> &'static str {
+        match self {
+            AgentProblem::AlreadyReported => "https://anvil.dev/problems/already-reported",
+            AgentProblem::OutOfOrder => "https://anvil.dev/problems/out-of-order",
+            AgentProblem::RunEnded => "https://anvil.dev/problems/run-ended",
+        }
+    }
+    pub fn title(self) -> &'static str {
+        match self {
+            AgentProblem::AlreadyReported => "Already reported",
+            AgentProblem::OutOfOrder => "Report out of order",
+            AgentProblem::RunEnded => "Run ended",
+        }
+    }
+}
+
 /// Kernel command-line keys the iPXE script sets for the agent.
 pub mod cmdline {
     /// Base URL of Anvil, e.g. `http://10.77.0.1:8080` (no trailing slash).

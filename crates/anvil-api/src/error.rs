@@ -109,6 +109,24 @@ impl From<Error> for ApiError {
             Error::Forbidden(why) => {
                 ApiError::new(StatusCode::FORBIDDEN, pt::FORBIDDEN, "Forbidden", *why)
             }
+            Error::AgentUnauthenticated => ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                pt::UNAUTHORIZED,
+                "Unauthorized",
+                "unknown or expired agent token: send the per-boot token from the kernel command line (anvil.token) as 'Authorization: Bearer <token>'; a token is valid for one commissioning run",
+            ),
+            Error::Agent { problem, detail } => ApiError::new(
+                StatusCode::CONFLICT,
+                problem.type_uri(),
+                problem.title(),
+                detail.clone(),
+            ),
+            Error::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                pt::PAYLOAD_TOO_LARGE,
+                "Payload too large",
+                e.to_string(),
+            ),
             Error::Unavailable { .. } => {
                 tracing::error!(error = %chain(&e), "database unavailable");
                 ApiError::new(

@@ -37,6 +37,22 @@ pub enum Error {
     Unauthenticated,
     #[error("{0}")]
     Forbidden(&'static str),
+    /// An agent call without a valid per-boot token.
+    #[error("unknown or expired agent token")]
+    AgentUnauthenticated,
+    /// The agent protocol refuses a call (see docs/agent-protocol.md).
+    #[error("{detail}")]
+    Agent {
+        problem: anvil_api_types::agent::AgentProblem,
+        detail: String,
+    },
+    /// A request part is larger than allowed.
+    #[error("{what} is {size} bytes, more than the {max} allowed")]
+    TooLarge {
+        what: &'static str,
+        size: usize,
+        max: usize,
+    },
     #[error("the database is unavailable")]
     Unavailable {
         #[source]

@@ -6,6 +6,7 @@
 //! idempotency, secrets handling and the audit log.
 
 pub mod boot;
+pub mod commission;
 pub mod crypto;
 mod error;
 mod machines;
@@ -38,6 +39,7 @@ pub struct App {
     session_ttl: time::Duration,
     boot: std::sync::Arc<boot::BootState>,
     power: Option<std::sync::Arc<power::PowerCtl>>,
+    commissioning: std::sync::Arc<commission::CommissioningConfig>,
 }
 
 impl App {
@@ -48,6 +50,7 @@ impl App {
             session_ttl: time::Duration::hours(12),
             boot: std::sync::Arc::new(boot::BootState::new()),
             power: None,
+            commissioning: Default::default(),
         }
     }
 

@@ -59,7 +59,7 @@ impl Default for PowerLimits {
 
 pub(crate) struct PowerCtl {
     factory: Arc<dyn DriverFactory>,
-    limits: PowerLimits,
+    pub(crate) limits: PowerLimits,
     slots: Arc<Semaphore>,
 }
 
@@ -71,6 +71,10 @@ pub enum MachineAction {
     PowerCycle,
     /// Boot from the network once, then power on (or reset when on).
     PxeBoot,
+    /// Commission the machine (a job that lasts the whole run; see
+    /// `commission.rs`). Through the generic action routes it runs without
+    /// hardware tests.
+    Commission,
 }
 
 impl MachineAction {
@@ -80,6 +84,7 @@ impl MachineAction {
             "power-off" => MachineAction::PowerOff,
             "power-cycle" => MachineAction::PowerCycle,
             "pxe-boot" => MachineAction::PxeBoot,
+            "commission" => MachineAction::Commission,
             _ => return None,
         })
     }
@@ -90,6 +95,7 @@ impl MachineAction {
             MachineAction::PowerOff => "power-off",
             MachineAction::PowerCycle => "power-cycle",
             MachineAction::PxeBoot => "pxe-boot",
+            MachineAction::Commission => "commission",
         }
     }
 }
@@ -425,6 +431,9 @@ impl App {
     }
 
     async fn queue_action(&self, by: &Principal, m: Machine, action: MachineAction) -> Result<Job> {
+        if action == MachineAction::Commission {
+            return self.queue_commission(by, m, &[]).await;
+        }
         self.power_ctl()?;
         if m.bmc.is_none() {
             return Err(Error::invalid(
@@ -517,7 +526,7 @@ impl App {
     /// power change: waiting machines must not keep others from starting.
     /// Errors are strings already safe to show (drivers never put a password
     /// in an error).
-    async fn perform(
+    pub(crate) async fn perform(
         &self,
         m: &Machine,
         action: MachineAction,
@@ -558,6 +567,9 @@ impl App {
                         d.power(PowerAction::On).await.map_err(err)?;
                     }
                     PowerState::On
+                }
+                MachineAction::Commission => {
+                    return Err("commission is not a power action".into());
                 }
             }
         };

@@ -31,7 +31,9 @@ impl From<anvil_core::Error> for PageError {
             // A BMC's failure is the operator's to see and fix (the text never
             // holds a password); shown like a conflict, not as a server fault.
             E::Bmc(m) => PageError::Conflict(m),
-            E::Unauthenticated => PageError::Forbidden(e.to_string()),
+            E::Unauthenticated | E::AgentUnauthenticated => PageError::Forbidden(e.to_string()),
+            E::Agent { .. } => PageError::Conflict(e.to_string()),
+            E::TooLarge { .. } => PageError::BadRequest(e.to_string()),
             E::Forbidden(m) => PageError::Forbidden(m.to_string()),
             E::Unavailable { .. } => {
                 tracing::error!(error = %anvil_core::error_chain(&e), "web UI: store unavailable");
