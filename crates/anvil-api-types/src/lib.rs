@@ -311,6 +311,7 @@ pub mod problem_types {
     pub const UNAVAILABLE: &str = "https://anvil.dev/problems/unavailable";
     pub const BMC: &str = "https://anvil.dev/problems/bmc";
     pub const INTERNAL: &str = "https://anvil.dev/problems/internal";
+    pub const NETBOX: &str = "https://anvil.dev/problems/netbox";
 }
 
 #[cfg(test)]

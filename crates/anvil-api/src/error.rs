@@ -100,6 +100,18 @@ impl From<Error> for ApiError {
                 "BMC error",
                 detail.clone(),
             ),
+            Error::NetboxDisabled => ApiError::new(
+                StatusCode::CONFLICT,
+                pt::NETBOX,
+                "NetBox not configured",
+                e.to_string(),
+            ),
+            Error::Netbox(detail) => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                pt::NETBOX,
+                "NetBox error",
+                detail.clone(),
+            ),
             Error::Unauthenticated => ApiError::new(
                 StatusCode::UNAUTHORIZED,
                 pt::UNAUTHORIZED,

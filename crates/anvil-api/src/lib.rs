@@ -7,6 +7,7 @@
 
 mod error;
 mod extract;
+pub mod netbox;
 
 pub use error::{ApiError, chain};
 
@@ -64,6 +65,7 @@ pub fn router(app: App) -> Router {
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/users", get(list_users).post(create_user))
         .route("/users/{username}/password", put(set_password))
+        .merge(netbox::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -126,6 +128,7 @@ impl utoipa::Modify for BearerAuth {
 /// The OpenAPI document as pretty JSON, exactly as committed in `openapi/anvil.json`.
 pub fn openapi_document() -> String {
     let mut doc = ApiDoc::openapi();
+    doc.merge(netbox::NetboxDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut s = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_string());
     s.push('\n');

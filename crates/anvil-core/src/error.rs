@@ -33,6 +33,12 @@ pub enum Error {
     /// This server was started without BMC drivers.
     #[error("power control is not enabled on this server")]
     PowerDisabled,
+    /// This server was started without a `[netbox]` configuration.
+    #[error("NetBox synchronisation is not configured on this server")]
+    NetboxDisabled,
+    /// NetBox refused, failed or did not answer (never holds the token).
+    #[error("NetBox: {0}")]
+    Netbox(String),
     #[error("authentication required")]
     Unauthenticated,
     #[error("{0}")]

@@ -10,6 +10,7 @@ pub mod commission;
 pub mod crypto;
 mod error;
 mod machines;
+pub mod netbox;
 pub mod power;
 mod principals;
 
@@ -40,6 +41,7 @@ pub struct App {
     boot: std::sync::Arc<boot::BootState>,
     power: Option<std::sync::Arc<power::PowerCtl>>,
     commissioning: std::sync::Arc<commission::CommissioningConfig>,
+    netbox: Option<std::sync::Arc<netbox::NetboxCtl>>,
 }
 
 impl App {
@@ -51,6 +53,7 @@ impl App {
             boot: std::sync::Arc::new(boot::BootState::new()),
             power: None,
             commissioning: Default::default(),
+            netbox: None,
         }
     }
 

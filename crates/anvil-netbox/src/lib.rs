@@ -19,6 +19,7 @@ pub mod client;
 mod error;
 pub mod model;
 pub mod plan;
+pub mod report;
 mod tls;
 pub mod webhook;
 
@@ -29,4 +30,5 @@ pub use plan::{
     Conflict, ConflictKind, DevicePatch, InterfaceCreate, MacCreate, MachineImport, MachineUpdate,
     Mapping, NetBoxWrites, Plan, PlanInput, status_for_state,
 };
+pub use report::{NetboxStatus, SyncReport, SyncRunInfo};
 pub use webhook::{SignatureError, WebhookEvent, verify_signature};

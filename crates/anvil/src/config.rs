@@ -27,6 +27,9 @@ pub struct Config {
     /// DHCP: serves nothing until a `[[dhcp.network]]` is configured.
     pub dhcp: anvil_dhcp::DhcpConfig,
     pub power: PowerConfig,
+    /// Synchronisation with NetBox (off unless configured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netbox: Option<crate::netbox_config::NetboxConfig>,
 }
 
 /// BMC work: how much at once, how long each may take.
@@ -113,6 +116,7 @@ impl Default for Config {
             tftp: anvil_tftp::TftpConfig::default(),
             dhcp: anvil_dhcp::DhcpConfig::default(),
             power: PowerConfig::default(),
+            netbox: None,
         }
     }
 }
@@ -213,6 +217,9 @@ fn validate(cfg: &Config) -> Result<(), ConfigError> {
     cfg.tftp
         .validate()
         .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    if let Some(n) = &cfg.netbox {
+        n.validate()?;
+    }
     if cfg.auth.session_hours == 0 || cfg.auth.session_hours > 24 * 30 {
         return Err(ConfigError::Invalid(
             "auth.session_hours must be between 1 and 720".into(),

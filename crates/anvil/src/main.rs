@@ -6,6 +6,7 @@
 
 mod boot_services;
 mod config;
+mod netbox_config;
 mod power_drivers;
 mod serve;
 

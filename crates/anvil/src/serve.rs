@@ -59,6 +59,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             std::sync::Arc::new(crate::power_drivers::Drivers::default()),
             limits,
         );
+    let app = match &cfg.netbox {
+        Some(n) => app.with_netbox(n.settings()?),
+        None => app,
+    };
     match app.fail_orphaned_jobs().await {
         Ok(0) => {}
         Ok(n) => tracing::warn!(
@@ -89,6 +93,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     if cfg.power.poll_interval_secs > 0 {
         app.start_power_poller();
     }
+    app.start_netbox_sync();
     // The boot index must be loaded before DHCP answers its first packet.
     if let Err(e) = app.refresh_boot_index().await {
         tracing::warn!(error = %e, "cannot load the boot index");
