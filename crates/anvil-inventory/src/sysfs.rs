@@ -131,19 +131,34 @@ fn is_absent(e: &std::io::Error) -> bool {
         )
 }
 
-/// Compare so that "sdb" < "sdaa", "cpu2" < "cpu10", "eth2" < "eth10".
+/// Compare names with their numbers as numbers: "cpu2" < "cpu10",
+/// "eth2" < "eth10", "nvme0n2" < "nvme0n10".
 pub(crate) fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
-    fn key(s: &str) -> (String, u64, usize) {
-        let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
-        let (head, tail) = s.split_at(s.len() - digits);
-        (head.to_string(), tail.parse().unwrap_or(0), s.len())
+    fn chunks(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
     }
-    let (ka, kb) = (key(a), key(b));
-    ka.0.len()
-        .cmp(&kb.0.len())
-        .then_with(|| ka.0.cmp(&kb.0))
-        .then_with(|| ka.1.cmp(&kb.1))
-        .then_with(|| a.cmp(b))
+    for (x, y) in chunks(a).into_iter().zip(chunks(b)) {
+        let ord = match (x, y) {
+            ((true, x), (true, y)) => {
+                let (x, y) = (x.trim_start_matches('0'), y.trim_start_matches('0'));
+                x.len().cmp(&y.len()).then_with(|| x.cmp(y))
+            }
+            ((_, x), (_, y)) => x.cmp(y),
+        };
+        if ord.is_ne() {
+            return ord;
+        }
+    }
+    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 /// A PCI address "dddd:bb:dd.f".
@@ -165,4 +180,32 @@ pub(crate) fn pci_address_of(device_path: &Path) -> Option<String> {
         .filter_map(|c| c.as_os_str().to_str())
         .rfind(|c| is_pci_address(c))
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natural_order_and_pci_addresses() {
+        let mut names = vec![
+            "cpu10", "cpu2", "cpufreq", "cpu1", "nvme0n1", "eth10", "eth2", "sda",
+        ];
+        names.sort_by(|a, b| natural_cmp(a, b));
+        assert_eq!(
+            names,
+            [
+                "cpu1", "cpu2", "cpu10", "cpufreq", "eth2", "eth10", "nvme0n1", "sda"
+            ]
+        );
+        assert!(is_pci_address("0000:3b:00.0"));
+        assert!(!is_pci_address("0000:3b:00"));
+        assert!(!is_pci_address("pci0000:00"));
+        assert_eq!(
+            pci_address_of(Path::new(
+                "/sys/devices/pci0000:00/0000:00:1c.0/0000:3b:00.0/net/eno1"
+            )),
+            Some("0000:3b:00.0".into())
+        );
+    }
 }
