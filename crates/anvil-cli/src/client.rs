@@ -242,12 +242,15 @@ impl Client {
             .await
     }
 
-    fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, segments: &[&str]) -> RequestBuilder {
         self.http.request(method, api_url(&self.base, segments))
     }
 
     /// Sends a request whose success answer is a JSON body of type `T`.
-    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T, CliError> {
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        req: RequestBuilder,
+    ) -> Result<T, CliError> {
         let resp = self.send(req).await?;
         let body = resp
             .bytes()

@@ -13,7 +13,7 @@
 //! | 5 | authentication or authorization (401, 403), or no token given |
 //! | 6 | the server cannot be reached: connection refused, DNS failure, TLS failure, timeout |
 //! | 7 | server error (5xx, except 502) |
-//! | 8 | a BMC or a job failed: the API's 502 (the BMC refused, failed or did not answer), a `--wait` with failed jobs, a machine that did not come up in `rack up` |
+//! | 8 | a BMC, NetBox or a job failed: the API's 502 (the BMC or NetBox refused, failed or did not answer), a `--wait` with failed jobs, a machine that did not come up in `rack up` |
 //!
 //! For example, `anvil machine rm node-01` exits with 3 when the machine is
 //! already gone, which lets a playbook treat the removal as idempotent.

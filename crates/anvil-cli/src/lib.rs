@@ -15,6 +15,7 @@ pub mod error;
 
 mod client;
 mod machine;
+mod netbox;
 mod output;
 mod power;
 mod rack;
@@ -28,6 +29,7 @@ pub use machine::{
     BmcArgs, MachineAddArgs, MachineCmd, MachineEditArgs, MachineFields, MachineListArgs,
     run_machine,
 };
+pub use netbox::{NetboxCmd, run_netbox};
 pub use output::OutputFormat;
 pub use power::{EnrollArgs, PowerCmd, Targets, run_enroll, run_power, run_pxe_boot};
 pub use rack::{RackCmd, RackEntry, RackUpArgs, read_manifest, run_rack};

@@ -56,6 +56,9 @@ enum Command {
     /// Rack bring-up from a manifest of BMCs.
     #[command(subcommand)]
     Rack(anvil_cli::RackCmd),
+    /// Synchronise with NetBox: a sync (or its plan), the status.
+    #[command(subcommand)]
+    Netbox(anvil_cli::NetboxCmd),
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
@@ -134,6 +137,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Power(cmd) => cli_result(anvil_cli::run_power(&cli.global, cmd).await),
         Command::PxeBoot(t) => cli_result(anvil_cli::run_pxe_boot(&cli.global, t).await),
         Command::Rack(cmd) => cli_result(anvil_cli::run_rack(&cli.global, cmd).await),
+        Command::Netbox(cmd) => cli_result(anvil_cli::run_netbox(&cli.global, cmd).await),
     }
 }
 
