@@ -20,9 +20,11 @@ log() { printf '\n=== %s\n' "$*"; }
 #                                 server beside Anvil's proxyDHCP
 # cpio kmod                       building the test initrd
 # openipmi ipmitool               ipmi_sim BMCs and the IPMI fallback driver
+# musl-tools zstd lldpd           the commissioning ramdisk (static agent,
+#                                 compression) and the LLDP neighbour of its test
 PACKAGES=(postgresql chromium chromium-driver iproute2 busybox-static isc-dhcp-client
     atftp tftp-hpa curl qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf dnsmasq-base
-    cpio kmod openipmi ipmitool)
+    cpio kmod openipmi ipmitool musl-tools zstd lldpd)
 need=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
@@ -70,6 +72,11 @@ if [[ "${1:-}" == "--setup-only" ]]; then
     echo "export ANVIL_TEST_POSTGRES_URL=$ANVIL_TEST_POSTGRES_URL"
     exit 0
 fi
+
+# --- the commissioning ramdisk (rebuilt only when missing or stale) ----------
+log "ramdisk (scripts/ramdisk/build.sh)"
+export ANVIL_RAMDISK_DIR="$PWD/target/ramdisk"
+bash scripts/ramdisk/build.sh "$ANVIL_RAMDISK_DIR"
 
 # --- Rust ----------------------------------------------------------------------
 log "cargo fmt --check"
