@@ -68,8 +68,17 @@ log "sushy-tools venv"
 export ANVIL_SUSHY_VENV
 ANVIL_SUSHY_VENV=$(bash crates/anvil-power-redfish/scripts/sushy-venv.sh "$PWD/target/sushy-venv")
 
+# --- NetBox 4.7 (issue #5): venv from PyPI + a migrated template database -----
+# Once per clean machine (~1 min pip, ~5-7 min migrate on 2 cores), then a few
+# psql round trips; each NetBox test clones the template (scripts/netbox/).
+log "NetBox (scripts/netbox/setup.sh)"
+# (Assigned first: `eval "$(...)"` would ignore setup.sh failing.)
+netbox_exports=$(bash scripts/netbox/setup.sh "$PWD/target/netbox")
+eval "$netbox_exports"
+
 if [[ "${1:-}" == "--setup-only" ]]; then
     echo "export ANVIL_TEST_POSTGRES_URL=$ANVIL_TEST_POSTGRES_URL"
+    echo "export ANVIL_NETBOX_HOME=$ANVIL_NETBOX_HOME"
     exit 0
 fi
 
