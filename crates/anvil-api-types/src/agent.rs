@@ -450,6 +450,36 @@ pub struct CommissionRequest {
     pub tests: Vec<HardwareTest>,
 }
 
+/// Body of `POST /api/v1/actions/commission`: the machines (as for the
+/// other bulk actions: by tag, state or list, combined with AND) and the
+/// hardware tests to run on each.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkCommission {
+    #[serde(default)]
+    pub tag: Option<String>,
+    #[serde(default)]
+    pub state: Option<MachineState>,
+    /// Machine ids or hostnames.
+    #[serde(default)]
+    pub machines: Option<Vec<String>>,
+    #[serde(default)]
+    pub tests: Vec<HardwareTest>,
+}
+
+impl BulkCommission {
+    pub fn split(self) -> (crate::BulkSelector, CommissionRequest) {
+        (
+            crate::BulkSelector {
+                tag: self.tag,
+                state: self.state,
+                machines: self.machines,
+            },
+            CommissionRequest { tests: self.tests },
+        )
+    }
+}
+
 /// One step of a commissioning run, as operators see it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct RunStep {

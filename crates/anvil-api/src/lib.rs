@@ -5,6 +5,7 @@
 //! `error.rs`). The OpenAPI document is generated from the annotations here,
 //! served at `/api/v1/openapi.json` and committed at `openapi/anvil.json`.
 
+pub mod agent;
 mod error;
 mod extract;
 pub mod netbox;
@@ -65,6 +66,7 @@ pub fn router(app: App) -> Router {
         .route("/tokens/{id}", axum::routing::delete(revoke_token))
         .route("/users", get(list_users).post(create_user))
         .route("/users/{username}/password", put(set_password))
+        .merge(agent::router())
         .merge(netbox::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -128,6 +130,7 @@ impl utoipa::Modify for BearerAuth {
 /// The OpenAPI document as pretty JSON, exactly as committed in `openapi/anvil.json`.
 pub fn openapi_document() -> String {
     let mut doc = ApiDoc::openapi();
+    doc.merge(agent::AgentDoc::openapi());
     doc.merge(netbox::NetboxDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut s = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_string());

@@ -118,6 +118,21 @@ pub fn render(
     mac: MacAddr,
     machine: Option<&KnownMachine>,
 ) -> Result<String, BootError> {
+    render_with_token(stage, template, server_url, mac, machine, None)
+}
+
+/// `render`, with the per-boot agent token for stages that run the agent
+/// (`anvil.token=…` on the kernel command line, `agent_token` in templates).
+/// The token is minted by the caller for this one boot; it is URL-safe
+/// base64, so it needs no quoting on a command line.
+pub fn render_with_token(
+    stage: Stage,
+    template: &str,
+    server_url: &str,
+    mac: MacAddr,
+    machine: Option<&KnownMachine>,
+    agent_token: Option<&str>,
+) -> Result<String, BootError> {
     let server_url = server_url.trim_end_matches('/');
     let dir = stage.files_dir().unwrap_or("discovery");
     let mac_s = mac.to_string();
@@ -125,9 +140,20 @@ pub fn render(
     let mac_dashed = mac_s.replace(':', "-");
     // BOOTIF tells the ramdisk which interface it booted from (pxelinux's
     // convention, which Debian's initramfs and our agent understand).
-    let cmdline = format!(
+    let mut cmdline = format!(
         "anvil.url={server_url} anvil.mac={mac_s} BOOTIF=01-{mac_dashed} console=tty0 console=ttyS0,115200"
     );
+    // Only a token that cannot break the command line is passed on.
+    let agent_token = agent_token.filter(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if let Some(t) = agent_token {
+        cmdline.push_str(" anvil.token=");
+        cmdline.push_str(t);
+    }
     let hostname = machine.map(|m| m.hostname.clone()).unwrap_or_default();
     let machine_id = machine.map(|m| m.id.to_string()).unwrap_or_default();
     let state = machine.map(|m| m.state.as_str()).unwrap_or("");
@@ -142,6 +168,7 @@ pub fn render(
         kernel_url => format!("{server_url}/boot/files/{dir}/vmlinuz?mac={mac_q}"),
         initrd_url => format!("{server_url}/boot/files/{dir}/initrd.img?mac={mac_q}"),
         cmdline => cmdline,
+        agent_token => agent_token.unwrap_or(""),
     };
     let name = stage.template_name();
     let mut env = minijinja::Environment::new();
@@ -171,6 +198,50 @@ pub fn mac_from_script_name(segment: &str) -> Option<MacAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commissioning_scripts_carry_the_agent_token() {
+        let m = KnownMachine {
+            id: Uuid::nil(),
+            hostname: "node-1".into(),
+            state: MachineState::Commissioning,
+        };
+        let mac = MacAddr([0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        let stage = decide(Some(&m));
+        let script = render_with_token(
+            stage,
+            builtin_template(stage),
+            "http://10.77.0.1:8080/",
+            mac,
+            Some(&m),
+            Some("AbC-_123"),
+        )
+        .unwrap();
+        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(
+            kernel.contains(
+                "anvil.url=http://10.77.0.1:8080 anvil.mac=52:54:00:12:34:56 BOOTIF=01-52-54-00-12-34-56"
+            ),
+            "{kernel}"
+        );
+        assert!(
+            kernel.contains(" console=ttyS0,115200 anvil.token=AbC-_123 "),
+            "{kernel}"
+        );
+        // A token that could break the command line is dropped, not passed.
+        let script = render_with_token(
+            stage,
+            builtin_template(stage),
+            "http://a",
+            mac,
+            Some(&m),
+            Some("x y"),
+        )
+        .unwrap();
+        assert!(!script.contains("anvil.token"), "{script}");
+        let plain = render(stage, builtin_template(stage), "http://a", mac, Some(&m)).unwrap();
+        assert!(!plain.contains("anvil.token"));
+    }
 
     fn m(state: MachineState) -> KnownMachine {
         KnownMachine {

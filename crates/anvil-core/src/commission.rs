@@ -506,6 +506,61 @@ impl App {
         Ok(())
     }
 
+    /// `[commissioning] on_discovery`: a machine PXE-booting for the first
+    /// time (unknown MAC, or `new` and never commissioned) is created if
+    /// needed and commissioned in the same boot, without tests. Returns the
+    /// machine now in `commissioning`, or `None` when it does not qualify.
+    /// Touches only the store (never a BMC): it runs on the HTTP boot path.
+    pub async fn commission_discovered(&self, mac: MacAddr) -> Result<Option<Machine>> {
+        let existing = match self.store.machine_id_by_mac(&mac).await? {
+            Some(id) => self.store.get_machine(id).await?,
+            None => None,
+        };
+        let m = match existing {
+            Some(m) => m,
+            None => {
+                let create = anvil_api_types::MachineCreate {
+                    hostname: crate::boot::discovered_hostname(&mac),
+                    facts: Some(json!({ "discovered": { "via": "http", "commission": true } })),
+                    interfaces: vec![anvil_api_types::InterfaceInput {
+                        mac: mac.to_string(),
+                        name: Some("eth0".into()),
+                        pxe: Some(true),
+                        ipv4: None,
+                    }],
+                    ..Default::default()
+                };
+                match self.create_machine(&Principal::System, create).await {
+                    Ok(m) => m,
+                    // DHCP discovery created it a moment ago.
+                    Err(Error::Duplicate { .. }) => match self.store.machine_id_by_mac(&mac).await?
+                    {
+                        Some(id) => match self.store.get_machine(id).await? {
+                            Some(m) => m,
+                            None => return Ok(None),
+                        },
+                        None => return Ok(None),
+                    },
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        if m.state != MachineState::New || !self.store.commissioning_runs(m.id, 1).await?.is_empty()
+        {
+            return Ok(None);
+        }
+        match self
+            .queue_commission(&Principal::System, m.clone(), &[])
+            .await
+        {
+            Ok(_) => {}
+            // Two script fetches of the same boot raced; the other started it.
+            Err(Error::Concurrent { .. } | Error::Transition { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        Ok(self.store.get_machine(m.id).await?)
+    }
+
     /// Mints a per-boot agent token for the machine's running run, for the
     /// kernel command line of the iPXE script being rendered. `None` when
     /// the machine has no running run (or minted too many for it).

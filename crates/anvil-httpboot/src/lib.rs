@@ -12,7 +12,7 @@
 //! Each step is recorded in the machine's boot timeline; the `?mac=` query
 //! the scripts add to kernel and ramdisk URLs says whose boot it is.
 
-use anvil_boot::{Stage, builtin_template, decide, mac_from_script_name, render};
+use anvil_boot::{Stage, builtin_template, decide, mac_from_script_name, render_with_token};
 use anvil_core::App;
 use anvil_types::MacAddr;
 use axum::Router;
@@ -98,19 +98,67 @@ async fn script(ctx: &Ctx, name: &str, headers: &HeaderMap) -> Response {
                 .into_response();
         }
     };
-    let known = machine.as_ref().map(|m| anvil_boot::KnownMachine {
+    let mut known = machine.as_ref().map(|m| anvil_boot::KnownMachine {
         id: m.id,
         hostname: m.hostname.clone(),
         state: m.state,
     });
+    // With `[commissioning] on_discovery`, an unknown machine (or one DHCP
+    // discovery just created, still `new` and never commissioned) is
+    // commissioned in this same boot.
+    if ctx.app.commissioning_config().on_discovery
+        && known
+            .as_ref()
+            .is_none_or(|k| k.state == anvil_types::MachineState::New)
+    {
+        match ctx.app.commission_discovered(mac).await {
+            Ok(Some(m)) => {
+                known = Some(anvil_boot::KnownMachine {
+                    id: m.id,
+                    hostname: m.hostname,
+                    state: m.state,
+                })
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(%mac, error = %anvil_core::error_chain(&e), "cannot commission a discovered machine")
+            }
+        }
+    }
     let stage = decide(known.as_ref());
+    // A per-boot token for the agent; minted here because only its hash is
+    // stored (see docs/agent-protocol.md).
+    let agent_token = match (&known, stage) {
+        (Some(k), Stage::Commissioning) => match ctx.app.mint_agent_token(k.id).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(%mac, error = %anvil_core::error_chain(&e), "cannot mint an agent token");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the inventory is unavailable; retry\n",
+                )
+                    .into_response();
+            }
+        },
+        _ => None,
+    };
+    if stage == Stage::Commissioning && agent_token.is_none() {
+        tracing::warn!(%mac, "machine in commissioning without a running commissioning run: its agent will have no token; start one with `anvil machine commission`");
+    }
     let override_path = ctx.cfg.data_dir.join("ipxe").join(stage.template_name());
     let template = match tokio::fs::read_to_string(&override_path).await {
         Ok(t) => t,
         Err(_) => builtin_template(stage).to_string(),
     };
     let server_url = server_url(headers);
-    match render(stage, &template, &server_url, mac, known.as_ref()) {
+    match render_with_token(
+        stage,
+        &template,
+        &server_url,
+        mac,
+        known.as_ref(),
+        agent_token.as_deref(),
+    ) {
         Ok(body) => {
             ctx.app.record_boot(
                 mac,

@@ -27,6 +27,9 @@ pub struct Config {
     /// DHCP: serves nothing until a `[[dhcp.network]]` is configured.
     pub dhcp: anvil_dhcp::DhcpConfig,
     pub power: PowerConfig,
+    /// Commissioning: timeout, power-off when done, LLDP window, tests.
+    #[serde(default)]
+    pub commissioning: crate::commissioning_config::CommissioningSection,
     /// Synchronisation with NetBox (off unless configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netbox: Option<crate::netbox_config::NetboxConfig>,
@@ -116,6 +119,7 @@ impl Default for Config {
             tftp: anvil_tftp::TftpConfig::default(),
             dhcp: anvil_dhcp::DhcpConfig::default(),
             power: PowerConfig::default(),
+            commissioning: Default::default(),
             netbox: None,
         }
     }

@@ -5,6 +5,7 @@
 //! (`anvil-cli`).
 
 mod boot_services;
+mod commissioning_config;
 mod config;
 mod netbox_config;
 mod power_drivers;

@@ -58,7 +58,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         .with_power(
             std::sync::Arc::new(crate::power_drivers::Drivers::default()),
             limits,
-        );
+        )
+        .with_commissioning(cfg.commissioning.settings());
     let app = match &cfg.netbox {
         Some(n) => app.with_netbox(n.settings()?),
         None => app,
@@ -90,6 +91,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     app.start_background();
+    app.start_commissioning_watcher();
     if cfg.power.poll_interval_secs > 0 {
         app.start_power_poller();
     }
