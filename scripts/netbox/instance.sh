@@ -16,6 +16,8 @@
 # this instance) and drops the database. Logs stay in DIR.
 #
 # Reads ANVIL_NETBOX_HOME (printed by setup.sh; default <target dir>/netbox).
+# ANVIL_NETBOX_OWNER_PID (optional): stop the instance by itself once this
+# process has exited (the Rust helper passes the test process).
 # ANVIL_NETBOX_WORKERS sets the number of gunicorn workers (default 2).
 set -euo pipefail
 
@@ -58,7 +60,8 @@ ours() {
 kill_ours() {
     local pid pids=() alive
     for pid in "$@"; do
-        if ours "$pid"; then
+        # $$: stop run by the watchdog, which is one of the instance's PIDs.
+        if [[ $pid != "$$" ]] && ours "$pid"; then
             kill -TERM "$pid" 2>/dev/null || true
             pids+=("$pid")
         fi
@@ -152,6 +155,16 @@ start() {
         </dev/null >"$dir/rqworker.log" 2>&1 &
     pids+=($!)
     note_started
+
+    # A test process killed before its Drop runs (SIGKILL, a timeout) would
+    # leave the instance running: a watchdog stops it when the owner is gone.
+    if [[ -n ${ANVIL_NETBOX_OWNER_PID:-} ]]; then
+        setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
+            exec bash "$2" stop "$3"' watchdog "$ANVIL_NETBOX_OWNER_PID" "$here/instance.sh" "$dir" \
+            </dev/null >>"$dir/watchdog.log" 2>&1 &
+        pids+=($!)
+        note_started
+    fi
 
     # The superuser and its tokens, while gunicorn and the worker load.
     local password

@@ -18,7 +18,9 @@ NETBOX_VERSION=4.7.3
 # Everything keyed by the version: bumping it builds a new venv and template
 # beside the old ones instead of mixing them.
 VERSION_TAG=${NETBOX_VERSION//./_}
-TEMPLATE_DB="anvil_netbox_tpl_${VERSION_TAG}"
+# ANVIL_NETBOX_TEMPLATE_DB only to prove a from-scratch setup without dropping
+# the template other runs on this machine are cloning.
+TEMPLATE_DB=${ANVIL_NETBOX_TEMPLATE_DB:-anvil_netbox_tpl_${VERSION_TAG}}
 PG_ROLE=anvil_netbox
 PG_PASSWORD=anvil_netbox
 

@@ -82,6 +82,8 @@ impl NetBox {
             .tempdir_in(std::env::temp_dir())
             .map_err(Error::TempDir)?;
         let output = instance_command(home, "start", dir.path())
+            // If this process dies before Drop runs, instance.sh's watchdog stops NetBox.
+            .env("ANVIL_NETBOX_OWNER_PID", std::process::id().to_string())
             .output()
             .map_err(Error::Spawn)?;
         if !output.status.success() {
