@@ -108,3 +108,40 @@ fn c_text(raw: &[u8]) -> Option<String> {
     let s = String::from_utf8_lossy(&raw[..end]).trim().to_string();
     (!s.is_empty()).then_some(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On this machine's real interfaces the ioctl must agree with sysfs
+    /// about the driver: proof that the structure layout is right.
+    #[test]
+    fn drvinfo_agrees_with_sysfs_on_this_machine() {
+        let sock = EthtoolSocket::open().unwrap();
+        let mut checked = 0;
+        for entry in std::fs::read_dir("/sys/class/net").unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            let Ok(driver) = std::fs::read_link(format!("/sys/class/net/{name}/device/driver"))
+            else {
+                // Virtual interfaces (veth in a container) still answer,
+                // except loopback.
+                if name != "lo" {
+                    assert!(sock.drvinfo(&name).unwrap().driver.is_some(), "{name}");
+                    checked += 1;
+                }
+                continue;
+            };
+            let driver = driver.file_name().unwrap().to_string_lossy().into_owned();
+            let info = sock.drvinfo(&name).unwrap();
+            assert_eq!(info.driver.as_deref(), Some(driver.as_str()), "{name}");
+            // Whatever the permanent address is, it is well-formed.
+            if let Some(mac) = sock.permanent_mac(&name).unwrap() {
+                assert!(crate::is_mac(&mac), "{mac}");
+            }
+            checked += 1;
+        }
+        assert!(checked > 0, "no interface to check");
+        assert!(sock.drvinfo("nosuch0").is_err());
+        assert!(sock.drvinfo("a-name-far-too-long").is_err());
+    }
+}

@@ -242,6 +242,8 @@ const MAX_THREADS: u64 = 1 << 16;
 const MAX_SOCKETS: u64 = 64;
 /// 1 PiB of RAM.
 const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// The largest size SMBIOS can express for one memory device (2 PiB).
+const MAX_DIMM_BYTES: u64 = 0x7fff_ffff << 20;
 /// 1 EiB for a single block device.
 const MAX_DISK_BYTES: u64 = 1 << 60;
 /// 10 Tbit/s.
@@ -314,12 +316,7 @@ impl HardwareFacts {
             let p = format!("memory.dimms[{i}]");
             v.text(&format!("{p}.locator"), Some(&d.locator));
             v.text(&format!("{p}.bank_locator"), d.bank_locator.as_deref());
-            v.range(
-                &format!("{p}.size_bytes"),
-                d.size_bytes,
-                0,
-                MAX_MEMORY_BYTES,
-            );
+            v.range(&format!("{p}.size_bytes"), d.size_bytes, 0, MAX_DIMM_BYTES);
             v.text(&format!("{p}.type"), d.memory_type.as_deref());
             if let Some(s) = d.speed_mts {
                 v.range(&format!("{p}.speed_mts"), s.into(), 0, MAX_MHZ);

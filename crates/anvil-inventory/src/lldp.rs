@@ -113,8 +113,8 @@ pub fn parse_lldpdu(pdu: &[u8]) -> Result<LldpNeighbor, Error> {
                     len: value.len(),
                 })?;
                 let vid = u16::from_be_bytes([b[0], b[1]]);
-                // 0 means "port does not support VLANs / no PVID".
-                n.vlan_id = (vid != 0).then_some(vid);
+                // 0 means "no PVID"; 4095 and above are not VLAN IDs.
+                n.vlan_id = (1..=4094).contains(&vid).then_some(vid);
             }
             _ => {} // capabilities, other organizations' TLVs: not stored
         }

@@ -141,9 +141,11 @@ fn memory_device(st: &Structure) -> Option<Dimm> {
     };
     let speed_mts = match st.word(0x15) {
         Some(0) | None => None,
-        Some(0xffff) => st.dword(0x54).filter(|&v| v != 0),
+        Some(0xffff) => st.dword(0x54),
         Some(v) => Some(u32::from(v)),
-    };
+    }
+    // 0 is "unknown"; beyond 100,000 MT/s is a corrupt table, not a DIMM.
+    .filter(|&v| (1..=100_000).contains(&v));
     Some(Dimm {
         locator: st.string(0x10).unwrap_or_default(),
         bank_locator: st.string(0x11),
@@ -294,11 +296,15 @@ pub(crate) fn clean(raw: &str) -> Option<String> {
         "no dimm",
         "dimm_sn",
     ];
+    // Real firmware strings are short (the specification suggests 64
+    // bytes); a corrupt table's run-on string is cut at 256 characters.
     let t: String = raw
         .trim_matches(|c: char| c.is_whitespace() || c == '\0')
         .chars()
         .filter(|c| !c.is_control())
+        .take(256)
         .collect();
+    let t = t.trim_end().to_string();
     let lower = t.to_ascii_lowercase();
     if t.is_empty() || PLACEHOLDERS.contains(&lower.as_str()) {
         None

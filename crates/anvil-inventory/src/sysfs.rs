@@ -34,8 +34,22 @@ impl<'a> Tree<'a> {
     }
 
     pub(crate) fn note(&mut self, path: &Path, what: impl std::fmt::Display) {
-        let shown = self.shown(path);
-        self.problems.push(format!("{shown}: {what}"));
+        // Bounded, like everything in a report (see HardwareFacts::validate).
+        const MAX_NOTED: usize = 500;
+        if self.problems.len() < MAX_NOTED {
+            let mut line = format!("{}: {what}", self.shown(path));
+            if line.len() > 1024 {
+                let mut cut = 1024;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+            }
+            self.problems.push(line);
+        } else if self.problems.len() == MAX_NOTED {
+            self.problems
+                .push("further problems not listed".to_string());
+        }
     }
 
     /// Raw bytes of a file; `None` if it does not exist or cannot be read.
