@@ -600,7 +600,9 @@ impl App {
         body: &[u8],
         signature: Option<&str>,
     ) -> Result<Option<u64>> {
-        let ctl = self.netbox_ctl()?.clone();
+        // Without a configuration or a secret nothing can be verified: 401,
+        // as for a wrong signature (an unauthenticated caller learns nothing).
+        let ctl = self.netbox.clone().ok_or(Error::Unauthenticated)?;
         let Some(secret) = ctl.settings.webhook_secret.as_deref() else {
             return Err(Error::Unauthenticated);
         };

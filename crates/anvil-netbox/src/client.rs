@@ -251,7 +251,9 @@ impl NetBoxClient {
             let last = attempt >= self.cfg.max_attempts.max(1);
             match req.send().await {
                 Err(e) => {
-                    let retry = !last && (e.is_connect() || (idempotent && e.is_timeout()));
+                    // A connection refused never reached NetBox; a GET or PATCH
+                    // may be repeated whatever happened (reset, timeout).
+                    let retry = !last && (e.is_connect() || idempotent);
                     if !retry {
                         return Err(Error::Unreachable {
                             url: self.base.to_string(),

@@ -182,6 +182,16 @@ fn routes(machine: &str, iface: &str, token: &str) -> Vec<Route> {
             Some(json!({"password": "password1", "old": "x"})),
             false,
         ),
+        // NetBox: the webhook is authenticated by its signature (401 without).
+        r(Method::POST, "/netbox/webhook".into(), None, None, false),
+        r(Method::GET, "/netbox/status".into(), None, None, false),
+        r(
+            Method::POST,
+            "/netbox/sync".into(),
+            Some(json!({"dry_run": "yes"})),
+            Some(json!({"dry_run": true, "force": 1})),
+            false,
+        ),
     ]
 }
 
