@@ -154,8 +154,22 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if let Some(mut child) = self.lldpd.take() {
-            // SIGTERM by PID lets lldpd take its privilege-separated child down too.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            // lldpd forks a privilege-separated worker. Stop the worker first
+            // so the monitor (our child) reaps it and exits on its own; then
+            // make sure of the monitor. Both by PID, both started by us.
+            let pid = child.id();
+            let workers = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+                .unwrap_or_default();
+            for worker in workers
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+            {
+                // SAFETY: kill(2) on a PID read from our child's children list.
+                unsafe { libc::kill(worker, libc::SIGTERM) };
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if child.try_wait().ok().flatten().is_some() {
@@ -201,6 +215,40 @@ fn hears_lldpd_and_stops_at_the_first_neighbour() {
     // lldpd sends every second: stopping at the first neighbour returns long
     // before the 30 s window.
     assert!(elapsed < Duration::from_secs(15), "took {elapsed:?}");
+    // The host end started down; listen_lldp brought it up.
+    let link = Command::new("ip")
+        .args(["-n", &lab.host_ns, "-o", "link", "show", "dev", &host])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(link.contains(",UP"), "{link}");
+}
+
+#[test]
+fn without_early_stop_listens_the_window_and_keeps_one_entry_per_neighbour() {
+    let mut lab = Lab::new("d");
+    let (sw, host) = lab.link(0, "02:00:5e:77:00:04");
+    lab.start_lldpd(&sw);
+    let window = Duration::from_secs(3);
+    let started = Instant::now();
+    let interfaces = vec![host.clone()];
+    let heard = lab
+        .in_host_ns(move || {
+            listen_lldp_with(
+                &interfaces,
+                &ListenOptions {
+                    window,
+                    stop_after_first: false,
+                    bring_up: true,
+                },
+            )
+        })
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert!(elapsed >= window, "returned after {elapsed:?}");
+    // About three frames from one neighbour: one entry.
+    assert_eq!(heard.len(), 1, "{heard:?}\nlldpd log:\n{}", lab.lldpd_log());
+    assert_eq!(heard[0].port_id, sw);
 }
 
 #[test]
