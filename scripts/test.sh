@@ -22,6 +22,7 @@ log() { printf '\n=== %s\n' "$*"; }
 # openipmi ipmitool               ipmi_sim BMCs and the IPMI fallback driver
 # musl-tools zstd lldpd           the commissioning ramdisk (static agent,
 #                                 compression) and the LLDP neighbour of its test
+#                                 and of anvil-inventory's listen_lldp test
 PACKAGES=(postgresql chromium chromium-driver iproute2 busybox-static isc-dhcp-client
     atftp tftp-hpa curl qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf dnsmasq-base
     cpio kmod openipmi ipmitool musl-tools zstd lldpd)
