@@ -14,6 +14,7 @@
 pub mod error;
 
 mod client;
+mod commission;
 mod machine;
 mod netbox;
 mod output;

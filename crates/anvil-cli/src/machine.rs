@@ -40,6 +40,9 @@ pub enum MachineCmd {
         #[arg(value_parser = parse_segment)]
         target: String,
     },
+    /// Commission machines: boot them into the agent, take the hardware
+    /// inventory (and run the chosen tests); `ready` or `failed` after.
+    Commission(crate::commission::CommissionArgs),
 }
 
 /// Filters and paging of `machine list`.
@@ -205,6 +208,7 @@ pub async fn run_machine(g: &GlobalOpts, cmd: MachineCmd) -> Result<(), CliError
             let machine = edit(g, &args).await?;
             output::print(&render(g.output, &machine, machine_table)?)
         }
+        MachineCmd::Commission(args) => crate::commission::run_commission(g, args).await,
         MachineCmd::Rm { target } => {
             Client::from_opts(g)?.delete_machine(&target).await?;
             if g.output == OutputFormat::Table {

@@ -182,6 +182,48 @@ fn routes(machine: &str, iface: &str, token: &str) -> Vec<Route> {
             Some(json!({"password": "password1", "old": "x"})),
             false,
         ),
+        // Commissioning. The agent routes authenticate by per-boot token
+        // before they read a body, so only the token cases apply to them
+        // here; their bodies are refused in tests/commission.rs.
+        r(
+            Method::POST,
+            format!("/machines/{machine}/actions/commission"),
+            Some(json!({"tests": "cpu"})),
+            Some(json!({"tests": [], "burn_in": true})),
+            false,
+        ),
+        r(
+            Method::POST,
+            "/actions/commission".into(),
+            Some(json!({"machines": "victim"})),
+            Some(json!({"machines": ["victim"], "rack": 1})),
+            false,
+        ),
+        r(
+            Method::GET,
+            format!("/machines/{machine}/hardware"),
+            None,
+            None,
+            true,
+        ),
+        r(
+            Method::GET,
+            format!("/machines/{machine}/commissioning-runs"),
+            None,
+            None,
+            false,
+        ),
+        r(Method::POST, "/agent/register".into(), None, None, false),
+        r(Method::POST, "/agent/heartbeat".into(), None, None, false),
+        r(Method::POST, "/agent/next".into(), None, None, false),
+        r(
+            Method::POST,
+            format!("/agent/steps/{token}/report"),
+            None,
+            None,
+            false,
+        ),
+        r(Method::POST, "/agent/facts".into(), None, None, false),
         // NetBox: the webhook is authenticated by its signature (401 without).
         r(Method::POST, "/netbox/webhook".into(), None, None, false),
         r(Method::GET, "/netbox/status".into(), None, None, false),
