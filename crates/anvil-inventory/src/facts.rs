@@ -135,7 +135,8 @@ pub struct Nic {
     pub permanent_mac: Option<String>,
     /// Kernel driver, e.g. "ixgbe", "virtio_net".
     pub driver: Option<String>,
-    /// Carrier present. `None` when the interface is down (the kernel cannot tell).
+    /// Carrier present. `None` while the interface is administratively
+    /// down (the kernel cannot tell; `listen_lldp` brings interfaces up).
     pub link_up: Option<bool>,
     /// Negotiated speed; `None` without link or when the driver does not say.
     pub speed_mbps: Option<u32>,

@@ -34,11 +34,9 @@ pub(crate) fn collect(tree: &mut Tree, live: bool) -> Vec<Nic> {
             permanent_mac: permanent_mac.filter(|p| *p != mac),
             mac,
             driver: tree.link_name(&device.join("driver")),
-            link_up: link_up.or(match operstate.as_deref() {
-                Some("up") => Some(true),
-                Some("down") | Some("lowerlayerdown") => Some(false),
-                _ => None,
-            }),
+            // An interface that is administratively down has no carrier
+            // reading: its link is unknown, not down.
+            link_up: link_up.or((operstate.as_deref() == Some("up")).then_some(true)),
             speed_mbps,
             pci_address: pci_address_of(&device_path),
             firmware_version,
