@@ -886,3 +886,42 @@ fn cli_commission_with_a_redfish_bmc_powers_on_and_off() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("inventory failed: no disks readable"), "{err}");
 }
+
+/// `[commissioning] on_discovery`: an unknown machine's first iPXE script
+/// already boots the commissioning ramdisk with a token, and the machine is
+/// created and commissioned in that one boot.
+#[tokio::test(flavor = "multi_thread")]
+async fn on_discovery_an_unknown_machine_is_commissioned_in_its_first_boot() {
+    let s = server_with("on_discovery = true");
+    let api = Api::new(&s);
+    let mac = "52:54:00:c0:00:06";
+    let token = api.boot_token(mac).await;
+    let host = "node-525400c00006";
+    let m = api
+        .wait_state(host, "commissioning", Duration::from_secs(5))
+        .await;
+    assert_eq!(m["interfaces"][0]["mac"], mac);
+    let agent = Agent { api: &api, token };
+    assert_eq!(agent.register(mac).await.0, StatusCode::OK);
+    agent
+        .inventory(facts(mac, &[("vda", "D-1", 1 << 30)]))
+        .await;
+    api.wait_state(host, "ready", Duration::from_secs(10)).await;
+    // A machine that was commissioned once is not commissioned again by
+    // booting: ready machines boot their disk.
+    let script = api
+        .c
+        .get(format!("{}/boot/{mac}.ipxe", api.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!script.contains("anvil.token"), "{script}");
+    let runs = api
+        .get(&format!("/machines/{host}/commissioning-runs"))
+        .await
+        .1;
+    assert_eq!(runs["items"].as_array().unwrap().len(), 1);
+}
