@@ -33,7 +33,9 @@ state=$(cd "$state" && pwd)
 log() { printf 'netbox-setup: %s\n' "$*" >&2; }
 die() { printf 'netbox-setup: error: %s\n' "$*" >&2; exit 1; }
 
-exec 9>"$state/setup.lock"
+# Every daemon started below gets `9>&- 8>&-`: one that inherited a lock fd
+# would hold the lock for its whole life and hang the next setup.
+exec 9>"$state/setup.flock"
 flock 9
 
 # --- Debian packages ------------------------------------------------------------
@@ -62,14 +64,17 @@ if ! pg_lsclusters -h | awk '{print $4}' | grep -q online; then
         pg_createcluster "$PG_VERSION" main >&2
     fi
     log "starting PostgreSQL $PG_VERSION"
-    pg_ctlcluster "$PG_VERSION" main start >&2
+    pg_ctlcluster "$PG_VERSION" main start >&2 9>&- 8>&-
 fi
 PG_PORT=$(pg_lsclusters -h | awk '$4 == "online" {print $3; exit}')
 for _ in $(seq 1 30); do
     runuser -u postgres -- pg_isready -q -p "$PG_PORT" && break
     sleep 1
 done
-pg_super() { runuser -u postgres -- psql -X -q -p "$PG_PORT" -v ON_ERROR_STOP=1 "$@"; }
+pg_super() {
+    PGOPTIONS='-c client_min_messages=warning' runuser -u postgres -- \
+        psql -X -q -p "$PG_PORT" -v ON_ERROR_STOP=1 "$@"
+}
 # A role of our own: instance.sh creates and drops databases with it over
 # loopback, without root or the postgres user. synchronous_commit off: a test
 # NetBox need not survive a crash, and migrating and seeding get much faster.
@@ -176,6 +181,10 @@ PY
 fi
 
 # --- the template database, migrated once per NetBox version ------------------
+# The template is per cluster, not per STATE_DIR: two checkouts setting up at
+# once must not both build it.
+exec 8>"/tmp/anvil-netbox-$TEMPLATE_DB-$PG_PORT.lock"
+flock 8
 if ! template_exists; then
     building="${TEMPLATE_DB}_build"
     log "migrating a fresh NetBox $NETBOX_VERSION database (~330 migrations, several minutes)"
@@ -185,7 +194,7 @@ if ! template_exists; then
     # The migrations touch the cache: give them a Redis of their own.
     redis_dir=$(mktemp -d)
     redis-server --port 0 --unixsocket "$redis_dir/redis.sock" --save '' --appendonly no \
-        --daemonize no >"$redis_dir/redis.log" 2>&1 &
+        --daemonize no >"$redis_dir/redis.log" 2>&1 9>&- 8>&- &
     redis_pid=$!
     trap 'kill $redis_pid 2>/dev/null; rm -rf "$redis_dir"' EXIT
     for _ in $(seq 1 50); do [[ -S $redis_dir/redis.sock ]] && break; sleep 0.1; done
@@ -202,6 +211,8 @@ if ! template_exists; then
     pg_super -c "ALTER DATABASE $TEMPLATE_DB IS_TEMPLATE true" >/dev/null
     log "template $TEMPLATE_DB migrated in $(($(date +%s) - start)) s"
 fi
+
+exec 8>&-
 
 # --- what instance.sh reads ----------------------------------------------------
 cat >"$state/netbox.env.tmp" <<ENV
