@@ -179,3 +179,31 @@ pub(crate) fn collect(tree: &mut Tree) -> Cpu {
         mhz: info.mhz,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_aarch64_cpuinfo() {
+        // Ampere Altra layout: no model name, no topology, "Features".
+        let text = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\nCPU implementer\t: 0x41\nCPU architecture: 8\n\nprocessor\t: 1\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics\nCPU implementer\t: 0x41\n\n";
+        let info = parse_cpuinfo(text);
+        assert_eq!(info.processors, 2);
+        assert_eq!(info.model, None);
+        assert_eq!(info.vendor.as_deref(), Some("0x41"));
+        assert_eq!(
+            info.flags,
+            ["aes", "asimd", "atomics", "crc32", "sha1", "sha2"]
+        );
+        assert!(info.packages.is_empty());
+    }
+
+    #[test]
+    fn garbage_is_not_a_processor() {
+        let info = parse_cpuinfo("processor : x\nflags : vmx\n\nnonsense\n\n");
+        assert_eq!(info.processors, 0);
+        assert_eq!(info.flags, ["vmx"]);
+        assert_eq!(parse_cpuinfo(""), CpuInfo::default());
+    }
+}

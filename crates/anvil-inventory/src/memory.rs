@@ -14,3 +14,21 @@ pub fn parse_meminfo_total(text: &str) -> Option<u64> {
         value.checked_mul(multiplier)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_memtotal() {
+        let text = "MemTotal:       16337060 kB\nMemFree:         1000000 kB\n";
+        assert_eq!(parse_meminfo_total(text), Some(16337060 * 1024));
+        assert_eq!(parse_meminfo_total("MemFree: 1 kB\n"), None);
+        assert_eq!(parse_meminfo_total("MemTotal: lots kB\n"), None);
+        assert_eq!(parse_meminfo_total("MemTotal: 1 MB\n"), None);
+        assert_eq!(
+            parse_meminfo_total("MemTotal: 18446744073709551615 kB\n"),
+            None
+        );
+    }
+}

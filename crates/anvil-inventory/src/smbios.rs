@@ -320,6 +320,11 @@ mod tests {
     /// Captured from QEMU 7.2 + SeaBIOS by tests/fixtures/capture-smbios.sh.
     const QEMU_PC: &[u8] = include_bytes!("../tests/fixtures/qemu-seabios-pc.DMI");
     const QEMU_Q35_20G: &[u8] = include_bytes!("../tests/fixtures/qemu-seabios-q35-20g.DMI");
+    /// /sys/firmware/dmi/tables/DMI as Linux 6.1 (the ramdisk kernel) shows
+    /// it in a QEMU q35 guest with OVMF (UEFI, SMBIOS 3.0 entry point) and
+    /// the -smbios values of tests/fixtures/capture-smbios.sh; read inside
+    /// the guest and printed as hex on its serial console.
+    const QEMU_OVMF_LINUX: &[u8] = include_bytes!("../tests/fixtures/qemu-ovmf-linux.DMI");
 
     #[test]
     fn parses_the_identification_qemu_was_given() {
@@ -348,6 +353,21 @@ mod tests {
         assert_eq!(d.chassis_serial.as_deref(), Some("CHASSIS-SN-5"));
         assert_eq!(d.chassis_asset_tag.as_deref(), Some("RACK12-U4"));
         assert_eq!(d.chassis_type.as_deref(), Some("Other"));
+    }
+
+    #[test]
+    fn parses_the_table_linux_exposes_under_uefi() {
+        let uefi = parse(QEMU_OVMF_LINUX);
+        let bios = parse(QEMU_PC);
+        // Same -smbios values, other firmware: same identification.
+        assert_eq!(uefi.dmi.system_uuid, bios.dmi.system_uuid);
+        assert_eq!(uefi.dmi.system_serial.as_deref(), Some("SYS-SERIAL-0042"));
+        assert_eq!(uefi.dmi.board_serial.as_deref(), Some("BOARD-SN-9"));
+        assert_eq!(uefi.dmi.chassis_asset_tag.as_deref(), Some("RACK12-U4"));
+        assert_eq!(uefi.dmi.bios_vendor.as_deref(), Some("AnvilBIOS"));
+        assert_eq!(uefi.dimms.len(), 1);
+        assert_eq!(uefi.dimms[0].speed_mts, Some(3200));
+        assert_eq!(uefi.dimms[0].part_number.as_deref(), Some("AR-1024"));
     }
 
     #[test]
