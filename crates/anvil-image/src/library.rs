@@ -187,8 +187,9 @@ impl ImageLibrary {
         }
     }
 
-    /// Converts `source` into the library: one thread reads and decodes,
-    /// this one hashes, maps zeros and feeds the multithreaded zstd encoder.
+    /// Converts `source` into the library in a three-stage pipeline: one
+    /// thread reads and decodes, one hashes, this one maps zeros and feeds
+    /// the multithreaded zstd encoder. Buffers go round in a fixed set.
     fn store<S: RawSource>(
         &self,
         source: S,
@@ -203,18 +204,28 @@ impl ImageLibrary {
         let map_out = map_tmp
             .reopen()
             .map_err(Error::io("reopen", map_tmp.path()))?;
-        let (full_tx, full_rx) = sync_channel::<Result<Msg>>(DEPTH);
-        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(DEPTH + 2);
-        for _ in 0..DEPTH + 2 {
+        let (decoded_tx, decoded_rx) = sync_channel::<Result<Msg>>(DEPTH);
+        let (hashed_tx, hashed_rx) = sync_channel::<Result<Msg>>(DEPTH);
+        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2 * DEPTH + 3);
+        for _ in 0..2 * DEPTH + 3 {
             empty_tx
                 .send(Vec::with_capacity(CHUNK + (2 << 20)))
                 .expect("channel has room");
         }
         let data_path = data_tmp.path().to_owned();
         let map_path = map_tmp.path().to_owned();
-        let (digest, stats, head) = std::thread::scope(|scope| {
-            scope.spawn(move || produce(source, full_tx, empty_rx));
-            consume(full_rx, empty_tx, data_out, &data_path, map_out, &map_path)
+        let (digest, written) = std::thread::scope(|scope| {
+            scope.spawn(move || produce(source, decoded_tx, empty_rx));
+            let hasher = scope.spawn(move || hash(decoded_rx, hashed_tx));
+            let written = write(
+                hashed_rx, empty_tx, data_out, &data_path, map_out, &map_path,
+            );
+            (hasher.join(), written)
+        });
+        let (stats, head) = written?;
+        let digest = digest.map_err(|_| Error::Read {
+            offset: 0,
+            source: io::Error::other("hashing thread panicked"),
         })?;
         if stats.raw_size == 0 {
             return Err(Error::Empty);
@@ -322,7 +333,11 @@ enum Msg {
     Zero(u64),
 }
 
-fn produce<S: RawSource>(mut source: S, full: SyncSender<Result<Msg>>, empty: Receiver<Vec<u8>>) {
+fn produce<S: RawSource>(
+    mut source: S,
+    decoded: SyncSender<Result<Msg>>,
+    empty: Receiver<Vec<u8>>,
+) {
     let mut spare = None;
     loop {
         let Some(mut buf) = spare.take().or_else(|| empty.recv().ok()) else {
@@ -330,6 +345,13 @@ fn produce<S: RawSource>(mut source: S, full: SyncSender<Result<Msg>>, empty: Re
         };
         let msg = match source.next_piece(&mut buf, CHUNK) {
             Ok(None) => return,
+            // Whole zero buffers of a raw stream travel as holes: cheaper to
+            // hash, and stored as zstd RLE blocks without compressing.
+            Ok(Some(Piece::Data)) if zeromap::is_zero(&buf) => {
+                let n = buf.len() as u64;
+                spare = Some(buf);
+                Ok(Msg::Zero(n))
+            }
             Ok(Some(Piece::Data)) => Ok(Msg::Data(buf)),
             Ok(Some(Piece::Zero(n))) => {
                 spare = Some(buf);
@@ -338,68 +360,181 @@ fn produce<S: RawSource>(mut source: S, full: SyncSender<Result<Msg>>, empty: Re
             Err(e) => Err(e),
         };
         let failed = msg.is_err();
-        if full.send(msg).is_err() || failed {
+        if decoded.send(msg).is_err() || failed {
             return;
         }
     }
 }
 
-fn consume(
-    full: Receiver<Result<Msg>>,
+/// The sha256 stage: hashes each piece, then passes it on.
+fn hash(decoded: Receiver<Result<Msg>>, hashed: SyncSender<Result<Msg>>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for msg in decoded {
+        match &msg {
+            Ok(Msg::Data(buf)) => hasher.update(buf),
+            Ok(Msg::Zero(n)) => {
+                let mut n = *n;
+                while n > 0 {
+                    let take = n.min(ZEROS.len() as u64) as usize;
+                    hasher.update(&ZEROS[..take]);
+                    n -= take as u64;
+                }
+            }
+            Err(_) => {}
+        }
+        if hashed.send(msg).is_err() {
+            break;
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// Zero runs at least this long are written as a zstd frame of RLE blocks
+/// instead of going through the compressor.
+const RLE_MIN: u64 = 1 << 20;
+
+/// Writes a zstd frame holding `n` zero bytes as RLE blocks (4 bytes per
+/// 128 KiB). Any zstd decoder reads it; frames simply follow each other.
+fn write_zero_frame(out: &mut impl Write, mut n: u64) -> io::Result<()> {
+    const BLOCK: u64 = 128 * 1024;
+    // Magic; descriptor: no content size, no checksum; window 128 KiB.
+    out.write_all(&[0x28, 0xb5, 0x2f, 0xfd, 0x00, 0x38])?;
+    while n > 0 {
+        let size = n.min(BLOCK);
+        n -= size;
+        let last = u32::from(n == 0);
+        let header = last | (1 << 1) | ((size as u32) << 3);
+        let h = header.to_le_bytes();
+        out.write_all(&[h[0], h[1], h[2], 0x00])?;
+    }
+    Ok(())
+}
+
+/// zstd output as a sequence of frames: compressed data frames from one
+/// (multithreaded) context, reused across frames, with hand-made zero
+/// frames in between. `zstd::stream::write::Encoder` cannot write again
+/// after ending a frame, hence this.
+struct FrameWriter<W: Write> {
+    context: zstd::stream::raw::Encoder<'static>,
+    out: W,
+    buf: Vec<u8>,
+    frame_open: bool,
+}
+
+impl<W: Write> FrameWriter<W> {
+    fn new(out: W, level: i32, workers: u32) -> io::Result<Self> {
+        use zstd::stream::raw::CParameter;
+        let mut context = zstd::stream::raw::Encoder::new(level)?;
+        // Fails only without zstdmt support; single-threaded still works.
+        let _ = context.set_parameter(CParameter::NbWorkers(workers));
+        Ok(FrameWriter {
+            context,
+            out,
+            buf: vec![0; 1 << 20],
+            frame_open: false,
+        })
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let mut input = InBuffer::around(data);
+        while input.pos() < data.len() {
+            let mut output = OutBuffer::around(&mut self.buf[..]);
+            self.context.run(&mut input, &mut output)?;
+            let n = output.pos();
+            self.out.write_all(&self.buf[..n])?;
+        }
+        self.frame_open |= !data.is_empty();
+        Ok(())
+    }
+
+    fn end_frame(&mut self) -> io::Result<()> {
+        use zstd::stream::raw::{Operation, OutBuffer};
+        if !self.frame_open {
+            return Ok(());
+        }
+        loop {
+            let mut output = OutBuffer::around(&mut self.buf[..]);
+            let remaining = self.context.finish(&mut output, false)?;
+            let n = output.pos();
+            self.out.write_all(&self.buf[..n])?;
+            if remaining == 0 {
+                break;
+            }
+        }
+        self.context.reinit()?;
+        self.frame_open = false;
+        Ok(())
+    }
+
+    fn zeros(&mut self, n: u64) -> io::Result<()> {
+        self.end_frame()?;
+        write_zero_frame(&mut self.out, n)
+    }
+}
+
+fn write(
+    hashed: Receiver<Result<Msg>>,
     empty: SyncSender<Vec<u8>>,
     data_out: File,
     data_path: &Path,
     map_out: File,
     map_path: &Path,
-) -> Result<([u8; 32], zeromap::ZeroStats, Vec<u8>)> {
+) -> Result<(zeromap::ZeroStats, Vec<u8>)> {
     let write_err = |path: &Path| Error::io("write", path.to_path_buf());
-    let mut hasher = Sha256::new();
-    let mut encoder =
-        zstd::stream::write::Encoder::new(BufWriter::with_capacity(1 << 20, data_out), ZSTD_LEVEL)
-            .map_err(write_err(data_path))?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
-    // Without the zstdmt feature at run time this fails; single-threaded still works.
-    let _ = encoder.multithread(workers);
+    let mut encoder = FrameWriter::new(
+        BufWriter::with_capacity(1 << 20, data_out),
+        ZSTD_LEVEL,
+        workers,
+    )
+    .map_err(write_err(data_path))?;
     let mut map =
         ZeroMapBuilder::new(map_out, zeromap::GRANULARITY).map_err(write_err(map_path))?;
     let mut head = Vec::with_capacity(partition::HEAD_LEN);
-    for msg in full {
+    for msg in hashed {
         match msg? {
             Msg::Data(buf) => {
                 if head.len() < partition::HEAD_LEN {
                     let take = (partition::HEAD_LEN - head.len()).min(buf.len());
                     head.extend_from_slice(&buf[..take]);
                 }
-                hasher.update(&buf);
                 map.data(&buf).map_err(write_err(map_path))?;
                 encoder.write_all(&buf).map_err(write_err(data_path))?;
                 let _ = empty.send(buf);
             }
-            Msg::Zero(mut n) => {
+            Msg::Zero(n) => {
+                if head.len() < partition::HEAD_LEN {
+                    let h =
+                        (partition::HEAD_LEN - head.len()).min(n.min(ZEROS.len() as u64) as usize);
+                    head.extend_from_slice(&ZEROS[..h]);
+                }
                 map.zeros(n).map_err(write_err(map_path))?;
-                while n > 0 {
-                    let take = n.min(ZEROS.len() as u64) as usize;
-                    if head.len() < partition::HEAD_LEN {
-                        let h = (partition::HEAD_LEN - head.len()).min(take);
-                        head.extend_from_slice(&ZEROS[..h]);
+                if n >= RLE_MIN {
+                    encoder.zeros(n).map_err(write_err(data_path))?;
+                } else {
+                    let mut left = n;
+                    while left > 0 {
+                        let take = left.min(ZEROS.len() as u64) as usize;
+                        encoder
+                            .write_all(&ZEROS[..take])
+                            .map_err(write_err(data_path))?;
+                        left -= take as u64;
                     }
-                    hasher.update(&ZEROS[..take]);
-                    encoder
-                        .write_all(&ZEROS[..take])
-                        .map_err(write_err(data_path))?;
-                    n -= take as u64;
                 }
             }
         }
     }
-    let data_out = encoder
-        .finish()
-        .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
-        .map_err(write_err(data_path))?;
-    data_out.sync_all().map_err(Error::io("fsync", data_path))?;
+    encoder.end_frame().map_err(write_err(data_path))?;
+    let data_out = &mut encoder.out;
+    data_out.flush().map_err(write_err(data_path))?;
+    data_out
+        .get_ref()
+        .sync_all()
+        .map_err(Error::io("fsync", data_path))?;
     let (map_out, stats) = map.finish().map_err(write_err(map_path))?;
     map_out.sync_all().map_err(Error::io("fsync", map_path))?;
-    Ok((hasher.finalize().into(), stats, head))
+    Ok((stats, head))
 }
 
 /// A stored image, for deployment: its raw bytes as a stream, or only the
