@@ -62,6 +62,7 @@ pub fn router(app: App) -> Router {
         .route("/machines/{id}/power-state", post(power::check))
         .route("/machines/{id}/jobs", get(power::jobs_fragment))
         .route("/machines/{id}/boot-timeline", get(boot::fragment))
+        .route("/netbox", get(views::netbox::page))
         .route("/static/{*path}", get(assets::serve))
         .fallback(error::not_found)
         .layer(axum::middleware::map_response(security::headers))

@@ -7,6 +7,7 @@ pub(crate) mod enroll;
 pub(crate) mod login;
 pub(crate) mod machine_form;
 pub(crate) mod machines;
+pub(crate) mod netbox;
 pub(crate) mod power;
 
 use crate::auth::Session;

@@ -2,5 +2,6 @@
 
 mod browser;
 mod http;
+mod netbox;
 mod power;
 mod support;
