@@ -14,6 +14,8 @@
 //!   LLDP parsing (fuzzed: `crates/anvil-inventory/fuzz`).
 //! - [`listen_lldp`] / [`listen_lldp_with`]: hear LLDP neighbours on raw
 //!   AF_PACKET sockets within a window.
+//! - [`physical_interfaces`] and [`connected_interfaces`]: which NICs to
+//!   listen on: bring them up, wait for carrier.
 //!
 //! Everything here builds for `x86_64-unknown-linux-musl` without C
 //! dependencies: the agent that links it is a static binary in a small ramdisk.
@@ -26,6 +28,7 @@ mod dmi;
 mod error;
 mod ethtool;
 mod facts;
+mod links;
 mod listen;
 pub mod lldp;
 pub mod memory;
@@ -40,4 +43,5 @@ pub use facts::{
     Boot, BootMode, Cpu, Dimm, Disk, DiskTransport, Dmi, HardwareFacts, LldpNeighbor, Memory, Nic,
     SCHEMA_VERSION, is_mac, is_uuid,
 };
+pub use links::{connected_interfaces, physical_interfaces};
 pub use listen::{ListenOptions, listen_lldp, listen_lldp_with};

@@ -239,31 +239,45 @@ impl Listener {
     }
 }
 
-/// Set IFF_UP on an interface unless it already is up.
-fn set_up(fd: &OwnedFd, name: &str) -> Result<(), Error> {
+fn ifreq_for(name: &str) -> libc::ifreq {
     // SAFETY: all-zero ifreq is valid.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in ifr.ifr_name.iter_mut().zip(name.as_bytes()) {
         *dst = *src as libc::c_char;
     }
-    let err = |op: &'static str| Error::Socket {
-        op,
-        interface: name.to_string(),
-        source: io::Error::last_os_error(),
-    };
+    ifr
+}
+
+/// The interface's flags (IFF_UP, IFF_RUNNING, ...).
+pub(crate) fn interface_flags(fd: &OwnedFd, name: &str) -> Result<libc::c_short, Error> {
+    let mut ifr = ifreq_for(name);
     // SAFETY: ifr is a valid ifreq naming the interface.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS as _, &mut ifr) } < 0 {
-        return Err(err("read interface flags"));
+        return Err(Error::Socket {
+            op: "read interface flags",
+            interface: name.to_string(),
+            source: io::Error::last_os_error(),
+        });
     }
     // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    Ok(unsafe { ifr.ifr_ifru.ifru_flags })
+}
+
+/// Set IFF_UP on an interface unless it already is up.
+pub(crate) fn set_up(fd: &OwnedFd, name: &str) -> Result<(), Error> {
+    let flags = interface_flags(fd, name)?;
     if flags & libc::IFF_UP as libc::c_short != 0 {
         return Ok(());
     }
+    let mut ifr = ifreq_for(name);
     ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    // SAFETY: as above, with the flags member set.
+    // SAFETY: ifr is a valid ifreq naming the interface, flags member set.
     if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCSIFFLAGS as _, &ifr) } < 0 {
-        return Err(err("bring interface up"));
+        return Err(Error::Socket {
+            op: "bring interface up",
+            interface: name.to_string(),
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use anvil_inventory::{BootMode, DiskTransport, Error, collect, collect_with};
+use anvil_inventory::{BootMode, DiskTransport, Error, collect, collect_with, physical_interfaces};
 
 const QEMU_DMI_TABLE: &[u8] = include_bytes!("fixtures/qemu-seabios-pc.DMI");
 
@@ -389,6 +389,7 @@ fn collects_a_server_shaped_tree() {
     assert_eq!(facts.boot.mode, BootMode::Uefi);
     assert_eq!(facts.boot.secure_boot, Some(true));
     assert!(facts.lldp.is_empty());
+    assert_eq!(physical_interfaces(tree.path()), ["eno1", "ens4"]);
 }
 
 #[test]
@@ -403,6 +404,7 @@ fn an_empty_tree_gives_empty_facts_without_problems() {
     assert_eq!(facts.boot.mode, BootMode::Bios);
     assert_eq!(facts.boot.secure_boot, None);
     assert!(facts.problems.is_empty(), "{:?}", facts.problems);
+    assert!(physical_interfaces(t.path()).is_empty());
 }
 
 #[test]

@@ -12,7 +12,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use anvil_inventory::{Error, ListenOptions, LldpNeighbor, listen_lldp, listen_lldp_with};
+use anvil_inventory::{
+    Error, ListenOptions, LldpNeighbor, connected_interfaces, listen_lldp, listen_lldp_with,
+};
 
 fn must(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd)
@@ -292,4 +294,42 @@ fn an_unknown_interface_is_a_clear_error() {
         }
         other => panic!("expected BadInterface, got {other:?}"),
     }
+}
+
+#[test]
+fn connected_interfaces_brings_links_up_and_waits_for_carrier() {
+    let lab = Lab::new("e");
+    let (_sw0, host0) = lab.link(0, "02:00:5e:77:00:05");
+    let (sw1, host1) = lab.link(1, "02:00:5e:77:00:06");
+    // The far end of link 1 is down: its host end never gets carrier.
+    must("ip", &["-n", &lab.switch_ns, "link", "set", &sw1, "down"]);
+
+    let both = vec![host0.clone(), host1.clone()];
+    let settle = Duration::from_secs(2);
+    let started = Instant::now();
+    let connected = lab
+        .in_host_ns(move || connected_interfaces(&both, settle))
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(connected, vec![host0.clone()]);
+    assert!(elapsed >= settle, "gave up after {elapsed:?}");
+
+    // With every candidate connected it returns at once.
+    let one = vec![host0.clone()];
+    let started = Instant::now();
+    let connected = lab
+        .in_host_ns(move || connected_interfaces(&one, Duration::from_secs(10)))
+        .unwrap();
+    assert_eq!(connected, vec![host0]);
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
+    let unknown = lab.in_host_ns(move || connected_interfaces(&["nosuch0".to_string()], settle));
+    assert!(
+        matches!(&unknown, Err(Error::Socket { interface, .. }) if interface == "nosuch0"),
+        "{unknown:?}"
+    );
 }
