@@ -62,6 +62,11 @@ pub fn router(app: App) -> Router {
         .route("/machines/{id}/power-state", post(power::check))
         .route("/machines/{id}/jobs", get(power::jobs_fragment))
         .route("/machines/{id}/boot-timeline", get(boot::fragment))
+        .route("/machines/{id}/hardware", get(views::hardware::fragment))
+        .route(
+            "/machines/{id}/commission",
+            post(views::hardware::commission),
+        )
         .route("/netbox", get(views::netbox::page))
         .route("/static/{*path}", get(assets::serve))
         .fallback(error::not_found)
