@@ -70,8 +70,8 @@ export ANVIL_SUSHY_VENV
 ANVIL_SUSHY_VENV=$(bash crates/anvil-power-redfish/scripts/sushy-venv.sh "$PWD/target/sushy-venv")
 
 # --- NetBox 4.7 (issue #5): venv from PyPI + a migrated template database -----
-# Once per clean machine (~1 min pip, ~5-7 min migrate on 2 cores), then a few
-# psql round trips; each NetBox test clones the template (scripts/netbox/).
+# Once per clean machine (~1-2 min pip, ~20 s to restore and check the template
+# database), then a few psql round trips; each NetBox test clones the template.
 log "NetBox (scripts/netbox/setup.sh)"
 # (Assigned first: `eval "$(...)"` would ignore setup.sh failing.)
 netbox_exports=$(bash scripts/netbox/setup.sh "$PWD/target/netbox")
