@@ -52,9 +52,12 @@ pub fn listen_lldp_with(
     interfaces: &[String],
     options: &ListenOptions,
 ) -> Result<Vec<LldpNeighbor>, Error> {
-    let mut listeners = Vec::with_capacity(interfaces.len());
+    let mut listeners: Vec<Listener> = Vec::with_capacity(interfaces.len());
     for name in interfaces {
-        listeners.push(Listener::open(name, options.bring_up)?);
+        // One socket per interface, however often it is named.
+        if !listeners.iter().any(|l| &l.name == name) {
+            listeners.push(Listener::open(name, options.bring_up)?);
+        }
     }
     let deadline = Instant::now() + options.window;
     let mut heard: HashMap<(usize, String, String), LldpNeighbor> = HashMap::new();
