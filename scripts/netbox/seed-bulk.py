@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Creates many devices in a running test NetBox, fast, for the issue #5 benchmark.
 
-    scripts/netbox/seed-bulk.py --instance DIR [--devices 1000] [--first 1] [--site bench]
+    scripts/netbox/seed-bulk.py --instance DIR [--devices 1000] [--first 1] [--site bench] [--jobs N]
 
 DIR is an instance started by scripts/netbox/instance.sh; ANVIL_NETBOX_HOME names
 setup.sh's STATE_DIR (default <workspace>/target/netbox). Run it with any python3:
@@ -20,8 +20,8 @@ Why the ORM rather than REST: REST costs ~0.6-1 s of server CPU per fully descri
 device (serializer, validation, changelog, webhooks per request); model .save() keeps
 NetBox's own signals (cached counters, search index, the interface's cached site) but
 skips the HTTP and changelog layers, which do not matter for a read benchmark. Event
-rules do not fire for these writes (no request). Prints progress on stderr and one JSON
-summary line on stdout.
+rules do not fire for these writes (no request). Prints progress on stderr and one
+JSON summary line on stdout.
 """
 
 import argparse
@@ -54,7 +54,10 @@ def parse_args():
     parser.add_argument('--devices', type=int, default=1000)
     parser.add_argument('--first', type=int, default=1, help='number of the first device')
     parser.add_argument('--site', default='bench')
-    parser.add_argument('--batch', type=int, default=100, help='devices per transaction')
+    parser.add_argument('--batch', type=int, default=20, help='devices per transaction')
+    # Two jobs were no faster than one on the (busy) 2-core development machine;
+    # the option is for an idle machine with more cores.
+    parser.add_argument('--jobs', type=int, default=1, help='parallel processes')
     args = parser.parse_args()
     if args.devices < 0 or args.first < 1 or args.first + args.devices - 1 > 65535:
         parser.error('devices must be numbered within 1..65535')
@@ -89,10 +92,8 @@ def main():
 
 
 def seed(args):
-    from django.contrib.contenttypes.models import ContentType
-    from django.db import transaction
-    from dcim.models import Device, DeviceRole, DeviceType, Interface, MACAddress, Manufacturer, Site
-    from ipam.models import IPAddress
+    from django.db import connections
+    from dcim.models import DeviceRole, DeviceType, Manufacturer, Site
 
     started = time.monotonic()
     site, _ = Site.objects.get_or_create(name=args.site, defaults={'slug': args.site, 'status': 'active'})
@@ -100,6 +101,45 @@ def seed(args):
     device_type, _ = DeviceType.objects.get_or_create(
         manufacturer=manufacturer, model='Acme S1', defaults={'slug': 'acme-s1'})
     role, _ = DeviceRole.objects.get_or_create(name='server', defaults={'slug': 'server', 'color': '9e9e9e'})
+    shared = (site, device_type, role)
+
+    numbers = range(args.first, args.first + args.devices)
+    jobs = max(1, min(args.jobs, len(numbers)))
+    # Python is the bottleneck (each save runs NetBox's signals and queries):
+    # --jobs forks processes, each with its own database connection and a
+    # contiguous slice of the device numbers.
+    connections.close_all()
+    children = []
+    for j in range(jobs):
+        part = numbers[j * len(numbers) // jobs:(j + 1) * len(numbers) // jobs]
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                seed_range(part, shared, args.batch, started, label=f'job {j + 1}/{jobs}')
+            except BaseException:
+                import traceback
+                traceback.print_exc()
+                code = 1
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    failed = sum(1 for pid in children if os.waitpid(pid, 0)[1] != 0)
+    if failed:
+        sys.exit(f'seed-bulk: {failed} of {jobs} jobs failed')
+    count = len(numbers)
+    print(json.dumps({'devices': count, 'interfaces': 3 * count, 'macs': 3 * count, 'ips': 2 * count,
+                      'jobs': jobs, 'seconds': round(time.monotonic() - started, 2)}))
+
+
+def seed_range(numbers, shared, batch, started, label):
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import transaction
+    from dcim.models import Device, Interface, MACAddress
+    from ipam.models import IPAddress
+
+    site, device_type, role = shared
     interface_type = ContentType.objects.get_for_model(Interface)
 
     def add_mac(interface, mac):
@@ -114,11 +154,12 @@ def seed(args):
         ip.save()
         return ip
 
-    counts = {'devices': 0, 'interfaces': 0, 'macs': 0, 'ips': 0}
-    numbers = range(args.first, args.first + args.devices)
-    for chunk_start in range(0, len(numbers), args.batch):
+    done = 0
+    # Small transactions: every device increments its device type's counter
+    # row, which parallel jobs would otherwise wait on for a whole batch.
+    for chunk_start in range(0, len(numbers), batch):
         with transaction.atomic():
-            for n in numbers[chunk_start:chunk_start + args.batch]:
+            for n in numbers[chunk_start:chunk_start + batch]:
                 hi, lo = n >> 8, n & 0xFF
                 device = Device(name=f'node-{n:05}', serial=f'SN-{n:06}', asset_tag=f'AT-{n:06}',
                                 status='planned', site=site, device_type=device_type, role=role)
@@ -137,14 +178,10 @@ def seed(args):
                 # update_fields: a full save would write back the in-memory interface
                 # counter (0), clobbering the counts NetBox's signals kept in the row.
                 device.save(update_fields=['oob_ip', 'primary_ip4'])
-                counts['devices'] += 1
-                counts['interfaces'] += 3
-                counts['macs'] += 3
-                counts['ips'] += 2
-        print(f'seed-bulk: {counts["devices"]}/{args.devices} devices, '
-              f'{time.monotonic() - started:.1f} s', file=sys.stderr, flush=True)
-    counts['seconds'] = round(time.monotonic() - started, 2)
-    print(json.dumps(counts))
+                done += 1
+        if done % 100 == 0 or done == len(numbers):
+            print(f'seed-bulk: {label}: {done}/{len(numbers)} devices, '
+                  f'{time.monotonic() - started:.1f} s', file=sys.stderr, flush=True)
 
 
 if __name__ == '__main__':
