@@ -532,3 +532,35 @@ fn bench_commission() {
         cpu / f64::from(n)
     ));
 }
+
+/// The same ramdisk serves discovery: booted by the discovery script (no
+/// `anvil.token=`), the agent calls home and powers off, and the machine
+/// is known to Anvil by its MAC with the address it got.
+#[test]
+fn the_ramdisk_also_discovers_an_unknown_machine() {
+    if e2e::prerequisites(false).is_none() {
+        return;
+    }
+    let lab = Lab::new();
+    let anvil = Anvil::start(&lab, &anvil_toml(&lab, 600));
+    // In place of the discovery initrd of the network-boot tests.
+    let src = commission_lab::ramdisk();
+    for f in ["vmlinuz", "initrd.img"] {
+        std::fs::copy(src.join(f), anvil.data_dir.join("boot/discovery").join(f)).unwrap();
+    }
+    let mac = lab.mac(9);
+    let vm = e2e::Vm::start(&lab, "vm-discovery", e2e::Firmware::BiosIpxeRom, &mac);
+    let r = vm.wait_for_callhome(&lab);
+    assert!(
+        r.serial.contains("anvil-agent: called home"),
+        "{}",
+        e2e::printable(&r.serial)
+    );
+    let m = anvil
+        .machine_by_mac(&mac)
+        .unwrap_or_else(|| panic!("no machine with {mac}{}", lab.log_tails()));
+    assert_eq!(m["state"], "new", "{m:#}");
+    assert_eq!(m["facts"]["callhome"]["mac"], mac.as_str(), "{m:#}");
+    let ip = m["facts"]["callhome"]["ip"].as_str().unwrap_or("");
+    assert!(ip.starts_with(&format!("10.77.{}.", lab.n)), "{m:#}");
+}

@@ -34,16 +34,28 @@ pub fn prerequisites() {
     );
 }
 
-/// The commissioning kernel and initrd: `$ANVIL_RAMDISK_DIR` (set by
-/// scripts/test.sh, which builds it), else built once into target/ramdisk
-/// by `scripts/ramdisk/build.sh` (a no-op when up to date).
+/// The commissioning kernel and initrd: `$ANVIL_RAMDISK_DIR` as it is when
+/// set (scripts/test.sh has just built it there), else built once into
+/// target/ramdisk by `scripts/ramdisk/build.sh` (a no-op when up to date).
 pub fn ramdisk() -> PathBuf {
     static DIR: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = e2e::workspace_root();
-        let out = std::env::var_os("ANVIL_RAMDISK_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| root.join("target/ramdisk"));
+        if let Some(dir) = std::env::var_os("ANVIL_RAMDISK_DIR").map(PathBuf::from) {
+            let complete = ["vmlinuz", "initrd.img"]
+                .iter()
+                .all(|f| dir.join(f).is_file());
+            return if complete {
+                Ok(dir)
+            } else {
+                Err(format!(
+                    "ANVIL_RAMDISK_DIR={} has no vmlinuz and initrd.img: run \
+                     scripts/ramdisk/build.sh {0} (or unset it to build into target/ramdisk)",
+                    dir.display()
+                ))
+            };
+        }
+        let out = root.join("target/ramdisk");
         let started = Instant::now();
         let o = Command::new("bash")
             .arg(root.join("scripts/ramdisk/build.sh"))
