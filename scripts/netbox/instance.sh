@@ -18,7 +18,8 @@
 # Reads ANVIL_NETBOX_HOME (printed by setup.sh; default <target dir>/netbox).
 # ANVIL_NETBOX_OWNER_PID (optional): stop the instance by itself once this
 # process has exited (the Rust helper passes the test process).
-# ANVIL_NETBOX_WORKERS sets the number of gunicorn workers (default 2).
+# ANVIL_NETBOX_WORKERS sets the number of gunicorn workers (default 2),
+# ANVIL_NETBOX_START_TIMEOUT the seconds to wait for readiness (default 300).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -191,17 +192,20 @@ print(f"NETBOX_TOKEN_V1={v1.token}")
     stage "superuser and tokens created"
 
     local port="" url status=""
-    for _ in $(seq 1 1200); do
+    # Four instances starting at once on a busy 2-core machine took ~50 s.
+    local timeout=${ANVIL_NETBOX_START_TIMEOUT:-300}
+    local deadline=$((SECONDS + timeout))
+    while ((SECONDS < deadline)); do
         port=$(sed -n 's#.*Listening at: http://127\.0\.0\.1:\([0-9]*\).*#\1#p' "$dir/gunicorn.log" | head -1)
         [[ -n $port ]] && break
         ours "${pids[1]}" || die "gunicorn exited: $(tail -20 "$dir/gunicorn.log")"
         sleep 0.1
     done
-    [[ -n $port ]] || die "gunicorn did not start listening in 120 s: $(tail -20 "$dir/gunicorn.log")"
+    [[ -n $port ]] || die "gunicorn did not start listening in $timeout s: $(tail -20 "$dir/gunicorn.log")"
     url="http://127.0.0.1:$port"
     stage "gunicorn listening on $url"
     # Ready = the API answers and the RQ worker has registered (no worker, no webhooks).
-    for _ in $(seq 1 1200); do
+    while ((SECONDS < deadline)); do
         status=$(curl -s --max-time 10 -H "Authorization: Bearer $NETBOX_TOKEN_V2" "$url/api/status/" || true)
         if [[ $status =~ \"rq-workers-running\":\ *[1-9] ]]; then
             break
@@ -210,7 +214,7 @@ print(f"NETBOX_TOKEN_V1={v1.token}")
         ours "${pids[2]}" || die "rqworker exited: $(tail -20 "$dir/rqworker.log")"
         sleep 0.1
     done
-    [[ -n $status ]] || die "NetBox at $url did not become ready (API + RQ worker) in 120 s"
+    [[ -n $status ]] || die "NetBox at $url did not become ready (API + RQ worker) in $timeout s"
     stage "ready: /api/status/ answers, RQ worker running"
 
     # Plain KEY=value lines (every value is [A-Za-z0-9_.:/]; the PIDs are quoted),
