@@ -71,6 +71,9 @@ impl Default for CommissioningConfig {
     }
 }
 
+/// Signalled whenever a run ends, so jobs waiting on runs do not poll.
+static RUN_ENDED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// At most this many tokens are minted for one run (each iPXE script fetch
 /// mints one); a machine stuck in a boot loop cannot fill the table.
 const MAX_TOKENS_PER_RUN: u64 = 64;
@@ -321,8 +324,13 @@ impl App {
                 })
                 .await;
         }
-        // The agent's reports and the watcher end the run; follow it.
+        // The agent's reports and the watcher end the run; follow it. Woken
+        // when any run ends (the store says whether it was this one), with
+        // a slow poll as a safety net for runs ended by another instance.
         let run = loop {
+            let ended = RUN_ENDED.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
             match self.store.commissioning_run(run_id).await {
                 Ok(Some(r)) if r.state != RunState::Running.as_str() => break Some(r),
                 Ok(Some(_)) => {}
@@ -331,7 +339,10 @@ impl App {
                     tracing::warn!(run = %run_id, error = %e, "cannot read a commissioning run")
                 }
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::select! {
+                _ = ended => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            }
         };
         let Some(run) = run else {
             let _ = self
@@ -426,6 +437,7 @@ impl App {
         match self.store.finish_commissioning_run(&end).await {
             Ok(done) => {
                 if done {
+                    RUN_ENDED.notify_waiters();
                     self.boot.mark_dirty();
                     if let Some(mac) = self.boot_mac(machine_id).await {
                         self.record_boot(
@@ -690,6 +702,13 @@ impl App {
                 now(),
             )
             .await?;
+        // The booted environment reporting in is the boot timeline's last
+        // step, as the discovery call-home is.
+        self.record_boot(
+            mac,
+            "callhome",
+            json!({ "via": "agent", "uptime_secs": body.uptime_secs }),
+        );
         self.record_boot(
             mac,
             "agent.register",

@@ -550,6 +550,8 @@ async fn commission_without_bmc_versioned_facts_and_bad_agent_input() {
     ] {
         assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
     }
+    // The agent reporting in completes the boot, as a call-home does.
+    assert_eq!(tl["complete"], true, "{tl}");
     // The tokens are nowhere in the store's answers or the event log.
     let (_, events) = api.get("/events?limit=1000").await;
     let text = events.to_string() + &runs.to_string();
