@@ -11,7 +11,7 @@
 # (nbt_<key>.<secret>) and a v1 token (40 chars). Returns once /api/status/
 # answers with a running worker. Writes DIR/env (shell syntax):
 #   NETBOX_URL NETBOX_TOKEN_V2 NETBOX_TOKEN_V1 NETBOX_USERNAME NETBOX_PASSWORD
-#   NETBOX_DB NETBOX_PIDS (redis gunicorn rqworker)
+#   NETBOX_DB NETBOX_PIDS (redis gunicorn rqworker [watchdog])
 # stop: kills exactly the PIDs in DIR/env (after checking each still belongs to
 # this instance) and drops the database. Logs stay in DIR.
 #
