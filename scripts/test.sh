@@ -26,6 +26,10 @@ log() { printf '\n=== %s\n' "$*"; }
 PACKAGES=(postgresql chromium chromium-driver iproute2 busybox-static isc-dhcp-client
     atftp tftp-hpa curl qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf dnsmasq-base
     cpio kmod openipmi ipmitool musl-tools zstd lldpd)
+# python3-yaml … python3-serial   Debian cloud-init's Python dependencies: its
+#                                 unpacked copy checks what anvil-cloudinit renders
+PACKAGES+=(python3-yaml python3-jsonschema python3-configobj python3-jinja2
+    python3-netifaces python3-jsonpatch python3-requests python3-oauthlib python3-serial)
 need=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
@@ -87,6 +91,12 @@ fi
 log "ramdisk (scripts/ramdisk/build.sh)"
 export ANVIL_RAMDISK_DIR="$PWD/target/ramdisk"
 bash scripts/ramdisk/build.sh "$ANVIL_RAMDISK_DIR"
+
+# --- Debian's cloud-init, unpacked and not installed (its systemd units would
+# reconfigure this host at boot): anvil-cloudinit's tests run it on what it renders
+log "cloud-init (crates/anvil-cloudinit/scripts/cloud-init-env.sh)"
+cloudinit_exports=$(bash crates/anvil-cloudinit/scripts/cloud-init-env.sh "$PWD/target/cloud-init")
+eval "$cloudinit_exports"
 
 # --- Rust ----------------------------------------------------------------------
 log "cargo fmt --check"

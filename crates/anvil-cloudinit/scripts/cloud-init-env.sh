@@ -18,7 +18,9 @@ if [[ ! -x "$dir/root/usr/bin/cloud-init" ]]; then
         rm -f cloud-init_*.deb
         # apt-get download fetches the candidate version of the configured
         # Debian mirror into the current directory (no root needed).
-        apt-get download -qq cloud-init >&2
+        # (Package lists may be missing on a machine that had everything
+        # else installed: refresh them once and retry.)
+        apt-get download -qq cloud-init >&2 || { apt-get update -qq >&2 && apt-get download -qq cloud-init >&2; }
         rm -rf root
         dpkg -x cloud-init_*.deb root
     )

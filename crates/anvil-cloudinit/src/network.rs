@@ -649,3 +649,388 @@ impl NetworkConfig {
             .map(|(n, _)| n.clone())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anvil_inventory::Nic;
+
+    fn eth(mac: &str, name: &str) -> Ethernet {
+        Ethernet {
+            mac: mac.into(),
+            name: name.into(),
+            mtu: None,
+            ip: IpConfig::default(),
+        }
+    }
+
+    fn cidr(s: &str) -> Cidr {
+        s.parse().unwrap()
+    }
+
+    fn static_ip(addr: &str, gw: &str) -> IpConfig {
+        IpConfig {
+            addresses: vec![cidr(addr)],
+            gateway4: Some(gw.parse().unwrap()),
+            ..IpConfig::default()
+        }
+    }
+
+    fn bond(members: &[&str]) -> Bond {
+        Bond {
+            name: "bond0".into(),
+            members: members.iter().map(|m| m.to_string()).collect(),
+            mode: BondMode::Lacp,
+            lacp_rate: None,
+            mii_monitor_interval_ms: None,
+            transmit_hash_policy: None,
+            primary: None,
+            mtu: None,
+            ip: IpConfig::default(),
+        }
+    }
+
+    const A: &str = "52:54:00:00:00:0a";
+    const B: &str = "52:54:00:00:00:0b";
+
+    #[test]
+    fn cidr_parse_and_math() {
+        let c = cidr("10.1.2.3/20");
+        assert_eq!(c.network().to_string(), "10.1.0.0");
+        assert_eq!(c.netmask().to_string(), "255.255.240.0");
+        assert!(c.contains("10.1.15.254".parse().unwrap()));
+        assert!(!c.contains("10.1.16.1".parse().unwrap()));
+        assert!(!c.contains("::1".parse().unwrap()));
+        let v6 = cidr("2001:db8::5/64");
+        assert_eq!(v6.netmask().to_string(), "ffff:ffff:ffff:ffff::");
+        assert_eq!(cidr("0.0.0.0/0").netmask().to_string(), "0.0.0.0");
+        assert_eq!(cidr("1.2.3.4/32").network().to_string(), "1.2.3.4");
+        for bad in ["10.0.0.1", "10.0.0.1/33", "::1/129", "x/24", "10.0.0.1/abc"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn mac_and_names() {
+        assert_eq!(
+            normalize_mac("52-54-00-AB-cd-01").unwrap(),
+            "52:54:00:ab:cd:01"
+        );
+        for bad in [
+            "52:54:00:ab:cd",
+            "52:54:00:ab:cd:0g",
+            "00:00:00:00:00:00",
+            "",
+        ] {
+            assert!(normalize_mac(bad).is_err(), "{bad}");
+        }
+        assert_eq!(stable_name("eth0", A), "enx52540000000a");
+        assert_eq!(stable_name("", A), "enx52540000000a");
+        assert_eq!(stable_name("ens3", A), "ens3");
+        assert_eq!(stable_name("ethernet", A), "ethernet");
+        for bad in ["a/b", "has space", "lo", "sixteen-chars-xx"] {
+            let net = NetworkConfig {
+                ethernets: vec![eth(A, bad)],
+                ..NetworkConfig::default()
+            };
+            assert!(
+                matches!(net.validated(), Err(Error::InterfaceName { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_from_facts_and_without() {
+        let facts = HardwareFacts {
+            nics: vec![
+                Nic {
+                    name: "ens3".into(),
+                    mac: A.into(),
+                    ..Nic::default()
+                },
+                Nic {
+                    name: "eth1".into(),
+                    mac: "02:00:00:00:00:01".into(),
+                    permanent_mac: Some(B.into()),
+                    ..Nic::default()
+                },
+            ],
+            ..HardwareFacts::default()
+        };
+        let net = NetworkConfig::dhcp_on_boot_nic(Some(&facts), "52:54:00:00:00:0A").unwrap();
+        assert_eq!(net.ethernets.len(), 1, "only the boot NIC is configured");
+        assert_eq!(net.ethernets[0].name, "ens3");
+        assert_eq!(net.ethernets[0].mac, A);
+        assert!(net.ethernets[0].ip.dhcp4);
+        // found by its permanent MAC; ethN hint replaced
+        let net = NetworkConfig::dhcp_on_boot_nic(Some(&facts), B).unwrap();
+        assert_eq!(net.ethernets[0].name, "enx52540000000b");
+        let net = NetworkConfig::dhcp_on_boot_nic(None, B).unwrap();
+        assert_eq!(net.ethernets[0].name, "enx52540000000b");
+        assert_eq!(
+            NetworkConfig::dhcp_on_boot_nic(Some(&facts), "52:54:00:00:00:99"),
+            Err(Error::BootNicUnknown {
+                mac: "52:54:00:00:00:99".into()
+            })
+        );
+    }
+
+    #[test]
+    fn duplicates_refused() {
+        let net = NetworkConfig {
+            ethernets: vec![eth(A, "x"), eth(&A.to_uppercase(), "y")],
+            ..NetworkConfig::default()
+        };
+        assert!(matches!(net.validated(), Err(Error::DuplicateMac { .. })));
+        let net = NetworkConfig {
+            ethernets: vec![eth(A, "x"), eth(B, "x")],
+            ..NetworkConfig::default()
+        };
+        assert!(matches!(net.validated(), Err(Error::DuplicateName { .. })));
+        let mut b = bond(&[A]);
+        b.name = "x".into();
+        let net = NetworkConfig {
+            ethernets: vec![eth(A, "x")],
+            bonds: vec![b],
+            ..NetworkConfig::default()
+        };
+        assert!(matches!(net.validated(), Err(Error::DuplicateName { .. })));
+    }
+
+    fn bond_err(net: NetworkConfig) -> String {
+        match net.validated() {
+            Err(Error::Bond { reason, .. }) => reason,
+            other => panic!("expected a bond error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bond_rules() {
+        let nics = vec![eth(A, "ens3"), eth(B, "ens4")];
+        let with = |b: Bond| NetworkConfig {
+            ethernets: nics.clone(),
+            bonds: vec![b],
+            ..NetworkConfig::default()
+        };
+        assert!(bond_err(with(bond(&[]))).contains("no members"));
+        assert!(bond_err(with(bond(&["52:54:00:00:00:99"]))).contains("not one of"));
+        let mut twice = with(bond(&[A]));
+        let mut second = bond(&[A]);
+        second.name = "bond1".into();
+        twice.bonds.push(second);
+        assert!(bond_err(twice).contains("already in a bond"));
+        let mut addressed = with(bond(&[A, B]));
+        addressed.ethernets[0].ip = IpConfig::dhcp4();
+        assert!(bond_err(addressed).contains("has its own addresses"));
+        let mut primary = bond(&[A, B]);
+        primary.primary = Some(A.into());
+        assert!(bond_err(with(primary.clone())).contains("only meaningful"));
+        primary.mode = BondMode::ActiveBackup;
+        primary.primary = Some("52:54:00:00:00:99".into());
+        assert!(bond_err(with(primary)).contains("not a member"));
+        let mut rate = bond(&[A, B]);
+        rate.mode = BondMode::ActiveBackup;
+        rate.lacp_rate = Some(LacpRate::Fast);
+        assert!(bond_err(with(rate)).contains("lacp_rate"));
+        let mut ok = bond(&[&A.to_uppercase(), B]);
+        ok.ip = static_ip("10.0.0.5/24", "10.0.0.1");
+        let v = with(ok).validated().unwrap();
+        assert_eq!(v.bonds[0].members, vec![A.to_string(), B.to_string()]);
+    }
+
+    fn vlan(id: u16, link: &str) -> Vlan {
+        Vlan {
+            id,
+            link: link.into(),
+            name: None,
+            mtu: None,
+            ip: IpConfig::default(),
+        }
+    }
+
+    #[test]
+    fn vlan_rules_and_names() {
+        let base = NetworkConfig {
+            ethernets: vec![eth(A, "enp129s0f1np1"), eth(B, "ens4")],
+            bonds: vec![],
+            ..NetworkConfig::default()
+        };
+        let mut net = base.clone();
+        net.vlans = vec![vlan(100, "ens4"), vlan(200, "enp129s0f1np1")];
+        let v = net.validated().unwrap();
+        assert_eq!(v.vlans[0].name.as_deref(), Some("ens4.100"));
+        // enp129s0f1np1.200 is 17 characters: over the kernel's limit
+        assert_eq!(v.vlans[1].name.as_deref(), Some("vlan200"));
+        for (vl, want) in [
+            (vlan(0, "ens4"), "outside"),
+            (vlan(4095, "ens4"), "outside"),
+            (vlan(10, "nope"), "neither"),
+        ] {
+            let mut net = base.clone();
+            net.vlans = vec![vl];
+            match net.validated() {
+                Err(Error::Vlan { reason, .. }) => assert!(reason.contains(want), "{reason}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let mut dup = base.clone();
+        dup.vlans = vec![vlan(10, "ens4"), {
+            let mut v = vlan(10, "ens4");
+            v.name = Some("other".into());
+            v
+        }];
+        assert!(matches!(dup.validated(), Err(Error::Vlan { .. })));
+        let mut on_member = base.clone();
+        on_member.bonds = vec![bond(&[B])];
+        on_member.vlans = vec![vlan(10, "ens4")];
+        match on_member.validated() {
+            Err(Error::Vlan { reason, .. }) => assert!(reason.contains("bond member")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn device_err(ip: IpConfig) -> String {
+        let mut e = eth(A, "ens3");
+        e.ip = ip;
+        let net = NetworkConfig {
+            ethernets: vec![e],
+            ..NetworkConfig::default()
+        };
+        match net.validated() {
+            Err(Error::Device { reason, .. }) => reason,
+            other => panic!("expected a device error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn layer3_rules() {
+        assert!(
+            device_err(static_ip("10.0.0.5/24", "10.0.1.1"))
+                .contains("none of the device's subnets")
+        );
+        // with DHCP the gateway may be anywhere (the lease brings the route)
+        let mut e = eth(A, "ens3");
+        e.ip = IpConfig {
+            dhcp4: true,
+            gateway4: Some("192.0.2.1".parse().unwrap()),
+            ..IpConfig::default()
+        };
+        assert!(
+            NetworkConfig {
+                ethernets: vec![e],
+                ..NetworkConfig::default()
+            }
+            .validated()
+            .is_ok()
+        );
+        let mut two = static_ip("10.0.0.5/24", "10.0.0.1");
+        two.routes.push(Route {
+            to: cidr("0.0.0.0/0"),
+            via: "10.0.0.2".parse().unwrap(),
+            metric: None,
+        });
+        assert!(device_err(two).contains("two default routes"));
+        let mut fam = static_ip("10.0.0.5/24", "10.0.0.1");
+        fam.routes.push(Route {
+            to: cidr("2001:db8::/32"),
+            via: "10.0.0.1".parse().unwrap(),
+            metric: None,
+        });
+        assert!(device_err(fam).contains("families differ"));
+        let mut v6_without = static_ip("10.0.0.5/24", "10.0.0.1");
+        v6_without.routes.push(Route {
+            to: cidr("2001:db8::/32"),
+            via: "fe80::1".parse().unwrap(),
+            metric: None,
+        });
+        assert!(device_err(v6_without).contains("needs an IPv6 address"));
+        let mut host_bits = static_ip("10.0.0.5/24", "10.0.0.1");
+        host_bits.routes.push(Route {
+            to: cidr("172.16.0.1/12"),
+            via: "10.0.0.1".parse().unwrap(),
+            metric: None,
+        });
+        assert!(device_err(host_bits).contains("host bits"));
+        let mut dup = static_ip("10.0.0.5/24", "10.0.0.1");
+        dup.addresses.push(cidr("10.0.0.5/16"));
+        assert!(device_err(dup).contains("listed twice"));
+        for bad in ["0.0.0.0/0", "127.0.0.1/8", "224.0.0.1/24", "0.0.0.0/8"] {
+            assert!(
+                device_err(IpConfig {
+                    addresses: vec![cidr(bad)],
+                    ..IpConfig::default()
+                })
+                .contains("not a host address"),
+                "{bad}"
+            );
+        }
+        let mut e = eth(A, "ens3");
+        e.mtu = Some(100);
+        assert!(matches!(
+            NetworkConfig {
+                ethernets: vec![e],
+                ..NetworkConfig::default()
+            }
+            .validated(),
+            Err(Error::Device { .. })
+        ));
+    }
+
+    #[test]
+    fn one_default_route_per_family_and_dns_placement() {
+        let mut a = eth(A, "ens3");
+        a.ip = static_ip("10.0.0.5/24", "10.0.0.1");
+        let mut b = eth(B, "ens4");
+        b.ip = static_ip("10.0.1.5/24", "10.0.1.1");
+        let net = NetworkConfig {
+            ethernets: vec![a.clone(), b.clone()],
+            ..NetworkConfig::default()
+        };
+        assert!(matches!(
+            net.validated(),
+            Err(Error::TwoDefaultRoutes { family: 4, .. })
+        ));
+        b.ip.gateway4 = None;
+        let net = NetworkConfig {
+            ethernets: vec![b.clone(), a],
+            dns: Dns {
+                nameservers: vec!["10.0.0.53".parse().unwrap()],
+                search: vec!["Example.ORG.".into()],
+            },
+            ..NetworkConfig::default()
+        };
+        let v = net.validated().unwrap();
+        assert_eq!(v.dns.search, vec!["example.org".to_string()]);
+        assert_eq!(
+            v.dns_device().as_deref(),
+            Some("ens3"),
+            "the gateway's device"
+        );
+        let lonely = NetworkConfig {
+            ethernets: vec![eth(A, "ens3")],
+            dns: net.dns.clone(),
+            ..NetworkConfig::default()
+        };
+        assert!(matches!(lonely.validated(), Err(Error::Device { .. })));
+        let mut bad_search = net.clone();
+        bad_search.dns.search = vec!["not valid".into()];
+        assert!(matches!(bad_search.validated(), Err(Error::Domain { .. })));
+    }
+
+    #[test]
+    fn serde_shape() {
+        let json = serde_json::json!({
+            "ethernets": [{"mac": A, "name": "ens3", "addresses": ["10.0.0.5/24"], "gateway4": "10.0.0.1"}],
+            "vlans": [{"id": 5, "link": "ens3", "dhcp4": true}],
+            "dns": {"nameservers": ["10.0.0.53"]}
+        });
+        let net: NetworkConfig = serde_json::from_value(json).unwrap();
+        assert_eq!(net.ethernets[0].ip.addresses[0], cidr("10.0.0.5/24"));
+        assert!(net.vlans[0].ip.dhcp4);
+        net.validated().unwrap();
+        let bad =
+            serde_json::json!({"ethernets": [{"mac": A, "name": "x", "addresses": ["10.0.0.5"]}]});
+        assert!(serde_json::from_value::<NetworkConfig>(bad).is_err());
+    }
+}

@@ -151,11 +151,21 @@ fn device_networks(
             }
         }
     }
-    if carries_dns
-        && !net.dns.search.is_empty()
-        && let Some((_, first)) = out.first_mut()
-    {
-        first.insert("dns_search".into(), json!(net.dns.search));
+    // DNS is also in `services`, but cloud-init's netplan renderer drops
+    // those global servers; on the subnet every renderer keeps them.
+    if carries_dns && let Some((_, first)) = out.first_mut() {
+        if !net.dns.nameservers.is_empty() {
+            let servers: Vec<String> = net
+                .dns
+                .nameservers
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            first.insert("dns_nameservers".into(), json!(servers));
+        }
+        if !net.dns.search.is_empty() {
+            first.insert("dns_search".into(), json!(net.dns.search));
+        }
     }
     out.into_iter().map(|(_, n)| n).collect()
 }
