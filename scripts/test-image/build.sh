@@ -258,6 +258,16 @@ truncate -s "$((ROOT_SECTORS * 512))" "$WORK/root.ext4"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -b 4096 -L anvil-root -m 0 \
     -U "$EXT4_UUID" -E "hash_seed=$EXT4_HASH_SEED,root_owner=0:0" \
     -d "$RFS" "$WORK/root.ext4" "$((ROOT_SECTORS / 8))"
+# mkfs.ext4 -d copies the sources' ctime (which touch cannot set): pin every
+# inode's times.
+{
+    for f in / /lost+found $(cd "$RFS" && find . -mindepth 1 | LC_ALL=C sort | cut -c2-); do
+        for t in atime ctime mtime crtime; do echo "set_inode_field $f $t @$SOURCE_DATE_EPOCH"; done
+    done
+} | E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f - "$WORK/root.ext4" >/dev/null 2>"$WORK/debugfs.err" || {
+    cat "$WORK/debugfs.err" >&2
+    exit 1
+}
 
 # --- the two disks -----------------------------------------------------------------
 BOOT_OFF=$((BOOT_START * 512))
