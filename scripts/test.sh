@@ -30,6 +30,10 @@ PACKAGES=(postgresql chromium chromium-driver iproute2 busybox-static isc-dhcp-c
 #                                 unpacked copy checks what anvil-cloudinit renders
 PACKAGES+=(python3-yaml python3-jsonschema python3-configobj python3-jinja2
     python3-netifaces python3-jsonpatch python3-requests python3-oauthlib python3-serial)
+# syslinux syslinux-common mtools   the deployment test disk images
+# fdisk e2fsprogs systemd-boot-efi  (scripts/test-image/build.sh): boot loaders,
+#                                   partition tables and file systems without mounts
+PACKAGES+=(syslinux syslinux-common mtools fdisk e2fsprogs systemd-boot-efi)
 need=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
@@ -91,6 +95,11 @@ fi
 log "ramdisk (scripts/ramdisk/build.sh)"
 export ANVIL_RAMDISK_DIR="$PWD/target/ramdisk"
 bash scripts/ramdisk/build.sh "$ANVIL_RAMDISK_DIR"
+
+# --- the deployment test disk images (rebuilt only when missing or stale) ----
+log "test disk images (scripts/test-image/build.sh)"
+export ANVIL_TEST_IMAGE_DIR="$PWD/target/test-image"
+bash scripts/test-image/build.sh "$ANVIL_TEST_IMAGE_DIR"
 
 # --- Debian's cloud-init, unpacked and not installed (its systemd units would
 # reconfigure this host at boot): anvil-cloudinit's tests run it on what it renders
