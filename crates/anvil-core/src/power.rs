@@ -9,9 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::{App, Principal, now};
-use anvil_api_types::{
-    BulkSelector, EnrollRequest, EnrollResult, InterfaceInput, MachineCreate, MachineQuery,
-};
+use anvil_api_types::{BulkSelector, EnrollRequest, EnrollResult, InterfaceInput, MachineCreate};
 use anvil_power::{
     BmcCredentials, BootDevice, BootOverride, Inventory, PowerAction, PowerDriver, PowerError,
     PowerState,
@@ -379,50 +377,7 @@ impl App {
         sel: BulkSelector,
         action: MachineAction,
     ) -> Result<Vec<Job>> {
-        if sel.tag.is_none() && sel.state.is_none() && sel.machines.is_none() {
-            return Err(Error::invalid(
-                "tag",
-                "select machines by tag, state or a list of machines",
-            ));
-        }
-        let mut targets: Vec<Machine> = Vec::new();
-        match &sel.machines {
-            Some(list) => {
-                for (i, ident) in list.iter().enumerate() {
-                    let m = self.get_machine(ident).await.map_err(|e| match e {
-                        Error::NotFound { .. } => Error::invalid(
-                            format!("machines[{i}]"),
-                            format!("no machine {ident:?}"),
-                        ),
-                        other => other,
-                    })?;
-                    targets.push(m);
-                }
-            }
-            None => {
-                let mut offset = 0;
-                loop {
-                    let page = self
-                        .list_machines(MachineQuery {
-                            tag: sel.tag.clone(),
-                            state: sel.state.map(|s| s.to_string()),
-                            limit: Some(crate::limits::MAX_PAGE),
-                            offset: Some(offset),
-                            ..Default::default()
-                        })
-                        .await?;
-                    targets.extend(page.items);
-                    match page.next_offset {
-                        Some(n) => offset = n,
-                        None => break,
-                    }
-                }
-            }
-        }
-        targets.retain(|m| {
-            sel.tag.as_ref().is_none_or(|t| m.tags.contains(t))
-                && sel.state.is_none_or(|s| m.state == s)
-        });
+        let targets = self.select_machines(&sel).await?;
         let mut jobs = Vec::with_capacity(targets.len());
         for m in targets {
             jobs.push(self.queue_action(by, m, action).await?);
