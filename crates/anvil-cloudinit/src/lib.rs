@@ -88,6 +88,45 @@ impl RenderedFile {
     }
 }
 
+/// One rendered file as shown to an operator (API, web UI).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DisplayFile {
+    pub path: String,
+    pub content: String,
+    /// True when secrets in `content` were replaced by [`MASK`].
+    pub masked: bool,
+}
+
+/// What `GET /api/v1/machines/{id}/cloud-init` shows: the files of `flavor`
+/// with user-data secrets masked.
+pub fn render_for_display(ctx: &DeployContext, flavor: Flavor) -> Result<Vec<DisplayFile>, Error> {
+    Ok(render(ctx, flavor)?
+        .iter()
+        .map(|f| {
+            let content = f.display_text();
+            DisplayFile {
+                masked: f.is_user_data() && content.as_bytes() != f.bytes.as_slice(),
+                path: f.path.clone(),
+                content,
+            }
+        })
+        .collect())
+}
+
+/// The context of a machine before any deploy parameters exist: its id and
+/// host name, DHCP on the NIC it boots from (named from its latest hardware
+/// facts when it has some), no keys, no user-data. The deploy request adds
+/// keys, user-data and NetBox addresses on top.
+pub fn default_context(
+    machine_id: &str,
+    hostname: &str,
+    facts: Option<&anvil_inventory::HardwareFacts>,
+    boot_mac: &str,
+) -> Result<DeployContext, Error> {
+    let network = NetworkConfig::dhcp_on_boot_nic(facts, boot_mac)?;
+    DeployContext::new(machine_id, hostname, None, &[], None, network)
+}
+
 /// Renders the files of `flavor` for `ctx`, validating the network first.
 pub fn render(ctx: &DeployContext, flavor: Flavor) -> Result<Vec<RenderedFile>, Error> {
     let net = ctx.network.validated()?;
@@ -161,4 +200,125 @@ pub fn openstack_network_data(net: &NetworkConfig) -> Result<Value, Error> {
 
 fn render_network_config(validated: &NetworkConfig) -> Value {
     netplan::render(validated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnOU2zyIAnBcHkWVLvAxoUXE2FYKBuheYt6B6p3BVHR ops@example";
+    const MAC: &str = "52:54:00:12:34:56";
+
+    fn ctx(user_data: Option<&[u8]>, network: NetworkConfig) -> DeployContext {
+        DeployContext::new(
+            "m-1",
+            "node1",
+            Some("example.org"),
+            &[KEY.into()],
+            user_data.map(<[u8]>::to_vec),
+            network,
+        )
+        .unwrap()
+    }
+
+    fn file<'a>(files: &'a [RenderedFile], path: &str) -> &'a RenderedFile {
+        files.iter().find(|f| f.path == path).unwrap()
+    }
+
+    fn json_of(f: &RenderedFile) -> Value {
+        serde_json::from_slice(&f.bytes).unwrap()
+    }
+
+    #[test]
+    fn nocloud_files() {
+        let net = NetworkConfig::dhcp_on_boot_nic(None, MAC).unwrap();
+        let ud: &[u8] = b"#cloud-config\npassword: x\n\xff";
+        let files = render(&ctx(Some(ud), net), Flavor::NoCloud).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["meta-data", "user-data", "network-config"]);
+        assert_eq!(
+            json_of(file(&files, "meta-data")),
+            json!({"instance-id": "m-1", "local-hostname": "node1.example.org", "public-keys": [KEY]})
+        );
+        assert_eq!(file(&files, "user-data").bytes, ud, "byte for byte");
+        let nc = json_of(file(&files, "network-config"));
+        assert_eq!(
+            nc,
+            json!({"version": 2, "ethernets": {"enx525400123456": {
+                "match": {"macaddress": MAC}, "set-name": "enx525400123456", "dhcp4": true}}})
+        );
+    }
+
+    #[test]
+    fn empty_network_and_user_data() {
+        let files = render(&ctx(None, NetworkConfig::default()), Flavor::NoCloud).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["meta-data", "user-data"],
+            "cloud-init falls back to DHCP"
+        );
+        assert!(file(&files, "user-data").bytes.is_empty());
+        let files = render(&ctx(None, NetworkConfig::default()), Flavor::ConfigDrive).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["openstack/latest/meta_data.json"]);
+    }
+
+    #[test]
+    fn config_drive_files() {
+        let net = NetworkConfig::dhcp_on_boot_nic(None, MAC).unwrap();
+        let files = render(&ctx(Some(b"#!/bin/sh\n"), net), Flavor::ConfigDrive).unwrap();
+        let meta = json_of(file(&files, "openstack/latest/meta_data.json"));
+        assert_eq!(meta["uuid"], "m-1");
+        assert_eq!(meta["hostname"], "node1.example.org");
+        assert_eq!(meta["public_keys"], json!({"key-0": KEY}));
+        assert_eq!(meta["keys"][0]["data"], KEY);
+        assert_eq!(
+            file(&files, "openstack/latest/user_data").bytes,
+            b"#!/bin/sh\n"
+        );
+        let nd = json_of(file(&files, "openstack/latest/network_data.json"));
+        assert_eq!(nd["links"][0]["ethernet_mac_address"], MAC);
+        assert_eq!(nd["networks"][0]["type"], "ipv4_dhcp");
+        assert_eq!(nd["services"], json!([]));
+        assert_eq!(Flavor::ConfigDrive.label(), "config-2");
+        assert_eq!(Flavor::NoCloud.label(), "CIDATA");
+    }
+
+    #[test]
+    fn invalid_network_is_an_error_not_a_file() {
+        let mut net = NetworkConfig::dhcp_on_boot_nic(None, MAC).unwrap();
+        net.ethernets.push(net.ethernets[0].clone());
+        assert!(matches!(
+            render(&ctx(None, net), Flavor::NoCloud),
+            Err(Error::DuplicateMac { .. })
+        ));
+    }
+
+    #[test]
+    fn display_masks_user_data_only() {
+        let net = NetworkConfig::dhcp_on_boot_nic(None, MAC).unwrap();
+        let shown =
+            render_for_display(&ctx(Some(b"password: hunter2\n"), net), Flavor::NoCloud).unwrap();
+        let ud = shown.iter().find(|f| f.path == "user-data").unwrap();
+        assert_eq!(ud.content, "password: ********\n");
+        assert!(ud.masked);
+        let meta = shown.iter().find(|f| f.path == "meta-data").unwrap();
+        assert!(!meta.masked && meta.content.contains(KEY));
+        let plain = render_for_display(
+            &ctx(Some(b"runcmd: [ls]\n"), NetworkConfig::default()),
+            Flavor::NoCloud,
+        )
+        .unwrap();
+        assert!(!plain.iter().any(|f| f.masked));
+    }
+
+    #[test]
+    fn default_context_for_the_api() {
+        let c = default_context("m-9", "web-3", None, MAC).unwrap();
+        assert!(c.ssh_keys.is_empty() && c.user_data.is_none());
+        assert_eq!(c.network.ethernets[0].mac, MAC);
+        assert!(default_context("m-9", "bad name", None, MAC).is_err());
+        assert!(default_context("m-9", "web-3", None, "nope").is_err());
+    }
 }
