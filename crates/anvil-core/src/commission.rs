@@ -76,7 +76,7 @@ static RUN_ENDED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// At most this many tokens are minted for one run (each iPXE script fetch
 /// mints one); a machine stuck in a boot loop cannot fill the table.
-const MAX_TOKENS_PER_RUN: u64 = 64;
+const MAX_TOKENS_PER_RUN: u64 = 256;
 /// Bytes of randomness in an agent token.
 const TOKEN_BYTES: usize = 32;
 /// A token outlives its run's deadline by this much, so an agent can still
