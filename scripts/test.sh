@@ -23,9 +23,10 @@ log() { printf '\n=== %s\n' "$*"; }
 # musl-tools zstd lldpd           the commissioning ramdisk (static agent,
 #                                 compression) and the LLDP neighbour of its test
 #                                 and of anvil-inventory's listen_lldp test
+# xz-utils gzip (zstd, qemu-utils) image import: compressed and qcow2 test images
 PACKAGES=(postgresql chromium chromium-driver iproute2 busybox-static isc-dhcp-client
     atftp tftp-hpa curl qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf dnsmasq-base
-    cpio kmod openipmi ipmitool musl-tools zstd lldpd)
+    cpio kmod openipmi ipmitool musl-tools zstd lldpd xz-utils gzip)
 # python3-yaml … python3-serial   Debian cloud-init's Python dependencies: its
 #                                 unpacked copy checks what anvil-cloudinit renders
 PACKAGES+=(python3-yaml python3-jsonschema python3-configobj python3-jinja2

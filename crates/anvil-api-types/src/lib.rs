@@ -5,6 +5,7 @@
 //! `anvil-types`, which never carry secrets.
 
 pub mod agent;
+pub mod images;
 
 use anvil_types::{Architecture, BmcDriver, Firmware, MachineState};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -311,6 +312,7 @@ pub mod problem_types {
     pub const UNAVAILABLE: &str = "https://anvil.dev/problems/unavailable";
     pub const BMC: &str = "https://anvil.dev/problems/bmc";
     pub const INTERNAL: &str = "https://anvil.dev/problems/internal";
+    pub const IN_USE: &str = "https://anvil.dev/problems/in-use";
     pub const NETBOX: &str = "https://anvil.dev/problems/netbox";
 }
 

@@ -94,6 +94,9 @@ impl From<Error> for ApiError {
                 ApiError::validation(Some(field.clone()), format!("{field}: {message}"))
             }
             Error::PowerDisabled => ApiError::validation(Some("bmc".into()), format!("bmc: {e}")),
+            Error::InUse { .. } => {
+                ApiError::new(StatusCode::CONFLICT, pt::IN_USE, "In use", e.to_string())
+            }
             Error::Bmc(detail) => ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 pt::BMC,

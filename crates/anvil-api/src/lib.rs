@@ -8,6 +8,7 @@
 pub mod agent;
 mod error;
 mod extract;
+pub mod images;
 pub mod netbox;
 
 pub use error::{ApiError, chain};
@@ -68,6 +69,7 @@ pub fn router(app: App) -> Router {
         .route("/users/{username}/password", put(set_password))
         .merge(agent::router())
         .merge(netbox::router())
+        .merge(images::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -132,6 +134,7 @@ pub fn openapi_document() -> String {
     let mut doc = ApiDoc::openapi();
     doc.merge(agent::AgentDoc::openapi());
     doc.merge(netbox::NetboxDoc::openapi());
+    doc.merge(images::ImagesDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut s = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_string());
     s.push('\n');

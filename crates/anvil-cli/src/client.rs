@@ -260,7 +260,7 @@ impl Client {
     }
 
     /// Sends a request whose success answer has no body (204).
-    async fn empty(&self, req: RequestBuilder) -> Result<(), CliError> {
+    pub(crate) async fn empty(&self, req: RequestBuilder) -> Result<(), CliError> {
         self.send(req).await.map(drop)
     }
 

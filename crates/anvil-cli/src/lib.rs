@@ -15,6 +15,7 @@ pub mod error;
 
 mod client;
 mod commission;
+mod image;
 mod machine;
 mod netbox;
 mod output;
@@ -26,6 +27,7 @@ mod user;
 
 pub use client::Client;
 pub use error::CliError;
+pub use image::{ImageCmd, ImageImportArgs, run_image};
 pub use machine::{
     BmcArgs, MachineAddArgs, MachineCmd, MachineEditArgs, MachineFields, MachineListArgs,
     run_machine,

@@ -33,6 +33,13 @@ pub enum Error {
     /// This server was started without BMC drivers.
     #[error("power control is not enabled on this server")]
     PowerDisabled,
+    /// Refused because other records use it (machines using an image).
+    #[error("{kind} {name:?} is in use by {}", users.join(", "))]
+    InUse {
+        kind: &'static str,
+        name: String,
+        users: Vec<String>,
+    },
     /// This server was started without a `[netbox]` configuration.
     #[error("NetBox synchronisation is not configured on this server")]
     NetboxDisabled,

@@ -9,6 +9,7 @@ pub mod boot;
 pub mod commission;
 pub mod crypto;
 mod error;
+pub mod images;
 mod machines;
 pub mod netbox;
 pub mod power;
@@ -40,6 +41,7 @@ pub struct App {
     session_ttl: time::Duration,
     boot: std::sync::Arc<boot::BootState>,
     power: Option<std::sync::Arc<power::PowerCtl>>,
+    images: Option<std::sync::Arc<images::ImageCtl>>,
     commissioning: std::sync::Arc<commission::CommissioningConfig>,
     netbox: Option<std::sync::Arc<netbox::NetboxCtl>>,
 }
@@ -52,6 +54,7 @@ impl App {
             session_ttl: time::Duration::hours(12),
             boot: std::sync::Arc::new(boot::BootState::new()),
             power: None,
+            images: None,
             commissioning: Default::default(),
             netbox: None,
         }

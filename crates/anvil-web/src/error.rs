@@ -31,6 +31,7 @@ impl From<anvil_core::Error> for PageError {
             // A BMC's failure is the operator's to see and fix (the text never
             // holds a password); shown like a conflict, not as a server fault.
             E::Bmc(m) => PageError::Conflict(m),
+            E::InUse { .. } => PageError::Conflict(e.to_string()),
             E::NetboxDisabled => PageError::BadRequest(e.to_string()),
             E::Netbox(m) => PageError::Conflict(format!("NetBox: {m}")),
             E::Unauthenticated | E::AgentUnauthenticated => PageError::Forbidden(e.to_string()),

@@ -60,6 +60,9 @@ enum Command {
     /// Synchronise with NetBox: a sync (or its plan), the status.
     #[command(subcommand)]
     Netbox(anvil_cli::NetboxCmd),
+    /// OS images: import (file or URL), list, rm.
+    #[command(subcommand)]
+    Image(anvil_cli::ImageCmd),
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
@@ -139,6 +142,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::PxeBoot(t) => cli_result(anvil_cli::run_pxe_boot(&cli.global, t).await),
         Command::Rack(cmd) => cli_result(anvil_cli::run_rack(&cli.global, cmd).await),
         Command::Netbox(cmd) => cli_result(anvil_cli::run_netbox(&cli.global, cmd).await),
+        Command::Image(cmd) => cli_result(anvil_cli::run_image(&cli.global, cmd).await),
     }
 }
 

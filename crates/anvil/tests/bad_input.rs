@@ -182,6 +182,17 @@ fn routes(machine: &str, iface: &str, token: &str) -> Vec<Route> {
             Some(json!({"password": "password1", "old": "x"})),
             false,
         ),
+        // Images: the JSON form of an import (an upload body is not JSON).
+        r(Method::GET, "/images".into(), None, None, false),
+        r(
+            Method::POST,
+            "/images".into(),
+            Some(json!({"url": 1})),
+            Some(json!({"url": "http://127.0.0.1:1/x", "colour": 1})),
+            true,
+        ),
+        r(Method::GET, "/images/nope".into(), None, None, false),
+        r(Method::DELETE, "/images/nope".into(), None, None, false),
         // Commissioning. The agent routes authenticate by per-boot token
         // before they read a body, so only the token cases apply to them
         // here; their bodies are refused in tests/commission.rs.
