@@ -6,7 +6,8 @@
 //! - as built: `no-cidata`, and the root partition as built;
 //! - after what a deployment does (a larger disk, the root partition and its
 //!   ext4 grown, a `CIDATA` partition at the end of the disk): the hostname,
-//!   the SSH keys, the user data's hash and the grown sizes;
+//!   the SSH keys, the hashes of the user data and network config, and the
+//!   grown sizes;
 //! - with an OpenStack config drive (`config-2`) instead.
 //!
 //! Builds the images once (cached by the script's stamp) in
@@ -36,6 +37,7 @@ const KEY_1: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGJ3DYxQ2Pw0nL9vIaGqKvOk8sH0cCwZ0y7ZQeE5vQ2e test@key";
 const KEY_2: &str = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDx second@key";
 const USER_DATA: &str = "#cloud-config\nruncmd:\n  - echo deployed\n";
+const NETWORK_CONFIG: &str = "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"52:54:00:12:34:56\"\n    dhcp4: true\n";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Firmware {
@@ -297,15 +299,11 @@ fn deployed_nocloud(name: &str, file: &str, table: Table, firmware: Firmware, bu
         &CloudData::NoCloud {
             meta_data: &meta_data,
             user_data: Some(USER_DATA),
+            network_config: Some(NETWORK_CONFIG),
         },
     );
     assert!(root_bytes > test_image::ROOT_SECTORS * 512 * 10);
     let b = boot(dir.path(), name, firmware, bus, &disk, "raw");
-    let user_data_sha = run(Command::new("sh")
-        .arg("-c")
-        .arg("printf '%s' \"$1\" | sha256sum | cut -d' ' -f1")
-        .arg("sh")
-        .arg(USER_DATA));
     assert_eq!(
         b.markers,
         [
@@ -321,7 +319,11 @@ fn deployed_nocloud(name: &str, file: &str, table: Table, firmware: Firmware, bu
             format!("hostname={HOSTNAME}"),
             format!("ssh-key={KEY_1}"),
             format!("ssh-key={KEY_2}"),
-            format!("user-data-sha256={}", user_data_sha.trim()),
+            format!("user-data-sha256={}", test_image::sha256_hex(USER_DATA)),
+            format!(
+                "network-config-sha256={}",
+                test_image::sha256_hex(NETWORK_CONFIG)
+            ),
             "done".into(),
         ],
         "{name}"

@@ -129,6 +129,16 @@ pub fn run_with_input(cmd: &mut Command, input: &str) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// The sha256 of `data` in hex (as the image's init prints it), by
+/// `sha256sum`.
+pub fn sha256_hex(data: &str) -> String {
+    run_with_input(&mut Command::new("sha256sum"), data)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// A sparse copy of `src` at `dst`.
 pub fn copy_disk(src: &Path, dst: &Path) {
     run(Command::new("cp").arg("--sparse=always").arg(src).arg(dst));
@@ -141,6 +151,7 @@ pub enum CloudData<'a> {
     NoCloud {
         meta_data: &'a str,
         user_data: Option<&'a str>,
+        network_config: Option<&'a str>,
     },
     /// OpenStack config drive: `openstack/latest/meta_data.json` on a FAT
     /// file system labelled `config-2`.
@@ -185,10 +196,14 @@ pub fn make_cloud_data_fs(fs: &Path, sectors: u64, data: &CloudData) {
         CloudData::NoCloud {
             meta_data,
             user_data,
+            network_config,
         } => {
             put("meta-data", meta_data, "/meta-data");
             if let Some(u) = user_data {
                 put("user-data", u, "/user-data");
+            }
+            if let Some(n) = network_config {
+                put("network-config", n, "/network-config");
             }
         }
         CloudData::ConfigDrive { meta_data_json } => {
