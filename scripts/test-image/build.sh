@@ -142,7 +142,10 @@ if [[ ! -f "$OUT/.debs/$DEB_NAME" ]]; then
     rm -f "$OUT"/.debs/*.deb
     for cache in "$ROOT_DIR/target/ramdisk/.debs" /var/cache/apt/archives; do
         if [[ -f "$cache/$DEB_NAME" ]]; then
-            cp "$cache/$DEB_NAME" "$OUT/.debs/$DEB_NAME.part" && mv "$OUT/.debs/$DEB_NAME.part" "$OUT/.debs/$DEB_NAME"
+            # A hard link when on the same file system: no second 70 MB copy.
+            ln -f "$cache/$DEB_NAME" "$OUT/.debs/$DEB_NAME.part" 2>/dev/null ||
+                cp "$cache/$DEB_NAME" "$OUT/.debs/$DEB_NAME.part"
+            mv "$OUT/.debs/$DEB_NAME.part" "$OUT/.debs/$DEB_NAME"
             log "kernel package from $cache"
             break
         fi
