@@ -68,6 +68,7 @@ pub fn router(app: App) -> Router {
             post(views::hardware::commission),
         )
         .route("/netbox", get(views::netbox::page))
+        .route("/images", get(views::images::page))
         .route("/static/{*path}", get(assets::serve))
         .fallback(error::not_found)
         .layer(axum::middleware::map_response(security::headers))

@@ -5,6 +5,7 @@
 pub(crate) mod boot;
 pub(crate) mod enroll;
 pub(crate) mod hardware;
+pub(crate) mod images;
 pub(crate) mod login;
 pub(crate) mod machine_form;
 pub(crate) mod machines;

@@ -3,6 +3,7 @@
 mod browser;
 mod hardware;
 mod http;
+mod images;
 mod netbox;
 mod power;
 mod support;
