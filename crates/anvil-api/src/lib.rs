@@ -6,6 +6,7 @@
 //! served at `/api/v1/openapi.json` and committed at `openapi/anvil.json`.
 
 pub mod agent;
+pub mod cloudinit;
 mod error;
 mod extract;
 pub mod images;
@@ -70,6 +71,7 @@ pub fn router(app: App) -> Router {
         .merge(agent::router())
         .merge(netbox::router())
         .merge(images::router())
+        .merge(cloudinit::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -135,6 +137,7 @@ pub fn openapi_document() -> String {
     doc.merge(agent::AgentDoc::openapi());
     doc.merge(netbox::NetboxDoc::openapi());
     doc.merge(images::ImagesDoc::openapi());
+    doc.merge(cloudinit::CloudInitDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut s = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_string());
     s.push('\n');

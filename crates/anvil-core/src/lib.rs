@@ -6,6 +6,7 @@
 //! idempotency, secrets handling and the audit log.
 
 pub mod boot;
+pub mod cloudinit;
 pub mod commission;
 pub mod crypto;
 mod error;

@@ -224,6 +224,13 @@ fn routes(machine: &str, iface: &str, token: &str) -> Vec<Route> {
             None,
             false,
         ),
+        r(
+            Method::GET,
+            format!("/machines/{machine}/cloud-init"),
+            None,
+            None,
+            true,
+        ),
         r(Method::POST, "/agent/register".into(), None, None, false),
         r(Method::POST, "/agent/heartbeat".into(), None, None, false),
         r(Method::POST, "/agent/next".into(), None, None, false),
