@@ -282,16 +282,42 @@ fn uefi_compressed_qcow2_on_nvme_boots_and_reports_no_cidata() {
 /// A copy of the raw image treated like a deployment treats its disk, then
 /// booted: the hostname, keys and user data hash from `CIDATA`, and the
 /// grown root.
-fn deployed_nocloud(name: &str, file: &str, table: Table, firmware: Firmware, bus: Bus) {
+/// How `meta-data` is written: YAML as people write it, or pretty-printed
+/// JSON as `anvil-cloudinit` renders it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum MetaStyle {
+    Yaml,
+    PrettyJson,
+}
+
+fn deployed_nocloud(
+    name: &str,
+    file: &str,
+    table: Table,
+    firmware: Firmware,
+    bus: Bus,
+    style: MetaStyle,
+) {
     if !vm_tests_enabled() {
         return;
     }
     let dir = scratch(name);
     let disk = dir.path().join(file);
     test_image::copy_disk(&image(file), &disk);
-    let meta_data = format!(
-        "instance-id: anvil-{name}\nlocal-hostname: {HOSTNAME}\npublic-keys:\n  - {KEY_1}\n  - \"{KEY_2}\"\n"
-    );
+    let meta_data = match style {
+        MetaStyle::Yaml => format!(
+            "instance-id: anvil-{name}\nlocal-hostname: {HOSTNAME}\npublic-keys:\n  - {KEY_1}\n  - \"{KEY_2}\"\n"
+        ),
+        MetaStyle::PrettyJson => {
+            serde_json::to_string_pretty(&serde_json::json!({
+                "instance-id": format!("anvil-{name}"),
+                "local-hostname": HOSTNAME,
+                "public-keys": [KEY_1, KEY_2],
+            }))
+            .expect("json")
+                + "\n"
+        }
+    };
     let root_bytes = test_image::deploy_like(
         &disk,
         table,
@@ -338,6 +364,7 @@ fn bios_raw_deployed_with_cidata_on_ahci_prints_hostname_and_keys() {
         Table::Mbr,
         Firmware::Bios,
         Bus::Ahci,
+        MetaStyle::Yaml,
     );
 }
 
@@ -349,6 +376,7 @@ fn uefi_raw_deployed_with_cidata_on_virtio_prints_hostname_and_keys() {
         Table::Gpt,
         Firmware::Uefi,
         Bus::Virtio,
+        MetaStyle::PrettyJson,
     );
 }
 
@@ -361,10 +389,21 @@ fn bios_raw_with_a_config_drive_prints_hostname_and_keys() {
     let dir = scratch(name);
     let disk = dir.path().join("bios.raw");
     test_image::copy_disk(&image("bios.raw"), &disk);
-    // As OpenStack writes it: one line, keys as a name -> key map.
-    let meta = format!(
-        "{{\"uuid\": \"0b5e6f6a-2f3c-4a51-9d1e-5f2b3c4d5e6f\", \"hostname\": \"{HOSTNAME}\", \"name\": \"{HOSTNAME}\", \"public_keys\": {{\"one\": \"{KEY_1}\\n\", \"two\": \"{KEY_2}\"}}, \"launch_index\": 0}}"
-    );
+    // As anvil-cloudinit renders it: pretty-printed, keys both as a
+    // name -> key map and as a list of objects (a trailing newline in a key,
+    // as OpenStack writes them, is dropped).
+    let meta = serde_json::to_string_pretty(&serde_json::json!({
+        "uuid": "0b5e6f6a-2f3c-4a51-9d1e-5f2b3c4d5e6f",
+        "hostname": HOSTNAME,
+        "name": HOSTNAME,
+        "launch_index": 0,
+        "public_keys": {"key-0": format!("{KEY_1}\n"), "key-1": KEY_2},
+        "keys": [
+            {"name": "key-0", "type": "ssh", "data": KEY_1},
+            {"name": "key-1", "type": "ssh", "data": KEY_2},
+        ],
+    }))
+    .expect("json");
     let root_bytes = test_image::deploy_like(
         &disk,
         Table::Mbr,
