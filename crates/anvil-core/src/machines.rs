@@ -520,6 +520,12 @@ impl App {
                 current: m.state,
                 source,
             })?;
+        // Entering commissioning means running it: the same run, job and
+        // network boot as the commission action, whichever way it is asked for.
+        if c.state == MachineState::Commissioning {
+            self.queue_commission(by, m.clone(), &[]).await?;
+            return self.get_machine(&m.id.to_string()).await;
+        }
         let reason = if c.state.keeps_reason() { reason } else { None };
         let mut new = m.clone();
         new.state = c.state;

@@ -709,7 +709,21 @@ async fn an_operator_abort_ends_the_run_and_the_token() {
     let api = Api::new(&s);
     let mac = "52:54:00:c0:00:05";
     api.create_machine("ab-1", mac).await;
-    api.post("/machines/ab-1/actions/commission", None).await;
+    // Moving a machine to `commissioning` by its state runs commissioning,
+    // exactly as the action does (a run, a job, a token in its script).
+    let (st, m) = api
+        .post(
+            "/machines/ab-1/state",
+            Some(json!({"state": "commissioning"})),
+        )
+        .await;
+    assert_eq!(
+        (st, m["state"].as_str()),
+        (StatusCode::OK, Some("commissioning")),
+        "{m}"
+    );
+    let (_, jobs) = api.get("/machines/ab-1/jobs").await;
+    assert_eq!(jobs["items"][0]["kind"], "commission", "{jobs}");
     let agent = Agent {
         api: &api,
         token: api.boot_token(mac).await,
