@@ -33,6 +33,9 @@ pub struct Config {
     /// Synchronisation with NetBox (off unless configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netbox: Option<crate::netbox_config::NetboxConfig>,
+    /// The image library: largest import accepted.
+    #[serde(default)]
+    pub images: crate::images_config::ImagesConfig,
 }
 
 /// BMC work: how much at once, how long each may take.
@@ -121,6 +124,7 @@ impl Default for Config {
             power: PowerConfig::default(),
             commissioning: Default::default(),
             netbox: None,
+            images: Default::default(),
         }
     }
 }

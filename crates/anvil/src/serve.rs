@@ -61,9 +61,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         )
         .with_commissioning(cfg.commissioning.settings());
     let app = app
-        .with_images(anvil_core::images::ImageLibraryConfig::in_data_dir(
-            &cfg.data_dir,
-        ))
+        .with_images(cfg.images.library(&cfg.data_dir))
         .context("cannot open the image library")?;
     let app = match &cfg.netbox {
         Some(n) => app.with_netbox(n.settings()?),
