@@ -273,6 +273,12 @@ fn commissioning_stores_the_facts_qemu_was_given_and_a_second_run_shows_a_change
     assert_eq!(run["system_uuid"], spec.uuid.as_str(), "{run:#}");
     assert_eq!(run["steps"][0]["kind"], "inventory", "{run:#}");
     assert_eq!(run["steps"][0]["status"], "succeeded", "{run:#}");
+    let inventory = &run["steps"][0]["result"];
+    assert_eq!(
+        inventory["lldp_neighbours"].as_u64(),
+        Some(lldp.len() as u64),
+        "{run:#}"
+    );
     // Anvil (or the agent) powered the machine off when done.
     assert!(
         vm.wait_off(Duration::from_secs(60)),
@@ -285,11 +291,13 @@ fn commissioning_stores_the_facts_qemu_was_given_and_a_second_run_shows_a_change
         e2e::printable(&serial1)
     );
     record(&format!(
-        "e2e-commission timing: run=1 tests=none firmware=BiosIpxeRom api_to_ready={:.1}s power_on_to_ready={power_on_to_ready} kernel_uptime_at_facts_posted={}",
+        "e2e-commission timing: run=1 tests=none firmware=BiosIpxeRom api_to_ready={:.1}s power_on_to_ready={power_on_to_ready} kernel_uptime_at_facts_posted={} inventory_collect={}s inventory_total={}s",
         to_ready.as_secs_f64(),
         facts_posted_uptime(&serial1)
             .map(|u| format!("{u:.2}s"))
-            .unwrap_or_else(|| "?".into())
+            .unwrap_or_else(|| "?".into()),
+        inventory["collect_secs"],
+        inventory["total_secs"]
     ));
 
     // --- run 2: the NVMe disk swapped, with hardware tests ---------------------
