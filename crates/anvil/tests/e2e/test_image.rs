@@ -291,3 +291,111 @@ pub fn deploy_like(disk: &Path, table: Table, disk_bytes: u64, data: &CloudData)
     }
     root_sectors * 512
 }
+
+/// A bootable image `image_bytes` long made from one of the test images, for
+/// deployment benchmarks whose time must grow with the image (a deployment
+/// skips zero ranges, so the size has to be data): the root partition and
+/// its ext4 grown to the image's end, holding `/payload`, `payload_bytes`
+/// of incompressible pseudo-random bytes (a fixed seed: the same bytes each
+/// time), written with debugfs (no mount). Returns the root partition's
+/// size in bytes.
+pub fn sized_image(
+    src: &Path,
+    table: Table,
+    dst: &Path,
+    image_bytes: u64,
+    payload_bytes: u64,
+) -> u64 {
+    const MIB: u64 = 2048; // sectors
+    copy_disk(src, dst);
+    run(Command::new("truncate")
+        .arg("-s")
+        .arg(image_bytes.to_string())
+        .arg(dst));
+    let sfdisk = |args: &[&str]| {
+        let mut c = Command::new("sfdisk");
+        c.args(["-q", "--no-reread", "--no-tell-kernel"])
+            .args(args)
+            .arg(dst);
+        c
+    };
+    let total = image_bytes / 512;
+    let root_end = match table {
+        Table::Gpt => {
+            run(&mut sfdisk(&["--relocate", "gpt-bak-std"]));
+            (total - 33) / MIB * MIB
+        }
+        Table::Mbr => total / MIB * MIB,
+    };
+    let root_sectors = root_end - ROOT_START;
+    run_with_input(
+        &mut sfdisk(&["-N", "2"]),
+        &format!("{ROOT_START},{root_sectors}\n"),
+    );
+    let root = dst.with_extension("root.ext4");
+    run(Command::new("dd")
+        .arg(format!("if={}", dst.display()))
+        .arg(format!("of={}", root.display()))
+        .args(["bs=512", &format!("skip={ROOT_START}")])
+        .arg(format!("count={ROOT_SECTORS}"))
+        .arg("status=none"));
+    run(Command::new("truncate")
+        .arg("-s")
+        .arg((root_sectors * 512).to_string())
+        .arg(&root));
+    run(Command::new("resize2fs").arg("-f").arg(&root));
+    let payload = dst.with_extension("payload");
+    write_pseudo_random(&payload, payload_bytes);
+    run(Command::new("debugfs")
+        .arg("-w")
+        .arg("-R")
+        .arg(format!("write {} payload", payload.display()))
+        .arg(&root));
+    // debugfs exits 0 even when a command fails (a full file system): check.
+    let stat = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /payload")
+        .arg(&root));
+    assert!(
+        stat.contains(&format!("Size: {payload_bytes}")),
+        "/payload ({payload_bytes} B) did not fit into a root of {} B:\n{stat}",
+        root_sectors * 512
+    );
+    // A clean file system (read-only check).
+    run(Command::new("e2fsck").arg("-fn").arg(&root));
+    run(Command::new("dd")
+        .arg(format!("if={}", root.display()))
+        .arg(format!("of={}", dst.display()))
+        .args([
+            "bs=1M",
+            &format!("seek={}", ROOT_START * 512),
+            "oflag=seek_bytes",
+            "conv=notrunc",
+        ])
+        .arg("status=none"));
+    let _ = std::fs::remove_file(&root);
+    let _ = std::fs::remove_file(&payload);
+    root_sectors * 512
+}
+
+/// `len` bytes of xorshift64* output from a fixed seed.
+fn write_pseudo_random(path: &Path, len: u64) {
+    use std::io::Write;
+    let f = std::fs::File::create(path).expect("create payload");
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+    let mut x: u64 = 0x414e_5649_4c00_0001;
+    let mut left = len;
+    let mut buf = [0u8; 8192];
+    while left > 0 {
+        for chunk in buf.chunks_exact_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            chunk.copy_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        w.write_all(&buf[..n]).expect("write payload");
+        left -= n as u64;
+    }
+    w.flush().expect("flush payload");
+}
