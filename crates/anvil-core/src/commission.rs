@@ -195,6 +195,18 @@ impl App {
         m: Machine,
         tests: &[HardwareTest],
     ) -> Result<Job> {
+        self.queue_commission_with(by, m, tests, false).await
+    }
+
+    /// `already_booting`: the machine is network-booting right now (its
+    /// iPXE script is being rendered), so the job must not boot it again.
+    async fn queue_commission_with(
+        &self,
+        by: &Principal,
+        m: Machine,
+        tests: &[HardwareTest],
+        already_booting: bool,
+    ) -> Result<Job> {
         m.state
             .check_transition(MachineState::Commissioning, None)
             .map_err(|source| Error::Transition {
@@ -289,16 +301,38 @@ impl App {
         let app = self.clone();
         let run_id = run.id;
         let actor = by.actor();
-        tokio::spawn(async move { app.run_commission_job(job.id, m, run_id, actor).await });
+        tokio::spawn(async move {
+            app.run_commission_job(job.id, m, run_id, actor, already_booting)
+                .await
+        });
         Ok(job)
     }
 
     /// The job: boot the machine from the network, wait for the run to end,
     /// power off when configured.
-    async fn run_commission_job(&self, job_id: Uuid, m: Machine, run_id: Uuid, actor: String) {
+    async fn run_commission_job(
+        &self,
+        job_id: Uuid,
+        m: Machine,
+        run_id: Uuid,
+        actor: String,
+        already_booting: bool,
+    ) {
         let _ = self.store.start_job(job_id, now()).await;
         let has_power = m.bmc.is_some() && self.power.is_some();
-        if has_power {
+        if already_booting {
+            let _ = self
+                .store
+                .append_event(&NewEvent {
+                    time: now(),
+                    actor: actor.clone(),
+                    machine_id: Some(m.id),
+                    kind: "commission.on-discovery".into(),
+                    message: "commissioning in the machine's current network boot".into(),
+                    data: json!({ "job": job_id, "run": run_id }),
+                })
+                .await;
+        } else if has_power {
             if let Err(e) = self.power_for_commission(&m, MachineAction::PxeBoot).await {
                 let reason = format!("cannot boot the machine from the network: {e}");
                 self.end_run(run_id, m.id, RunState::Failed, Some(reason), None, &actor)
@@ -562,7 +596,7 @@ impl App {
             return Ok(None);
         }
         match self
-            .queue_commission(&Principal::System, m.clone(), &[])
+            .queue_commission_with(&Principal::System, m.clone(), &[], true)
             .await
         {
             Ok(_) => {}

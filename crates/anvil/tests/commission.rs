@@ -940,4 +940,12 @@ async fn on_discovery_an_unknown_machine_is_commissioned_in_its_first_boot() {
         .await
         .1;
     assert_eq!(runs["items"].as_array().unwrap().len(), 1);
+    // It was commissioned in the boot it was in, not asked to boot again.
+    let events = api
+        .get(&format!("/machines/{host}/events"))
+        .await
+        .1
+        .to_string();
+    assert!(events.contains("commission.on-discovery"), "{events}");
+    assert!(!events.contains("commission.manual-power"), "{events}");
 }
