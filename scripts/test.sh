@@ -28,9 +28,11 @@ PACKAGES=(postgresql chromium chromium-driver iproute2 busybox-static isc-dhcp-c
     atftp tftp-hpa curl qemu-system-x86 qemu-utils ipxe ipxe-qemu ovmf dnsmasq-base
     cpio kmod openipmi ipmitool musl-tools zstd lldpd xz-utils gzip)
 # python3-yaml … python3-serial   Debian cloud-init's Python dependencies: its
-#                                 unpacked copy checks what anvil-cloudinit renders
+#                                 unpacked copy checks what anvil-cloudinit renders;
+# dosfstools                      fsck.fat checks its CIDATA images (mtools reads them)
 PACKAGES+=(python3-yaml python3-jsonschema python3-configobj python3-jinja2
-    python3-netifaces python3-jsonpatch python3-requests python3-oauthlib python3-serial)
+    python3-netifaces python3-jsonpatch python3-requests python3-oauthlib python3-serial
+    dosfstools)
 # syslinux syslinux-common mtools   the deployment test disk images
 # fdisk e2fsprogs systemd-boot-efi  (scripts/test-image/build.sh): boot loaders,
 #                                   partition tables and file systems without mounts

@@ -16,6 +16,7 @@
 
 mod context;
 mod error;
+mod fat;
 mod layout;
 mod mask;
 mod netplan;
@@ -24,6 +25,7 @@ mod network_data;
 
 pub use context::{DeployContext, validate_ssh_key};
 pub use error::Error;
+pub use fat::build_fat_image;
 pub use layout::{
     CIDATA_SIZE, CidataPlacement, MBR_LIMIT, PartitionTable, TAIL_RESERVE, place_cidata,
 };
