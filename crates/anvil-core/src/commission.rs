@@ -505,10 +505,18 @@ impl App {
     pub fn start_commissioning_watcher(&self) {
         let app = self.clone();
         tokio::spawn(async move {
+            let mut last_purge = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(app.commissioning.watch_interval).await;
                 if let Err(e) = app.check_commissioning_runs().await {
                     tracing::warn!(error = %e, "commissioning watcher");
+                }
+                // Expired tokens are refused anyway; removing them is tidying.
+                if last_purge.elapsed() >= Duration::from_secs(60) {
+                    last_purge = tokio::time::Instant::now();
+                    if let Err(e) = app.store.purge_agent_tokens(now()).await {
+                        tracing::warn!(error = %e, "cannot purge expired agent tokens");
+                    }
                 }
             }
         });
@@ -548,7 +556,6 @@ impl App {
                 .await;
             }
         }
-        let _ = self.store.purge_agent_tokens(at).await;
         Ok(())
     }
 
