@@ -237,10 +237,12 @@ modprobe -q efivarfs 2>/dev/null
 [ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
 # Drivers by modalias: a loaded bus driver (virtio_pci, an HBA) brings new
 # devices with modaliases of their own, so repeat until nothing new shows.
+# Every device with a modalias sits on a bus: /sys/bus/*/devices/* is a much
+# shorter walk than all of /sys/devices (which costs ~0.5 s a pass in TCG).
 pass=0
 prev=
 while [ $pass -lt 4 ]; do
-    aliases=$(find /sys/devices -name modalias -type f -exec cat {} + 2>/dev/null | sort -u)
+    aliases=$(cat /sys/bus/*/devices/*/modalias 2>/dev/null | sort -u)
     [ "$aliases" = "$prev" ] && break
     prev=$aliases
     # One modprobe for all: it reads modules.dep and modules.alias once.

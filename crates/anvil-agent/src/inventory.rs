@@ -9,18 +9,6 @@ use serde_json::json;
 
 use crate::agent::StepOutput;
 use crate::hwtest::{Outcome, Progress};
-use crate::net;
-
-/// Physical interfaces with a link (carrier 1): where a switch can be heard.
-pub fn connected_interfaces(sys_class_net: &Path) -> Vec<String> {
-    net::physical_interfaces(sys_class_net)
-        .into_iter()
-        .filter(|i| {
-            std::fs::read_to_string(sys_class_net.join(i).join("carrier"))
-                .is_ok_and(|c| c.trim() == "1")
-        })
-        .collect()
-}
 
 pub fn run(window: Duration, progress: Progress<'_>) -> StepOutput {
     let started = Instant::now();
@@ -30,7 +18,17 @@ pub fn run(window: Duration, progress: Progress<'_>) -> StepOutput {
         Err(e) => return failed(format!("inventory: {e}")),
     };
     let collect_secs = started.elapsed().as_secs_f64();
-    let ifaces = connected_interfaces(Path::new("/sys/class/net"));
+    // Every NIC with a link: brought up (the boot NIC already is) and given
+    // a few seconds of autonegotiation, no longer than the window itself.
+    let nics = anvil_inventory::physical_interfaces(Path::new("/"));
+    let ifaces =
+        match anvil_inventory::connected_interfaces(&nics, window.min(Duration::from_secs(5))) {
+            Ok(v) => v,
+            Err(e) => {
+                facts.problems.push(format!("LLDP: bringing NICs up: {e}"));
+                Vec::new()
+            }
+        };
     progress(
         1,
         2,
@@ -93,31 +91,5 @@ fn failed(message: String) -> StepOutput {
             result: json!({}),
         },
         facts: None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_physical_interfaces_with_carrier_are_connected() {
-        let d = tempfile::tempdir().unwrap();
-        for (name, physical, carrier) in [
-            ("eth0", true, Some("1")),
-            ("eth1", true, Some("0")),
-            ("eth2", true, None),
-            ("lo", false, Some("1")),
-        ] {
-            let p = d.path().join(name);
-            std::fs::create_dir_all(&p).unwrap();
-            if physical {
-                std::fs::create_dir_all(p.join("device")).unwrap();
-            }
-            if let Some(c) = carrier {
-                std::fs::write(p.join("carrier"), format!("{c}\n")).unwrap();
-            }
-        }
-        assert_eq!(connected_interfaces(d.path()), ["eth0"]);
     }
 }

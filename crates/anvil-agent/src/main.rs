@@ -129,7 +129,7 @@ fn bring_up_network(mac: &str) -> (String, String) {
 /// A discovery boot (no token): report this machine like the discovery
 /// ramdisk does, then power off.
 fn discovery_callhome(url: &str, mac: &str, ip: &str) -> agent::Finish {
-    let macs: Vec<String> = net::physical_interfaces(std::path::Path::new("/sys/class/net"))
+    let macs: Vec<String> = net::physical_interfaces()
         .iter()
         .filter_map(|i| std::fs::read_to_string(format!("/sys/class/net/{i}/address")).ok())
         .filter_map(|a| cmdline::normalise_mac(a.trim()))

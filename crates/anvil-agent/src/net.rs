@@ -27,18 +27,9 @@ pub fn interface_with_mac(sys_class_net: &Path, mac: &str) -> Option<String> {
     })
 }
 
-/// Physical Ethernet interfaces (they have a `device` link), sorted.
-pub fn physical_interfaces(sys_class_net: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(sys_class_net)
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter(|d| d.path().join("device").exists())
-                .map(|d| d.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+/// NICs (interfaces backed by a device), as the inventory sees them.
+pub fn physical_interfaces() -> Vec<String> {
+    anvil_inventory::physical_interfaces(Path::new("/"))
 }
 
 /// The lease udhcpc's hook recorded: `key=value` lines.
@@ -95,7 +86,7 @@ pub fn wait_for_interface(mac: &str, wait: Duration) -> Result<String, String> {
         if Instant::now() >= deadline {
             return Err(format!(
                 "no interface has MAC {mac} (interfaces: {})",
-                physical_interfaces(sys).join(", ")
+                physical_interfaces().join(", ")
             ));
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -140,7 +131,7 @@ pub fn dhcp(iface: &str) -> Result<Lease, String> {
 /// Brings every other physical interface up (no address): LLDP frames are
 /// only heard on an interface that is up.
 pub fn bring_up_all(except: &str) {
-    for i in physical_interfaces(Path::new("/sys/class/net")) {
+    for i in physical_interfaces() {
         if i != except {
             let _ = run("ip", &["link", "set", &i, "up"]);
         }
@@ -151,15 +142,12 @@ pub fn bring_up_all(except: &str) {
 mod tests {
     use super::*;
 
-    fn fake_sys(ifaces: &[(&str, &str, bool)]) -> tempfile::TempDir {
+    fn fake_sys(ifaces: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
-        for (name, mac, physical) in ifaces {
+        for (name, mac) in ifaces {
             let p = d.path().join(name);
             std::fs::create_dir_all(&p).unwrap();
             std::fs::write(p.join("address"), format!("{mac}\n")).unwrap();
-            if *physical {
-                std::fs::create_dir_all(p.join("device")).unwrap();
-            }
         }
         d
     }
@@ -167,9 +155,9 @@ mod tests {
     #[test]
     fn finds_the_interface_by_mac_in_any_case() {
         let d = fake_sys(&[
-            ("lo", "00:00:00:00:00:00", false),
-            ("ens3", "52:54:00:AA:00:01", true),
-            ("ens4", "52:54:00:aa:00:02", true),
+            ("lo", "00:00:00:00:00:00"),
+            ("ens3", "52:54:00:AA:00:01"),
+            ("ens4", "52:54:00:aa:00:02"),
         ]);
         assert_eq!(
             interface_with_mac(d.path(), "52:54:00:aa:00:01").as_deref(),
@@ -180,7 +168,6 @@ mod tests {
             Some("ens4")
         );
         assert_eq!(interface_with_mac(d.path(), "52:54:00:aa:00:03"), None);
-        assert_eq!(physical_interfaces(d.path()), ["ens3", "ens4"]);
     }
 
     #[test]
