@@ -313,6 +313,7 @@ fn scenarios() -> Vec<(&'static str, NetworkConfig, Vec<&'static str>)> {
                 "ens1f0",
                 "ens1f1",
                 "bond0",
+                "802.3ad",
                 "10.20.0.5",
                 "10.20.0.1",
                 "10.100.0.5",
@@ -324,9 +325,20 @@ fn scenarios() -> Vec<(&'static str, NetworkConfig, Vec<&'static str>)> {
         (
             "active-backup bond on DHCP, ethN renamed",
             active_backup_dhcp,
-            vec!["enx525400123401", "enx525400123402", "bond0"],
+            vec![
+                "enx525400123401",
+                "enx525400123402",
+                "bond0",
+                "active-backup",
+            ],
         ),
     ]
+}
+
+/// cloud-init 22.4's networkd renderer writes no bond netdev at all (bonds
+/// come out as plain devices); the bond mode is checked in the other two.
+fn networkd_lacks(kind: &str, want: &str) -> bool {
+    kind == "networkd" && ["802.3ad", "active-backup"].contains(&want)
 }
 
 fn context(net: NetworkConfig, user_data: Option<&[u8]>) -> DeployContext {
@@ -365,6 +377,9 @@ fn network_config_v2_accepted_by_cloud_init_net_convert() {
         let macs: Vec<(&str, &str)> = macs.iter().map(|(n, m)| (n.as_str(), m.as_str())).collect();
         for (kind, text) in ci.net_convert(&input, "yaml", &macs) {
             for want in &expect {
+                if networkd_lacks(kind, want) {
+                    continue;
+                }
                 assert!(
                     text.contains(want),
                     "{title}: {kind} output lacks {want:?}:\n{text}"
@@ -390,6 +405,9 @@ fn network_data_json_accepted_by_cloud_init_net_convert() {
         let macs: Vec<(&str, &str)> = macs.iter().map(|(n, m)| (n.as_str(), m.as_str())).collect();
         for (kind, text) in ci.net_convert(&input, "network_data.json", &macs) {
             for want in &expect {
+                if networkd_lacks(kind, want) {
+                    continue;
+                }
                 assert!(
                     text.contains(want),
                     "{title}: {kind} output lacks {want:?}:\n{text}"
