@@ -109,6 +109,27 @@ fn commission(anvil: &Anvil, id: &str, tests: &[&str]) -> Value {
     job
 }
 
+/// `anvil machine commission ARGS… --wait -o json` from inside the lab's
+/// namespace (Anvil listens on the bridge there).
+fn cli_commission(lab: &Lab, anvil: &Anvil, args: &[&str]) -> std::process::Output {
+    Lab::command_in(&lab.ns, common::ANVIL)
+        .args(["machine", "commission"])
+        .args(args)
+        .args(["--wait", "-o", "json"])
+        .env("ANVIL_URL", &anvil.url)
+        .env("ANVIL_TOKEN", &anvil.token)
+        .env("NO_COLOR", "1")
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTP_PROXY")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("all_proxy")
+        .env_remove("ALL_PROXY")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("cannot run anvil machine commission")
+}
+
 /// Polls the machine until it leaves `commissioning`; its final JSON.
 fn wait_commissioned(anvil: &Anvil, id: &str, vm: &IpmiVm, lab: &Lab, within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -303,8 +324,22 @@ fn commissioning_stores_the_facts_qemu_was_given_and_a_second_run_shows_a_change
     // --- run 2: the NVMe disk swapped, with hardware tests ---------------------
     spec.nvme_disk = (3072, "NVME-0002".into());
     vm.configure(&spec);
+    // This time through the CLI, as automation would: it waits (with
+    // progress bars on a terminal) and exits 0 only if the machine is ready.
     let started = Instant::now();
-    commission(&anvil, &id, &["cpu", "memory", "disk"]);
+    let out = cli_commission(
+        &lab,
+        &anvil,
+        &["commission-e2e-01", "--tests", "cpu,memory,disk"],
+    );
+    assert!(
+        out.status.success(),
+        "anvil machine commission --wait failed ({}): {}{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        context(&anvil, &id, &vm, &lab)
+    );
     let m = wait_commissioned(&anvil, &id, &vm, &lab, COMMISSION_TIMEOUT);
     let to_ready = started.elapsed();
     let power_on_to_ready = since_power_on(&vm);
@@ -388,16 +423,19 @@ fn a_machine_that_never_calls_back_fails_after_the_timeout() {
     let macs = [lab.mac(1), lab.mac(2)];
     let id = create_machine(&anvil, "commission-e2e-silent", &macs, &vm.bmc_ip);
 
+    // Through the CLI: `--wait` ends with a non-zero exit when a machine
+    // failed, naming it.
     let started = Instant::now();
-    commission(&anvil, &id, &[]);
-    let m = wait_commissioned(
-        &anvil,
-        &id,
-        &vm,
-        &lab,
-        Duration::from_secs(timeout_secs + 60),
-    );
+    let out = cli_commission(&lab, &anvil, &["commission-e2e-silent"]);
     let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "anvil machine commission --wait succeeded for a machine that never booted: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(stderr.contains("commission-e2e-silent"), "{stderr}");
+    let m = wait_commissioned(&anvil, &id, &vm, &lab, Duration::from_secs(30));
     assert_eq!(m["state"], "failed", "{m:#}");
     assert!(
         took >= Duration::from_secs(timeout_secs - 1),
