@@ -6,10 +6,12 @@
 //! through the BMC into the ramdisk of `scripts/ramdisk/build.sh`, whose
 //! agent registers, collects the inventory with LLDP and uploads it; the
 //! machine ends `ready` and `GET /machines/{id}/hardware` holds exactly
-//! what QEMU was given. A second run (with CPU, memory and disk tests) after
-//! the NVMe disk was swapped shows the new disk while `?run=1` keeps the
-//! old one. A machine that never calls back ends `failed` after the
-//! (shortened) timeout, naming why.
+//! what QEMU was given. A second run (with CPU, memory and disk tests,
+//! started with `anvil machine commission … --wait`) after the NVMe disk
+//! was swapped shows the new disk while `?run=1` keeps the old one. A
+//! machine that never calls back ends `failed` after the (shortened)
+//! timeout, naming why, and the CLI exits non-zero. The same ramdisk,
+//! booted by the discovery script (no token), discovers an unknown machine.
 //!
 //! Where everything runs: see e2e_rack.rs (Anvil, the BMC and so QEMU in
 //! the lab's namespace; lldpd in a namespace of its own on the bridge).
