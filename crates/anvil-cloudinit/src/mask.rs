@@ -331,6 +331,64 @@ mod tests {
         assert!(out.contains("Content-Transfer-Encoding: base64"), "{out}");
     }
 
+    /// Any text, however odd, is masked without a panic, line count kept.
+    #[test]
+    fn arbitrary_text_never_panics() {
+        const PIECES: &[&str] = &[
+            "password",
+            ": ",
+            ":",
+            "=",
+            "|",
+            ">-",
+            "- ",
+            "{",
+            "}",
+            ",",
+            "\"",
+            "'",
+            " ",
+            "  ",
+            "\n",
+            "\r\n",
+            "chpasswd",
+            "--token",
+            "é",
+            "日本",
+            "#",
+            "--XX",
+            "Content-Transfer-Encoding: base64",
+            "x",
+            "\t",
+            "🙂",
+        ];
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut masked_some = 0;
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..next() % 24 {
+                text.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            let out = mask_user_data(text.as_bytes());
+            assert_eq!(
+                out.matches('\n').count(),
+                text.matches('\n').count(),
+                "{text:?}"
+            );
+            masked_some += usize::from(out.contains(MASK));
+        }
+        assert!(
+            masked_some > 1000,
+            "the inputs exercise masking ({masked_some})"
+        );
+    }
+
     #[test]
     fn binary_and_crlf() {
         assert_eq!(

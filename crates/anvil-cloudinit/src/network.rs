@@ -1029,6 +1029,11 @@ mod tests {
         assert_eq!(net.ethernets[0].ip.addresses[0], cidr("10.0.0.5/24"));
         assert!(net.vlans[0].ip.dhcp4);
         net.validated().unwrap();
+        let typo = serde_json::json!({"ethernets": [{"mac": A, "name": "x", "adresses": ["10.0.0.5/24"]}]});
+        assert!(
+            serde_json::from_value::<NetworkConfig>(typo).is_err(),
+            "a misspelt field must not silently drop addresses"
+        );
         let bad =
             serde_json::json!({"ethernets": [{"mac": A, "name": "x", "addresses": ["10.0.0.5"]}]});
         assert!(serde_json::from_value::<NetworkConfig>(bad).is_err());
