@@ -382,7 +382,10 @@ fn validate_ip(device: &str, ip: &IpConfig) -> Result<(Option<IpAddr>, Option<Ip
     let mut default6 = ip.gateway6.map(IpAddr::V6);
     for (gw, v4) in [(default4, true), (default6, false)] {
         let Some(gw) = gw else { continue };
-        let on_link = ip.addresses.iter().any(|a| a.contains(gw));
+        // An IPv6 router is usually named by its link-local address, which
+        // is on every link.
+        let link_local = matches!(gw, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        let on_link = link_local || ip.addresses.iter().any(|a| a.contains(gw));
         let dhcp = if v4 { ip.dhcp4 } else { ip.dhcp6 };
         if !on_link && !dhcp {
             return Err(derr(format!(
@@ -923,6 +926,21 @@ mod tests {
             }
             .validated()
             .is_ok()
+        );
+        let mut e = eth(A, "ens3");
+        e.ip = IpConfig {
+            addresses: vec![cidr("2001:db8::5/64")],
+            gateway6: Some("fe80::1".parse().unwrap()),
+            ..IpConfig::default()
+        };
+        assert!(
+            NetworkConfig {
+                ethernets: vec![e],
+                ..NetworkConfig::default()
+            }
+            .validated()
+            .is_ok(),
+            "a link-local IPv6 gateway is on-link"
         );
         let mut two = static_ip("10.0.0.5/24", "10.0.0.1");
         two.routes.push(Route {

@@ -190,7 +190,8 @@ fn scenarios() -> Vec<(&'static str, NetworkConfig, Vec<&'static str>)> {
                     IpConfig {
                         addresses: vec![cidr("192.0.2.10/24"), cidr("2001:db8:1::10/64")],
                         gateway4: Some("192.0.2.1".parse().unwrap()),
-                        gateway6: Some("2001:db8:1::1".parse().unwrap()),
+                        // routers announce themselves by link-local address
+                        gateway6: Some("fe80::1".parse().unwrap()),
                         routes: vec![Route {
                             to: cidr("198.51.100.0/24"),
                             via: "192.0.2.254".parse().unwrap(),
@@ -301,6 +302,7 @@ fn scenarios() -> Vec<(&'static str, NetworkConfig, Vec<&'static str>)> {
                 "192.0.2.10",
                 "2001:db8:1::10",
                 "192.0.2.1",
+                "fe80::1",
                 "198.51.100.0",
                 "192.0.2.53",
             ],
