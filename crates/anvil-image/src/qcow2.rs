@@ -283,7 +283,7 @@ pub struct Qcow2Reader<R> {
     inflate: flate2::Decompress,
 }
 
-impl<R: ReadAt> Qcow2Reader<R> {
+impl<R: ReadAt + Sync> Qcow2Reader<R> {
     /// Validates the header, refuses what we do not convert, loads the L1 table.
     pub fn open(src: R) -> Result<Self> {
         let file_len = src
@@ -477,31 +477,105 @@ impl<R: ReadAt> Qcow2Reader<R> {
         Ok(())
     }
 
-    fn read_compressed(&mut self, host: u64, size: u64, out: &mut [u8]) -> Result<()> {
+    /// Decompresses the compressed clusters of one batch into their places
+    /// in `buf`, on several threads when there are enough of them (qemu-img
+    /// also inflates in a thread pool).
+    fn decompress_batch(&mut self, jobs: &[CompressedJob], buf: &mut [u8]) -> Result<()> {
+        let cs = self.header.cluster_size() as usize;
+        let mut slots: Vec<(&CompressedJob, &mut [u8])> = Vec::with_capacity(jobs.len());
+        let mut rest = buf;
+        let mut consumed = 0;
+        for job in jobs {
+            let (_, tail) = rest.split_at_mut(job.start - consumed);
+            let (slot, tail) = tail.split_at_mut(cs);
+            slots.push((job, slot));
+            rest = tail;
+            consumed = job.start + cs;
+        }
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        let ctx = ClusterCtx {
+            file_len: self.file_len,
+            compression: self.header.compression,
+        };
+        if threads < 2 || slots.len() < 8 {
+            for (job, slot) in slots {
+                ctx.decompress(
+                    &self.src,
+                    job,
+                    slot,
+                    &mut self.compressed_in,
+                    &mut self.inflate,
+                )?;
+            }
+            return Ok(());
+        }
+        let per_thread = slots.len().div_ceil(threads);
+        let src = &self.src;
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = slots
+                .chunks_mut(per_thread)
+                .map(|group| {
+                    scope.spawn(move || {
+                        let mut scratch = Vec::new();
+                        let mut inflate = flate2::Decompress::new(false);
+                        for (job, slot) in group.iter_mut() {
+                            ctx.decompress(src, job, slot, &mut scratch, &mut inflate)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers.into_iter().try_for_each(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(Error::qcow2("decompression thread panicked")))
+            })
+        })
+    }
+}
+
+/// A compressed cluster of a batch: where it is in the file, where it goes in the buffer.
+struct CompressedJob {
+    host: u64,
+    size: u64,
+    start: usize,
+}
+
+/// What decompressing a cluster needs from the image, shareable across threads.
+#[derive(Clone, Copy)]
+struct ClusterCtx {
+    file_len: u64,
+    compression: ClusterCompression,
+}
+
+impl ClusterCtx {
+    fn decompress<R: ReadAt + ?Sized>(
+        &self,
+        src: &R,
+        job: &CompressedJob,
+        out: &mut [u8],
+        compressed_in: &mut Vec<u8>,
+        inflate: &mut flate2::Decompress,
+    ) -> Result<()> {
+        let CompressedJob { host, size, .. } = *job;
         if host >= self.file_len {
             return Err(Error::qcow2(format!(
                 "compressed cluster at host offset {host:#x} lies beyond the end of the file ({} bytes): truncated image",
                 self.file_len
             )));
         }
-        self.compressed_in.resize(size as usize, 0);
-        let got = read_full_at(&self.src, &mut self.compressed_in, host).map_err(|source| {
-            Error::Read {
-                offset: host,
-                source,
-            }
+        compressed_in.resize(size as usize, 0);
+        let got = read_full_at(src, compressed_in, host).map_err(|source| Error::Read {
+            offset: host,
+            source,
         })?;
-        self.compressed_in[got..].fill(0);
-        let produced = match self.header.compression {
+        compressed_in[got..].fill(0);
+        let produced = match self.compression {
             ClusterCompression::Deflate => {
-                self.inflate.reset(false);
-                let status = self.inflate.decompress(
-                    &self.compressed_in,
-                    out,
-                    flate2::FlushDecompress::Finish,
-                );
-                match status {
-                    Ok(_) => self.inflate.total_out() as usize,
+                inflate.reset(false);
+                match inflate.decompress(compressed_in, out, flate2::FlushDecompress::Finish) {
+                    Ok(_) => inflate.total_out() as usize,
                     Err(e) => {
                         return Err(Error::qcow2(format!(
                             "compressed cluster at host offset {host:#x}: {e}"
@@ -510,7 +584,7 @@ impl<R: ReadAt> Qcow2Reader<R> {
                 }
             }
             ClusterCompression::Zstd => {
-                zstd_decompress_prefix(&self.compressed_in, out).map_err(|e| {
+                zstd_decompress_prefix(compressed_in, out).map_err(|e| {
                     Error::qcow2(format!(
                         "zstd-compressed cluster at host offset {host:#x}: {e}"
                     ))
@@ -543,7 +617,7 @@ fn zstd_decompress_prefix(input: &[u8], out: &mut [u8]) -> io::Result<usize> {
     Ok(done)
 }
 
-impl<R: ReadAt + Send> RawSource for Qcow2Reader<R> {
+impl<R: ReadAt + Send + Sync> RawSource for Qcow2Reader<R> {
     fn raw_size_hint(&self) -> Option<u64> {
         Some(self.header.virtual_size)
     }
@@ -571,6 +645,8 @@ impl<R: ReadAt + Send> RawSource for Qcow2Reader<R> {
         let cs = self.header.cluster_size() as usize;
         // Adjacent host data is read with one call; `pending` is (host, start in buf, len).
         let mut pending: Option<(u64, usize, usize)> = None;
+        let mut compressed: Vec<CompressedJob> = Vec::new();
+        let mut keep;
         let mut unit = unit;
         let mut len = len;
         loop {
@@ -578,6 +654,7 @@ impl<R: ReadAt + Send> RawSource for Qcow2Reader<R> {
             match unit {
                 Unit::Data { host } => {
                     buf.resize(start + len as usize, 0);
+                    keep = buf.len();
                     pending = match pending {
                         Some((h, s, l)) if h + l as u64 == host && s + l == start => {
                             Some((h, s, l + len as usize))
@@ -590,10 +667,12 @@ impl<R: ReadAt + Send> RawSource for Qcow2Reader<R> {
                     };
                 }
                 Unit::Compressed { host, size } => {
+                    // Decompressed after the loop, possibly in parallel. The
+                    // last cluster of an odd-sized disk is stored padded to a
+                    // full cluster: cut after decompressing (it ends the batch).
                     buf.resize(start + cs, 0);
-                    self.read_compressed(host, size, &mut buf[start..start + cs])?;
-                    // The last cluster of an odd-sized disk is stored padded to a full cluster.
-                    buf.truncate(start + len as usize);
+                    compressed.push(CompressedJob { host, size, start });
+                    keep = start + len as usize;
                 }
                 Unit::Zero => unreachable!("zero units end a data run before this loop"),
             }
@@ -611,6 +690,10 @@ impl<R: ReadAt + Send> RawSource for Qcow2Reader<R> {
         if let Some((h, s, l)) = pending {
             self.read_data(h, &mut buf[s..s + l])?;
         }
+        if !compressed.is_empty() {
+            self.decompress_batch(&compressed, buf)?;
+        }
+        buf.truncate(keep);
         Ok(Some(Piece::Data))
     }
 }
