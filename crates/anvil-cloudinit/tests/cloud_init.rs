@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anvil_cloudinit::{
-    Bond, BondMode, Cidr, DeployContext, Dns, Ethernet, Flavor, HashPolicy, IpConfig, LacpRate,
-    NetworkConfig, Route, Vlan, render,
+    Bond, BondMode, CIDATA_SIZE, Cidr, DeployContext, Dns, Ethernet, Flavor, HashPolicy, IpConfig,
+    LacpRate, NetworkConfig, Route, Vlan, build_fat_image, render,
 };
 use base64::Engine as _;
 
@@ -113,6 +113,11 @@ impl CloudInit {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, &f.bytes).unwrap();
         }
+        self.read_seed_dir(flavor, cloud.path())
+    }
+
+    /// Runs the datasource on `cloud_dir/seed/{nocloud,config_drive}`.
+    fn read_seed_dir(&self, flavor: Flavor, cloud_dir: &Path) -> serde_json::Value {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/read_seed.py");
         let kind = if flavor == Flavor::NoCloud {
             "nocloud"
@@ -123,7 +128,7 @@ impl CloudInit {
             .python()
             .arg(script)
             .arg(kind)
-            .arg(cloud.path())
+            .arg(cloud_dir)
             .output()
             .unwrap();
         assert!(
@@ -466,6 +471,64 @@ fn config_drive_seed_read_by_cloud_init_datasource() {
         assert_eq!(
             seen["network_config"]["version"], 1,
             "{title}: converted to v1"
+        );
+    }
+}
+
+/// The FAT image the agent would write, copied out with mtools (no mount)
+/// into a seed directory, is what cloud-init's datasources read.
+#[test]
+fn fat_image_contents_read_by_cloud_init_datasource() {
+    let Some(ci) = CloudInit::find() else { return };
+    let mcopy_present = Command::new("sh")
+        .args(["-c", "command -v mcopy"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !mcopy_present {
+        eprintln!("SKIPPED: mtools is needed (scripts/test.sh installs it)");
+        return;
+    }
+    let user_data: &[u8] = b"#cloud-config\nruncmd: [[touch, /x]]\n";
+    let net = scenarios().remove(2).1;
+    for flavor in [Flavor::NoCloud, Flavor::ConfigDrive] {
+        let files = render(&context(net.clone(), Some(user_data)), flavor).unwrap();
+        let img = build_fat_image(flavor.label(), &files, CIDATA_SIZE).unwrap();
+        let cloud = tempfile::tempdir().unwrap();
+        let image = cloud.path().join("part.img");
+        std::fs::write(&image, &img).unwrap();
+        let seed = cloud.path().join("seed").join(match flavor {
+            Flavor::NoCloud => "nocloud",
+            Flavor::ConfigDrive => "config_drive",
+        });
+        std::fs::create_dir_all(&seed).unwrap();
+        let out = Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-s", "-n", "-i"])
+            .arg(&image)
+            .arg("::/*")
+            .arg(&seed)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mcopy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = ci.read_seed_dir(flavor, cloud.path());
+        assert_eq!(
+            seen["instance_id"], "0193a4b2-7c1d-7e00-8000-0123456789ab",
+            "{flavor:?}"
+        );
+        assert_eq!(seen["fqdn"], "node7.lab.example.org", "{flavor:?}");
+        assert_eq!(seen["public_keys"], serde_json::json!([KEY]), "{flavor:?}");
+        let ud = base64::engine::general_purpose::STANDARD
+            .decode(seen["user_data_b64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(ud, user_data, "{flavor:?}");
+        assert!(
+            seen["network_config"]["version"].is_number(),
+            "{flavor:?}: {seen}"
         );
     }
 }
