@@ -1043,14 +1043,55 @@ impl App {
                 .filter(|v| v.is_some()),
             ..Default::default()
         };
-        if patch == anvil_api_types::MachinePatch::default() {
-            return;
-        }
-        if let Err(e) = self
-            .update_machine(&Principal::System, &machine_id.to_string(), patch)
-            .await
+        if patch != anvil_api_types::MachinePatch::default()
+            && let Err(e) = self
+                .update_machine(&Principal::System, &machine_id.to_string(), patch)
+                .await
         {
             tracing::debug!(machine = %machine_id, error = %e, "cannot fill identity from DMI facts");
+        }
+        self.add_discovered_nics(&m, &facts).await;
+    }
+
+    /// NICs the agent found that the inventory does not list yet become
+    /// interfaces of the machine (never boot interfaces: PXE stays where the
+    /// operator or discovery put it). DHCP then recognises every port, and
+    /// the NetBox write-back, fed from the events this writes, carries the
+    /// discovered interfaces and MACs. One NIC at a time, so a MAC another
+    /// machine already owns skips that NIC only (and is logged).
+    async fn add_discovered_nics(&self, m: &Machine, facts: &anvil_inventory::HardwareFacts) {
+        for nic in &facts.nics {
+            let Ok(mac) = nic.mac.parse::<MacAddr>() else {
+                continue;
+            };
+            if m.interfaces.iter().any(|i| i.mac == mac) {
+                continue;
+            }
+            // The kernel's name when it is free on this machine, else ethN.
+            let name_free = !m.interfaces.iter().any(|i| i.name == nic.name);
+            let input = |name: Option<String>| anvil_api_types::InterfaceInput {
+                mac: mac.to_string(),
+                name,
+                pxe: Some(false),
+                ipv4: None,
+            };
+            let ident = m.id.to_string();
+            let mut added = self
+                .add_interface(
+                    &Principal::System,
+                    &ident,
+                    input(name_free.then(|| nic.name.clone())),
+                )
+                .await;
+            if added.is_err() && name_free {
+                // A kernel name our naming rules refuse: fall back to ethN.
+                added = self
+                    .add_interface(&Principal::System, &ident, input(None))
+                    .await;
+            }
+            if let Err(e) = added {
+                tracing::info!(machine = %m.id, %mac, error = %e, "discovered NIC not added as an interface");
+            }
         }
     }
 

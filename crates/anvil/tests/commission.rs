@@ -228,6 +228,12 @@ impl Agent<'_> {
     }
 }
 
+/// A second NIC per machine that the inventory did not know before
+/// commissioning: the boot MAC with its second byte group changed.
+fn second_nic(mac: &str) -> String {
+    format!("52:54:01{}", &mac[8..])
+}
+
 fn facts(mac: &str, disks: &[(&str, &str, u64)]) -> Value {
     json!({
         "schema_version": 1,
@@ -236,7 +242,8 @@ fn facts(mac: &str, disks: &[(&str, &str, u64)]) -> Value {
         "disks": disks.iter().map(|(name, serial, size)| json!({
             "name": name, "serial": serial, "size_bytes": size, "transport": if name.starts_with("nvme") { "nvme" } else { "virtio" }
         })).collect::<Vec<_>>(),
-        "nics": [{"name": "ens3", "mac": mac, "driver": "virtio_net", "link_up": true}],
+        "nics": [{"name": "ens3", "mac": mac, "driver": "virtio_net", "link_up": true},
+                 {"name": "ens4", "mac": second_nic(mac), "driver": "virtio_net", "link_up": false}],
         "dmi": {"system_vendor": "Anvil Labs", "system_product": "Testbox 9000", "system_serial": "SER-0001",
                 "system_uuid": "4c4c4544-0042-3510-8052-b7c04f4e3232", "bios_version": "1.2.3"},
         "boot": {"mode": "bios"},
@@ -293,6 +300,28 @@ async fn commission_without_bmc_versioned_facts_and_bad_agent_input() {
     assert_eq!(
         (m["vendor"].as_str(), m["serial"].as_str()),
         (Some("Anvil Labs"), Some("SER-0001"))
+    );
+    // The NIC commissioning found became an interface (not a boot one);
+    // the boot interface is unchanged.
+    let ifaces: Vec<(String, String, bool)> = m["interfaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap().to_string(),
+                i["mac"].as_str().unwrap().to_string(),
+                i["pxe"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        ifaces.contains(&(String::from("eth0"), mac.to_string(), true)),
+        "{ifaces:?}"
+    );
+    assert!(
+        ifaces.contains(&(String::from("ens4"), second_nic(mac), false)),
+        "{ifaces:?}"
     );
     let j = api
         .wait_job(job["id"].as_str().unwrap(), Duration::from_secs(10))
