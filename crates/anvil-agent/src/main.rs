@@ -13,6 +13,10 @@ mod backoff;
 mod client;
 mod cmdline;
 mod hwtest;
+// Not yet called by a step: the deploy step (docs/agent-protocol.md,
+// "Deploy step: planned") will.
+#[allow(dead_code)]
+mod imagewrite;
 mod inventory;
 mod ledger;
 mod net;
