@@ -465,6 +465,14 @@ fn check_digest(expected: &str) -> Result<String, WriteError> {
     Ok(d)
 }
 
+/// True when every byte is zero; folds 4 KiB at a time so the compiler
+/// vectorises it (a byte-by-byte search is several times slower).
+fn is_zero(bytes: &[u8]) -> bool {
+    bytes
+        .chunks(4096)
+        .all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -548,7 +556,8 @@ pub fn write_image(
                                 got: streamed + got as u64,
                             });
                         }
-                        if let Some(i) = buf[..n].iter().position(|&b| b != 0) {
+                        if !is_zero(&buf[..n]) {
+                            let i = buf[..n].iter().position(|&b| b != 0).unwrap_or(0);
                             return Err(WriteError::NotZero {
                                 offset: streamed + i as u64,
                             });
@@ -1090,5 +1099,103 @@ mod tests {
         let mut order = map.clone();
         order[48..56].copy_from_slice(&0u64.to_le_bytes());
         assert!(bad(&order).contains("out of order"));
+    }
+
+    /// (user, system) CPU seconds of this process (the test harness's
+    /// other threads are idle while the benchmark runs).
+    fn cpu_secs() -> (f64, f64) {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        (t(u.ru_utime), t(u.ru_stime))
+    }
+
+    /// Write rate and CPU per GB of `write_image` to a file against a plain
+    /// `std::io::copy` of the same bytes (what `wget -O- URL | dd` does on
+    /// the disk side), both from memory and both ending with fsync; the
+    /// three are measured in turn, 5 rounds, medians printed. See
+    /// docs/benchmarks.md, "Deployment: image writer":
+    /// `ANVIL_BENCH_MIB=512 cargo test -p anvil-agent --release
+    ///  imagewrite::tests::bench -- --ignored --nocapture`
+    #[test]
+    #[ignore = "benchmark; prints figures"]
+    fn bench_write_rate_against_plain_copy() {
+        let mib: usize = std::env::var("ANVIL_BENCH_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(512);
+        let len = mib << 20;
+        // An OS-image shape: 8 MiB runs of data, every other run empty
+        // (half the disk zeros), and a disk with no zeros at all.
+        let run = 8u64 << 20;
+        let holes: Vec<(u64, u64)> = (0..len as u64 / run)
+            .filter(|i| i % 2 == 1)
+            .map(|i| (i * run, run))
+            .collect();
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        for (shape, holes) in [("half zeros", holes), ("no zeros", Vec::new())] {
+            let (data, zeros, sha) = image(len, &holes);
+            let sparse = nonzero_stream(&data, &zeros);
+            let names = [
+                "std::io::copy + fsync",
+                "write_image (full stream)",
+                "write_image (non-zero only)",
+            ];
+            let mut figures: Vec<[Vec<f64>; 3]> = vec![Default::default(); 3];
+            for round in 0..6 {
+                // Each in every position: the one after another's fsync
+                // pays more system time (page cache reclaim).
+                for k in 0..3 {
+                    let which = (k + round) % 3;
+                    let figure = &mut figures[which];
+                    let file = tempfile::NamedTempFile::new().unwrap();
+                    let p = file.path();
+                    let (t0, (u0, s0)) = (Instant::now(), cpu_secs());
+                    match which {
+                        0 => {
+                            let mut f = OpenOptions::new().write(true).open(p).unwrap();
+                            io::copy(&mut Cursor::new(&data), &mut f).unwrap();
+                            f.sync_all().unwrap();
+                        }
+                        _ => {
+                            let (layout, stream) = if which == 1 {
+                                (StreamLayout::Full, &data)
+                            } else {
+                                (StreamLayout::NonZeroOnly, &sparse)
+                            };
+                            let mut t = Target::open(p).unwrap();
+                            write_image(
+                                Cursor::new(stream),
+                                layout,
+                                &zeros,
+                                &mut t,
+                                &sha,
+                                len as u64,
+                                |_| {},
+                            )
+                            .unwrap();
+                        }
+                    }
+                    let secs = t0.elapsed().as_secs_f64();
+                    let (u1, s1) = cpu_secs();
+                    let gb = len as f64 / 1e9;
+                    figure[0].push(len as f64 / 1e6 / secs);
+                    figure[1].push((u1 - u0) / gb);
+                    figure[2].push((s1 - s0) / gb);
+                }
+            }
+            for (name, [rate, user, sys]) in names.iter().zip(figures) {
+                let (user, sys) = (median(user), median(sys));
+                println!(
+                    "| {shape} | {mib} MiB | {name} | {:.0} MB/s | {:.2} ({user:.2} user + {sys:.2} sys) |",
+                    median(rate),
+                    user + sys
+                );
+            }
+        }
     }
 }
