@@ -1073,6 +1073,99 @@ mod tests {
         assert!(!missing.exists());
     }
 
+    /// A loop device over a temporary file, detached (by its own name) on drop.
+    struct Loop {
+        dev: PathBuf,
+        _backing: tempfile::NamedTempFile,
+    }
+
+    impl Loop {
+        /// `None` where loop devices cannot be made (not root, no
+        /// /dev/loop-control, a container): the test then says so and
+        /// checks nothing else.
+        fn attach(backing: tempfile::NamedTempFile) -> Option<Loop> {
+            let out = std::process::Command::new("losetup")
+                .args(["--show", "-f"])
+                .arg(backing.path())
+                .output()
+                .ok()?;
+            if !out.status.success() {
+                return None;
+            }
+            let dev = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+            Some(Loop {
+                dev,
+                _backing: backing,
+            })
+        }
+    }
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .arg("-d")
+                .arg(&self.dev)
+                .status();
+        }
+    }
+
+    #[test]
+    fn block_device_gets_the_image_and_zeroed_ranges() {
+        const DISK: usize = 8 << 20;
+        let backing = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(backing.path(), vec![0xffu8; DISK]).unwrap();
+        let Some(disk) = Loop::attach(backing) else {
+            eprintln!("SKIPPED: cannot attach a loop device here (needs root)");
+            return;
+        };
+        let (data, zeros, sha) = image(LEN, &holes());
+        let mut target = Target::open(&disk.dev).unwrap();
+        assert_eq!(target.block.map(|b| b.0), Some(DISK as u64));
+        assert_eq!(target.zero_fill, ZeroFill::BlockZeroOut);
+        // O_EXCL: a second writer (or a mount) is refused while we hold it.
+        assert!(matches!(
+            Target::open(&disk.dev),
+            Err(WriteError::Open { .. })
+        ));
+        let report = write_image(
+            Cursor::new(&data),
+            StreamLayout::Full,
+            &zeros,
+            &mut target,
+            &sha,
+            LEN as u64,
+            |_| {},
+        )
+        .unwrap();
+        assert_eq!(report.zero_fill, ZeroFill::BlockZeroOut);
+        drop(target);
+        let back = std::fs::read(&disk.dev).unwrap();
+        assert_eq!(back.len(), DISK);
+        assert_eq!(&back[..LEN], &data[..]);
+        assert!(
+            back[LEN..].iter().all(|&b| b == 0xff),
+            "wrote past the image"
+        );
+        // An image larger than the disk is refused before any write.
+        let big = LEN as u64 + DISK as u64;
+        let mut target = Target::open(&disk.dev).unwrap();
+        let e = write_image(
+            Cursor::new(&data),
+            StreamLayout::Full,
+            &ZeroRanges::none(big),
+            &mut target,
+            &sha,
+            big,
+            |_| {},
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, WriteError::TargetTooSmall { size, .. } if size == DISK as u64),
+            "{e}"
+        );
+        assert!(!e.is_retryable());
+    }
+
     #[test]
     fn zero_map_parser_rejects_damage() {
         let (_, zeros, _) = image(LEN, &holes());
