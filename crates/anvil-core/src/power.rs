@@ -509,6 +509,13 @@ impl App {
                     PowerState::On
                 }
                 MachineAction::PxeBoot => {
+                    // The state is read first: a driver may reuse that read
+                    // for the boot override and the reset (Redfish keeps the
+                    // ComputerSystem for ~2 s), so the action costs one GET,
+                    // one PATCH and one POST instead of two more GETs. The
+                    // override changes no power state, so the order does not
+                    // change which of Reset and On is chosen.
+                    let was_on = d.power_state().await.map_err(err)? == PowerState::On;
                     d.set_boot(BootOverride {
                         device: BootDevice::Pxe,
                         once: true,
@@ -516,7 +523,7 @@ impl App {
                     })
                     .await
                     .map_err(err)?;
-                    if d.power_state().await.map_err(err)? == PowerState::On {
+                    if was_on {
                         d.power(PowerAction::Reset).await.map_err(err)?;
                     } else {
                         d.power(PowerAction::On).await.map_err(err)?;

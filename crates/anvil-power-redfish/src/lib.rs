@@ -38,7 +38,8 @@ use futures::future::BoxFuture;
 use http::{Limits, Transport, odata_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 /// Collections are paged with `Members@odata.nextLink`; a BMC that never
@@ -69,6 +70,13 @@ pub struct RedfishOptions {
     /// A complete quirk row replacing the vendor's (for firmware that needs
     /// something the table does not know yet).
     pub quirks: Option<Quirks>,
+    /// How long a ComputerSystem document this driver read may stand in for
+    /// a new GET in `set_boot` and `power` (zero: always GET). A power
+    /// action is typically "read the state, set the boot override, reset"
+    /// within milliseconds; re-reading the same document before each step
+    /// cost about two extra requests (each a new TCP connection on BMCs
+    /// that close every connection) per action. `power_state` always reads.
+    pub system_cache_ttl: Duration,
 }
 
 impl Default for RedfishOptions {
@@ -81,6 +89,7 @@ impl Default for RedfishOptions {
             vendor: None,
             system_id: None,
             quirks: None,
+            system_cache_ttl: Duration::from_secs(2),
         }
     }
 }
@@ -104,6 +113,31 @@ struct Discovery {
     quirks: Quirks,
 }
 
+/// One read of the managed ComputerSystem.
+struct SystemSnapshot {
+    body: Value,
+    /// `ETag` header or `@odata.etag`, for `If-Match`.
+    etag: Option<String>,
+    read_at: Instant,
+}
+
+/// The last ComputerSystem document read, reused for a short while by
+/// `set_boot` and `power` (see `RedfishOptions::system_cache_ttl`).
+#[derive(Default)]
+struct SystemCache {
+    latest: Option<Arc<SystemSnapshot>>,
+    /// A boot PATCH succeeded after `latest` was read: its `Boot` and its
+    /// ETag no longer match the BMC, while `PowerState` and `Actions`, which
+    /// a boot override does not touch, still do. A later `set_boot` must
+    /// not compute its PATCH (allowable values, the mode to echo) or its
+    /// `If-Match` from it, so it reads again; `power` may still use it.
+    boot_outdated: bool,
+    /// Bumped whenever the BMC's system changed under us (a reset sent, a
+    /// PATCH sent). A GET that was in flight across such a change may carry
+    /// the old state, so it is returned to its caller but not stored.
+    generation: u64,
+}
+
 /// `ComputerSystem.Reset` as one system advertises it.
 struct ResetAction {
     target: String,
@@ -121,6 +155,7 @@ pub struct RedfishDriver {
     /// it wins over `options.system_id` and needs no Systems listing.
     named_system: Option<String>,
     discovery: tokio::sync::OnceCell<Discovery>,
+    system_cache: Mutex<SystemCache>,
 }
 
 impl RedfishDriver {
@@ -159,6 +194,7 @@ impl RedfishDriver {
             options,
             named_system,
             discovery: tokio::sync::OnceCell::new(),
+            system_cache: Mutex::new(SystemCache::default()),
         })
     }
 
@@ -187,7 +223,7 @@ impl RedfishDriver {
     /// The boot override as the BMC currently reports it.
     pub async fn boot_settings(&self) -> Result<BootSettings, PowerError> {
         let d = self.discover().await?;
-        let sys = self.get(&d.system).await?;
+        let sys = self.read_system(d).await?;
         let boot = sys.body.get("Boot").unwrap_or(&Value::Null);
         Ok(BootSettings {
             target: text(boot, "BootSourceOverrideTarget"),
@@ -286,6 +322,17 @@ impl RedfishDriver {
             },
         };
         debug!(bmc = %self.address(), system = %system, vendor = %quirks.vendor, "Redfish service discovered");
+        // The document just read seeds the cache: a first `set_boot` right
+        // after discovery needs no second GET of it.
+        let generation = self.cache().generation;
+        self.store_system(
+            generation,
+            Arc::new(SystemSnapshot {
+                body: sys.body,
+                etag: sys.etag,
+                read_at: Instant::now(),
+            }),
+        );
         Ok(Discovery {
             system,
             manager,
@@ -343,9 +390,83 @@ impl RedfishDriver {
         }
     }
 
+    fn cache(&self) -> MutexGuard<'_, SystemCache> {
+        // The cache holds no invariant a panicking holder could break.
+        self.system_cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn store_system(&self, generation: u64, snapshot: Arc<SystemSnapshot>) {
+        let mut cache = self.cache();
+        if cache.generation == generation {
+            cache.latest = Some(snapshot);
+            cache.boot_outdated = false;
+        }
+    }
+
+    /// GETs the ComputerSystem and remembers the answer.
+    async fn read_system(&self, d: &Discovery) -> Result<Arc<SystemSnapshot>, PowerError> {
+        let generation = self.cache().generation;
+        let r = self.get(&d.system).await?;
+        let snapshot = Arc::new(SystemSnapshot {
+            body: r.body,
+            etag: r.etag,
+            read_at: Instant::now(),
+        });
+        self.store_system(generation, snapshot.clone());
+        Ok(snapshot)
+    }
+
+    /// The ComputerSystem for a step of an action: the remembered document
+    /// while it is younger than `system_cache_ttl` (and, when `needs_boot`,
+    /// no boot PATCH has happened since it was read), else a new GET.
+    async fn system_for_step(
+        &self,
+        d: &Discovery,
+        needs_boot: bool,
+    ) -> Result<Arc<SystemSnapshot>, PowerError> {
+        let cached = {
+            let cache = self.cache();
+            cache
+                .latest
+                .as_ref()
+                .filter(|s| s.read_at.elapsed() < self.options.system_cache_ttl)
+                .filter(|_| !(needs_boot && cache.boot_outdated))
+                .cloned()
+        };
+        match cached {
+            Some(s) => Ok(s),
+            None => self.read_system(d).await,
+        }
+    }
+
+    /// The system changed (or may have): nothing read before is reused.
+    fn forget_system(&self) {
+        let mut cache = self.cache();
+        cache.latest = None;
+        cache.generation += 1;
+    }
+
+    /// A boot PATCH succeeded: the remembered document keeps serving
+    /// `power` (a boot override changes neither PowerState nor Actions) but
+    /// no longer `set_boot`.
+    fn boot_written(&self) {
+        let mut cache = self.cache();
+        cache.boot_outdated = true;
+        // A GET in flight across the PATCH may carry the old Boot.
+        cache.generation += 1;
+    }
+
+    /// Always a new GET, never the remembered document: this is what
+    /// `anvil_power::wait_for_state` polls (also inside a ForceOff + On
+    /// cycle), and polling exists to see the BMC change; a remembered
+    /// answer would report the state from before the change for up to
+    /// `system_cache_ttl`. It refreshes the remembered document, so the
+    /// `set_boot` and `power` that usually follow it send no GET of their own.
     async fn read_power_state(&self) -> Result<PowerState, PowerError> {
         let d = self.discover().await?;
-        let sys = self.get(&d.system).await?;
+        let sys = self.read_system(d).await?;
         power_state_of(&sys.body).ok_or_else(|| PowerError::Protocol {
             address: self.address().to_string(),
             detail: format!(
@@ -407,11 +528,14 @@ impl RedfishDriver {
 
     async fn post_reset(&self, reset: &ResetAction, reset_type: &str) -> Result<(), PowerError> {
         let body = json!({ "ResetType": reset_type });
-        let r = self
+        let sent = self
             .http
             .send(Method::POST, &reset.target, Some(&body), None)
-            .await?
-            .ok(&self.http, &format!("ComputerSystem.Reset {reset_type}"))?;
+            .await;
+        // Whatever the answer (even none: a timeout may have taken effect),
+        // the PowerState read before is now stale.
+        self.forget_system();
+        let r = sent?.ok(&self.http, &format!("ComputerSystem.Reset {reset_type}"))?;
         debug!(bmc = %self.address(), reset_type, status = r.status.as_u16(), "reset accepted");
         if r.status == StatusCode::ACCEPTED
             && let Some(monitor) = &r.location
@@ -423,7 +547,10 @@ impl RedfishDriver {
 
     async fn do_power(&self, action: PowerAction) -> Result<(), PowerError> {
         let d = self.discover().await?;
-        let sys = self.get(&d.system).await?;
+        // A document read within `system_cache_ttl` (typically by the
+        // `power_state` that chose this action) decides: the BMC changes its
+        // PowerState only through a reset, after which it is forgotten.
+        let sys = self.system_for_step(d, false).await?;
         let raw = sys.body.get("PowerState").and_then(Value::as_str);
         let is_on = matches!(raw, Some("On" | "PoweringOn"));
         let is_off = matches!(raw, Some("Off" | "PoweringOff"));
@@ -535,17 +662,38 @@ impl RedfishDriver {
         });
         let mut reread = false;
         loop {
-            let sys = self.get(&d.system).await?;
+            // After a 412/428 the remembered document is the one that
+            // failed: read again.
+            let sys = if reread {
+                self.read_system(d).await?
+            } else {
+                self.system_for_step(d, true).await?
+            };
             let patch = boot_patch(&sys.body, target, enabled, mode, d.quirks.boot_mode)
                 .map_err(|what| self.not_supported(&what))?;
             let etag = match d.quirks.if_match {
                 IfMatchPolicy::WhenAdvertised => sys.etag.clone(),
                 IfMatchPolicy::Never => None,
             };
-            let r = self
+            let sent = self
                 .http
                 .send(Method::PATCH, &d.system, Some(&patch), etag.as_deref())
-                .await?;
+                .await;
+            let r = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    // No answer: the PATCH may or may not have landed.
+                    self.forget_system();
+                    return Err(e);
+                }
+            };
+            if r.status.is_success() {
+                self.boot_written();
+            } else {
+                // Refused: the document (its ETag above all) did not match
+                // the BMC, or the BMC is in a state we did not expect.
+                self.forget_system();
+            }
             match r.status {
                 s if s.is_success() => {
                     debug!(bmc = %self.address(), target, enabled, "boot override set");
@@ -613,7 +761,7 @@ impl RedfishDriver {
 
     async fn do_inventory(&self) -> Result<Inventory, PowerError> {
         let d = self.discover().await?;
-        let sys = self.get(&d.system).await?.body;
+        let sys = self.read_system(d).await?.body.clone();
         let mut inv = Inventory {
             manufacturer: text(&sys, "Manufacturer"),
             model: text(&sys, "Model"),
