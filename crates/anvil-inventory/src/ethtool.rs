@@ -1,13 +1,14 @@
-//! The two ethtool ioctls inventory needs (SIOCETHTOOL on a datagram
-//! socket): ETHTOOL_GDRVINFO for the firmware version and ETHTOOL_GPERMADDR
-//! for the burned-in MAC. Linux only; root or CAP_NET_ADMIN is not needed
-//! for either.
+//! The ethtool ioctls inventory needs (SIOCETHTOOL on a datagram socket):
+//! ETHTOOL_GDRVINFO for the firmware version, ETHTOOL_GPERMADDR for the
+//! burned-in MAC and ETHTOOL_GLINK for the carrier. Linux only; root or
+//! CAP_NET_ADMIN is not needed for any of them.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 const ETHTOOL_GDRVINFO: u32 = 0x0000_0003;
 const ETHTOOL_GPERMADDR: u32 = 0x0000_0020;
+const ETHTOOL_GLINK: u32 = 0x0000_000a;
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 
 /// `struct ethtool_drvinfo` from linux/ethtool.h.
@@ -25,6 +26,13 @@ struct RawDrvinfo {
     testinfo_len: u32,
     eedump_len: u32,
     regdump_len: u32,
+}
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct RawValue {
+    cmd: u32,
+    data: u32,
 }
 
 /// `struct ethtool_perm_addr` followed by room for the address.
@@ -46,6 +54,11 @@ pub struct DriverInfo {
 pub(crate) struct EthtoolSocket(OwnedFd);
 
 impl EthtoolSocket {
+    /// Borrows an already open datagram socket's descriptor.
+    pub(crate) fn from_fd(fd: OwnedFd) -> Self {
+        EthtoolSocket(fd)
+    }
+
     pub(crate) fn open() -> io::Result<Self> {
         // SAFETY: plain socket(2); the result is checked before wrapping.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
@@ -85,6 +98,19 @@ impl EthtoolSocket {
             firmware_version: c_text(&info.fw_version),
             bus_info: c_text(&info.bus_info),
         })
+    }
+
+    /// The driver's carrier ("link detected"), read at once from the
+    /// device. Unlike IFF_RUNNING, which follows the operational state that
+    /// the kernel's linkwatch updates later (a link just set up reads
+    /// "unknown", which counts as running), this is never stale.
+    pub(crate) fn link_detected(&self, interface: &str) -> io::Result<bool> {
+        let mut v = RawValue {
+            cmd: ETHTOOL_GLINK,
+            data: 0,
+        };
+        self.ioctl(interface, (&mut v as *mut RawValue).cast())?;
+        Ok(v.data != 0)
     }
 
     pub(crate) fn permanent_mac(&self, interface: &str) -> io::Result<Option<String>> {

@@ -48,11 +48,25 @@ pub fn connected_interfaces(candidates: &[String], settle: Duration) -> Result<V
         }
         set_up(&fd, name)?;
     }
+    let ethtool =
+        crate::ethtool::EthtoolSocket::from_fd(fd.try_clone().map_err(|source| Error::Socket {
+            op: "duplicate control socket",
+            interface: candidates.join(","),
+            source,
+        })?);
     let deadline = Instant::now() + settle;
     loop {
         let mut running = Vec::new();
         for name in candidates {
-            if interface_flags(&fd, name)? & libc::IFF_RUNNING as libc::c_short != 0 {
+            let flags = interface_flags(&fd, name)?;
+            // The carrier straight from the driver; IFF_RUNNING only where a
+            // driver has no ethtool link query (it can lag behind: a link
+            // just set up reads "unknown", which counts as running).
+            let up = match ethtool.link_detected(name) {
+                Ok(link) => link && flags & libc::IFF_UP as libc::c_short != 0,
+                Err(_) => flags & libc::IFF_RUNNING as libc::c_short != 0,
+            };
+            if up {
                 running.push(name.clone());
             }
         }
