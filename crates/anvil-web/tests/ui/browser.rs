@@ -294,14 +294,25 @@ where
 
 /// The text of the first element `css` matches. Cards that refresh
 /// themselves may replace the element between finding and reading it:
-/// then it is found again.
+/// then it is found again. After a click that submits a form, the next page
+/// may still be loading (no such element yet): it is looked for again for up
+/// to 5 s, which a loaded CI machine needs.
 async fn text_of(c: &Client, css: &str) -> String {
     let mut tries = 0;
+    let mut missing = 0;
     loop {
-        let e = c
-            .find(Locator::Css(css))
-            .await
-            .unwrap_or_else(|e| panic!("{css}: {e}"));
+        let e = match c.find(Locator::Css(css)).await {
+            Ok(e) => e,
+            Err(e) if missing < 50 => {
+                missing += 1;
+                if missing == 1 {
+                    eprintln!("{css}: {e}; waiting for the page");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) => panic!("{css}: {e}"),
+        };
         match e.text().await {
             Ok(t) => return t,
             Err(e) if tries < 5 => {
