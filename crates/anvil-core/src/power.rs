@@ -378,9 +378,26 @@ impl App {
         action: MachineAction,
     ) -> Result<Vec<Job>> {
         let targets = self.select_machines(&sel).await?;
-        let mut jobs = Vec::with_capacity(targets.len());
+        if action == MachineAction::Commission {
+            let mut jobs = Vec::with_capacity(targets.len());
+            for m in targets {
+                jobs.push(self.queue_commission(by, m, &[]).await?);
+            }
+            return Ok(jobs);
+        }
+        // Every target is checked before any job is queued, and the jobs are
+        // written in one transaction before the first starts: a rack is one
+        // commit that does not wait behind its own running jobs' writes, and
+        // a machine without a BMC refuses the request instead of leaving it
+        // half started.
+        let mut planned = Vec::with_capacity(targets.len());
         for m in targets {
-            jobs.push(self.queue_action(by, m, action).await?);
+            planned.push((self.new_action_job(by, &m, action)?, m));
+        }
+        let jobs: Vec<Job> = planned.iter().map(|(j, _)| j.clone()).collect();
+        self.store.insert_jobs(&jobs).await?;
+        for (job, m) in planned {
+            self.spawn_action(job.id, m, action, by.actor());
         }
         Ok(jobs)
     }
@@ -389,6 +406,15 @@ impl App {
         if action == MachineAction::Commission {
             return self.queue_commission(by, m, &[]).await;
         }
+        let job = self.new_action_job(by, &m, action)?;
+        self.store.insert_job(&job).await?;
+        self.spawn_action(job.id, m, action, by.actor());
+        Ok(job)
+    }
+
+    /// The queued job for a power action on `m`, after checking that power
+    /// control is on and `m` has a BMC.
+    fn new_action_job(&self, by: &Principal, m: &Machine, action: MachineAction) -> Result<Job> {
         self.power_ctl()?;
         if m.bmc.is_none() {
             return Err(Error::invalid(
@@ -396,7 +422,7 @@ impl App {
                 format!("machine {} has no BMC", m.hostname),
             ));
         }
-        let job = Job {
+        Ok(Job {
             id: Uuid::now_v7(),
             kind: action.as_str().to_string(),
             machine_id: Some(m.id),
@@ -408,13 +434,12 @@ impl App {
             created_at: now(),
             started_at: None,
             finished_at: None,
-        };
-        self.store.insert_job(&job).await?;
+        })
+    }
+
+    fn spawn_action(&self, job_id: Uuid, m: Machine, action: MachineAction, actor: String) {
         let app = self.clone();
-        let job_id = job.id;
-        let actor = by.actor();
         tokio::spawn(async move { app.run_action(job_id, m, action, actor).await });
-        Ok(job)
     }
 
     async fn run_action(&self, job_id: Uuid, m: Machine, action: MachineAction, actor: String) {

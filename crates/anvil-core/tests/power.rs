@@ -289,6 +289,46 @@ async fn actions_need_a_bmc() {
 }
 
 #[tokio::test]
+async fn a_bulk_action_with_a_machine_without_bmc_queues_nothing() {
+    let fakes = Arc::new(Fakes::default());
+    let (app, _d) = app(fakes.clone(), Duration::from_secs(5)).await;
+    for i in 1..=3u8 {
+        fakes.bmcs.lock().unwrap().insert(
+            format!("10.1.0.{i}"),
+            FakeBmc::new(inventory(&format!("S{i}"), i), Duration::ZERO),
+        );
+        app.enroll(&Principal::System, enroll_req(&format!("10.1.0.{i}")))
+            .await
+            .unwrap();
+    }
+    // Last in any order: the enrolled machines come first.
+    app.create_machine(
+        &Principal::System,
+        MachineCreate {
+            hostname: "zz-nobmc".into(),
+            tags: vec!["rack1".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let e = app
+        .start_bulk_action(
+            &Principal::System,
+            BulkSelector {
+                tag: Some("rack1".into()),
+                ..Default::default()
+            },
+            MachineAction::PowerOn,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("no BMC"), "{e}");
+    // Checked before anything was queued: no half-started rack.
+    assert!(app.list_jobs(None, 100).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn enrolling_attaches_the_bmc_to_a_machine_discovered_by_pxe() {
     let fakes = Arc::new(Fakes::default());
     fakes.bmcs.lock().unwrap().insert(

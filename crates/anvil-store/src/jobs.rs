@@ -50,26 +50,40 @@ macro_rules! job_from_row {
 
 impl Store {
     pub async fn insert_job(&self, job: &Job) -> Result<()> {
+        self.insert_jobs(std::slice::from_ref(job)).await
+    }
+
+    /// Inserts jobs in one transaction: a bulk action over a rack is one
+    /// commit, not one per machine (each of which would also queue behind
+    /// the writes of the jobs already running).
+    pub async fn insert_jobs(&self, jobs: &[Job]) -> Result<()> {
+        if jobs.is_empty() {
+            return Ok(());
+        }
         let _serialised = self.write_guard().await;
-        on_pool!(self, |p, _b| {
-            sqlx::query(
-                "INSERT INTO jobs (id, kind, machine_id, status, actor, params, result, error, created_at, started_at, finished_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(job.id)
-            .bind(&job.kind)
-            .bind(job.machine_id)
-            .bind(job.status.as_str())
-            .bind(&job.actor)
-            .bind(Json(&job.params))
-            .bind(job.result.as_ref().map(Json))
-            .bind(&job.error)
-            .bind(Ts(job.created_at))
-            .bind(job.started_at.map(Ts))
-            .bind(job.finished_at.map(Ts))
-            .execute(p)
-            .await
-            .map_err(query_err("insert job"))?;
+        on_pool!(self, |p, begin| {
+            let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
+            for job in jobs {
+                sqlx::query(
+                    "INSERT INTO jobs (id, kind, machine_id, status, actor, params, result, error, created_at, started_at, finished_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                )
+                .bind(job.id)
+                .bind(&job.kind)
+                .bind(job.machine_id)
+                .bind(job.status.as_str())
+                .bind(&job.actor)
+                .bind(Json(&job.params))
+                .bind(job.result.as_ref().map(Json))
+                .bind(&job.error)
+                .bind(Ts(job.created_at))
+                .bind(job.started_at.map(Ts))
+                .bind(job.finished_at.map(Ts))
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("insert job"))?;
+            }
+            tx.commit().await.map_err(query_err("commit jobs"))?;
         });
         Ok(())
     }

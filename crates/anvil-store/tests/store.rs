@@ -842,6 +842,32 @@ async fn jobs_and_power_state(s: Store) {
     j2.id = Uuid::now_v7();
     j2.created_at = at + time::Duration::seconds(1);
     s.insert_job(&j2).await.unwrap();
+    // Several jobs in one transaction (a bulk action); none is no-op.
+    s.insert_jobs(&[]).await.unwrap();
+    let batch: Vec<Job> = (0..3)
+        .map(|i| {
+            let mut j = job.clone();
+            j.id = Uuid::now_v7();
+            j.created_at = at + time::Duration::seconds(2 + i);
+            // Finished and machine-less, so the orphan and per-machine
+            // assertions below still see only the first two jobs.
+            j.status = JobStatus::Failed;
+            j.machine_id = None;
+            j
+        })
+        .collect();
+    s.insert_jobs(&batch).await.unwrap();
+    for j in &batch {
+        assert_eq!(s.get_job(j.id).await.unwrap().as_ref(), Some(j));
+    }
+    // A duplicate id fails the whole batch: nothing of it is written.
+    let mut again = batch[0].clone();
+    let fresh = Uuid::now_v7();
+    again.created_at = at + time::Duration::seconds(9);
+    let mut other = again.clone();
+    other.id = fresh;
+    assert!(s.insert_jobs(&[other, again]).await.is_err());
+    assert!(s.get_job(fresh).await.unwrap().is_none());
     assert_eq!(s.fail_orphaned_jobs(at).await.unwrap(), 1);
     let failed = s.get_job(j2.id).await.unwrap().unwrap();
     assert_eq!(failed.status, JobStatus::Failed);
