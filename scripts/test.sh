@@ -111,9 +111,19 @@ cloudinit_exports=$(bash crates/anvil-cloudinit/scripts/cloud-init-env.sh "$PWD/
 eval "$cloudinit_exports"
 
 # --- Rust ----------------------------------------------------------------------
+# No incremental caches (3 GB of target/debug in a full test build): CI builds
+# once from a clean clone, and disk space, not rebuild time, is what it lacks.
+export CARGO_INCREMENTAL=0
+log "disk space before the build"
+df -h . || true
 log "cargo fmt --check"
 cargo fmt --all --check
 log "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 log "cargo test"
-cargo test --workspace --locked --no-fail-fast -- --test-threads="${ANVIL_TEST_THREADS:-4}"
+status=0
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${ANVIL_TEST_THREADS:-4}" || status=$?
+log "disk space after the tests"
+df -h . || true
+du -sh target/debug 2>/dev/null || true
+exit "$status"

@@ -678,6 +678,14 @@ async fn a_person_with_a_browser_can_do_the_basics() {
     let (server, fakes) = TestServer::start_with_power().await;
     seed_fleet(&server).await;
     let power_id = seed_power(&server, &fakes).await;
+    // The BMC of the machine the browser adds (web-node-01): its Commission
+    // button boots it from the network, and with no BMC there the run failed
+    // at once and the machine went back to `new`, sometimes before the page
+    // after the form showed `Commissioning`.
+    fakes.add(
+        "10.30.0.21",
+        FakeBmc::new(inventory("WEB0001", 7), Duration::ZERO),
+    );
     let scratch = tempfile::tempdir().expect("temp dir");
     let driver = Chromedriver::start(&chromedriver, scratch.path().join("chromedriver.log"));
 
