@@ -387,5 +387,15 @@ fn execute(
                 facts: None,
             }
         }
+        // Deployment, release and rescue steps: not in this agent yet; the
+        // protocol says to answer a kind the agent cannot run with `failed`.
+        other => StepOutput {
+            outcome: hwtest::Outcome {
+                ok: false,
+                message: format!("this agent cannot run {} steps yet", other.kind().as_str()),
+                result: serde_json::json!({}),
+            },
+            facts: None,
+        },
     }
 }

@@ -93,10 +93,37 @@ pub struct AgentRegister {
 }
 
 /// What the agent is there to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentPurpose {
+    #[default]
     Commissioning,
+    /// Write an image (`docs/deployment.md`); the run ends with `reboot`.
+    Deployment,
+    /// Erase the disks; the run ends with `poweroff`.
+    Release,
+    /// An SSH server for the operator; no disk is touched.
+    Rescue,
+}
+
+impl AgentPurpose {
+    pub const ALL: [AgentPurpose; 4] = [
+        AgentPurpose::Commissioning,
+        AgentPurpose::Deployment,
+        AgentPurpose::Release,
+        AgentPurpose::Rescue,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentPurpose::Commissioning => "commissioning",
+            AgentPurpose::Deployment => "deployment",
+            AgentPurpose::Release => "release",
+            AgentPurpose::Rescue => "rescue",
+        }
+    }
+    pub fn parse(s: &str) -> Option<AgentPurpose> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
 }
 
 /// Answer to a registration.
@@ -203,8 +230,8 @@ pub struct DiskTestParams {
 }
 
 /// What a step does, with its parameters. Serialised as
-/// `{"kind": "inventory", "params": {…}}`. Deployment adds more kinds later;
-/// an agent answers a kind it does not know with a `failed` report.
+/// `{"kind": "inventory", "params": {…}}`. An agent answers a kind it does
+/// not know with a `failed` report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", content = "params", rename_all = "snake_case")]
 pub enum StepSpec {
@@ -214,6 +241,14 @@ pub enum StepSpec {
     CpuTest(CpuTestParams),
     MemoryTest(MemoryTestParams),
     DiskTest(DiskTestParams),
+    /// Deployment and release: wipe signatures and partition tables
+    /// (`quick`) or secure-erase the disks.
+    Erase(crate::deploy::EraseParams),
+    WriteImage(crate::deploy::WriteImageParams),
+    GrowRoot(crate::deploy::GrowRootParams),
+    CloudInit(crate::deploy::CloudInitParams),
+    BootEntry(crate::deploy::BootEntryParams),
+    Rescue(crate::deploy::RescueParams),
 }
 
 impl StepSpec {
@@ -223,6 +258,12 @@ impl StepSpec {
             StepSpec::CpuTest(_) => StepKind::CpuTest,
             StepSpec::MemoryTest(_) => StepKind::MemoryTest,
             StepSpec::DiskTest(_) => StepKind::DiskTest,
+            StepSpec::Erase(_) => StepKind::Erase,
+            StepSpec::WriteImage(_) => StepKind::WriteImage,
+            StepSpec::GrowRoot(_) => StepKind::GrowRoot,
+            StepSpec::CloudInit(_) => StepKind::CloudInit,
+            StepSpec::BootEntry(_) => StepKind::BootEntry,
+            StepSpec::Rescue(_) => StepKind::Rescue,
         }
     }
 }
@@ -235,26 +276,43 @@ pub enum StepKind {
     CpuTest,
     MemoryTest,
     DiskTest,
+    Erase,
+    WriteImage,
+    GrowRoot,
+    CloudInit,
+    BootEntry,
+    Rescue,
 }
 
 impl StepKind {
+    pub const ALL: [StepKind; 10] = [
+        StepKind::Inventory,
+        StepKind::CpuTest,
+        StepKind::MemoryTest,
+        StepKind::DiskTest,
+        StepKind::Erase,
+        StepKind::WriteImage,
+        StepKind::GrowRoot,
+        StepKind::CloudInit,
+        StepKind::BootEntry,
+        StepKind::Rescue,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             StepKind::Inventory => "inventory",
             StepKind::CpuTest => "cpu_test",
             StepKind::MemoryTest => "memory_test",
             StepKind::DiskTest => "disk_test",
+            StepKind::Erase => "erase",
+            StepKind::WriteImage => "write_image",
+            StepKind::GrowRoot => "grow_root",
+            StepKind::CloudInit => "cloud_init",
+            StepKind::BootEntry => "boot_entry",
+            StepKind::Rescue => "rescue",
         }
     }
     pub fn parse(s: &str) -> Option<StepKind> {
-        [
-            StepKind::Inventory,
-            StepKind::CpuTest,
-            StepKind::MemoryTest,
-            StepKind::DiskTest,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
+        Self::ALL.into_iter().find(|k| k.as_str() == s)
     }
 }
 
@@ -331,6 +389,9 @@ pub enum AgentAction {
 /// Answer to `POST /api/v1/agent/next`: either a step to run or an action.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]
+// A message built once per `next` call and serialised at once: its size
+// does not matter, and a Box would only complicate every construction.
+#[allow(clippy::large_enum_variant)]
 pub enum AgentNext {
     Step {
         step: AgentStep,
@@ -509,6 +570,9 @@ pub struct CommissioningRun {
     pub machine_id: Uuid,
     /// 1, 2, … per machine; `?run=` of the hardware endpoint.
     pub number: i64,
+    /// What the run is for: commissioning, deployment, release or rescue.
+    #[serde(default)]
+    pub purpose: AgentPurpose,
     pub state: RunState,
     pub tests: Vec<HardwareTest>,
     /// The job that started the run.

@@ -5,6 +5,7 @@
 //! `anvil-types`, which never carry secrets.
 
 pub mod agent;
+pub mod deploy;
 pub mod images;
 
 use anvil_types::{Architecture, BmcDriver, Firmware, MachineState};

@@ -239,6 +239,7 @@ mod tests {
             id: Uuid::nil(),
             machine_id: Uuid::nil(),
             number: 1,
+            purpose: Default::default(),
             state,
             tests: vec![],
             job_id: None,

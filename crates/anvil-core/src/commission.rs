@@ -1218,6 +1218,9 @@ fn run_view(r: RunRecord, steps: Vec<StepRecord>) -> Result<CommissioningRun> {
         id: r.id,
         machine_id: r.machine_id,
         number: r.number,
+        // Only commissioning runs are stored so far; the store's run record
+        // gains its purpose with deployment.
+        purpose: AgentPurpose::Commissioning,
         state: RunState::parse(&r.state).ok_or_else(|| corrupt("stored run state", &r.state))?,
         tests,
         job_id: r.job_id,
