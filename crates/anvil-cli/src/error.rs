@@ -13,7 +13,7 @@
 //! | 5 | authentication or authorization (401, 403), or no token given |
 //! | 6 | the server cannot be reached: connection refused, DNS failure, TLS failure, timeout |
 //! | 7 | server error (5xx, except 502) |
-//! | 8 | a BMC, NetBox or a job failed: the API's 502 (the BMC or NetBox refused, failed or did not answer), a `--wait` with failed jobs, a machine that did not come up in `rack up` |
+//! | 8 | a BMC, NetBox or a job failed: the API's 502 (the BMC or NetBox refused, failed or did not answer), a `--wait` with failed jobs, a machine that did not come up in `rack up`, a deployment, release or rescue that failed under `--wait` |
 //!
 //! For example, `anvil machine rm node-01` exits with 3 when the machine is
 //! already gone, which lets a playbook treat the removal as idempotent.
@@ -55,6 +55,13 @@ pub enum CliError {
     /// Some of the jobs (or machines) failed: `(failed, total)`.
     #[error("{0} of {1} failed")]
     JobsFailed(usize, usize),
+    /// A followed deployment, release or rescue ended without success.
+    #[error("{hostname}: {what} failed: {reason}")]
+    RunFailed {
+        hostname: String,
+        what: String,
+        reason: String,
+    },
 }
 
 impl CliError {
@@ -74,7 +81,7 @@ impl CliError {
             CliError::NoToken => 5,
             CliError::Unreachable { .. } => 6,
             CliError::Protocol(_) | CliError::Internal(_) | CliError::Output(_) => 1,
-            CliError::JobsFailed(..) => 8,
+            CliError::JobsFailed(..) | CliError::RunFailed { .. } => 8,
         }
     }
 
@@ -173,6 +180,16 @@ mod tests {
         // 502 is Anvil's "the BMC failed", not a server fault.
         assert_eq!(api(502).exit_code(), 8);
         assert_eq!(CliError::JobsFailed(1, 3).exit_code(), 8);
+        let failed = CliError::RunFailed {
+            hostname: "node-01".into(),
+            what: "deployment".into(),
+            reason: "write_image failed: sha256 mismatch".into(),
+        };
+        assert_eq!(failed.exit_code(), 8);
+        assert_eq!(
+            failed.to_string(),
+            "node-01: deployment failed: write_image failed: sha256 mismatch"
+        );
         assert_eq!(api(503).exit_code(), 7);
         // Statuses that point at a client bug rather than at the input.
         assert_eq!(api(405).exit_code(), 1);

@@ -15,6 +15,7 @@ pub mod error;
 
 mod client;
 mod commission;
+mod deploy;
 mod image;
 mod machine;
 mod netbox;
@@ -26,6 +27,7 @@ mod token;
 mod user;
 
 pub use client::Client;
+pub use deploy::{DeployArgs, ReleaseArgs, RescueArgs};
 pub use error::CliError;
 pub use image::{ImageCmd, ImageImportArgs, run_image};
 pub use machine::{

@@ -43,6 +43,14 @@ pub enum MachineCmd {
     /// Commission machines: boot them into the agent, take the hardware
     /// inventory (and run the chosen tests); `ready` or `failed` after.
     Commission(crate::commission::CommissionArgs),
+    /// Deploy an image: erase the root disk, write the image (sha256
+    /// verified), grow the root, add cloud-init's data, boot the disk.
+    Deploy(Box<crate::deploy::DeployArgs>),
+    /// Release a machine: erase its disks and make it ready again.
+    Release(crate::deploy::ReleaseArgs),
+    /// Boot the rescue system (SSH as root, disks untouched), or leave it
+    /// with --exit.
+    Rescue(crate::deploy::RescueArgs),
 }
 
 /// Filters and paging of `machine list`.
@@ -209,6 +217,9 @@ pub async fn run_machine(g: &GlobalOpts, cmd: MachineCmd) -> Result<(), CliError
             output::print(&render(g.output, &machine, machine_table)?)
         }
         MachineCmd::Commission(args) => crate::commission::run_commission(g, args).await,
+        MachineCmd::Deploy(args) => crate::deploy::run_deploy(g, *args).await,
+        MachineCmd::Release(args) => crate::deploy::run_release(g, args).await,
+        MachineCmd::Rescue(args) => crate::deploy::run_rescue(g, args).await,
         MachineCmd::Rm { target } => {
             Client::from_opts(g)?.delete_machine(&target).await?;
             if g.output == OutputFormat::Table {
