@@ -52,16 +52,27 @@ pub struct Agent {
     heartbeat: Duration,
     /// The boot interface; LLDP is heard on every connected interface.
     lldp_default_secs: Option<u64>,
+    /// What the deployment steps need (root of /sys and /dev, downloads).
+    deploy: crate::deploy::Ctx,
 }
 
+/// Progress reports go out at most this often (they count as heartbeats).
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
 impl Agent {
-    pub fn new(client: Client, mac: String, lldp_default_secs: Option<u64>) -> Agent {
+    pub fn new(
+        client: Client,
+        mac: String,
+        lldp_default_secs: Option<u64>,
+        deploy: crate::deploy::Ctx,
+    ) -> Agent {
         Agent {
             client,
             ledger: Ledger::default(),
             mac,
             heartbeat: Duration::from_secs(10),
             lldp_default_secs,
+            deploy,
         }
     }
 
@@ -201,12 +212,13 @@ impl Agent {
         let (tx, rx) = mpsc::channel();
         let spec = step.spec.clone();
         let lldp_default = self.lldp_default_secs;
+        let ctx = self.deploy.clone();
         std::thread::spawn(move || {
             let tx2 = tx.clone();
             let mut progress = move |d, t, m| {
                 let _ = tx2.send(Msg::Progress(d, t, m));
             };
-            let out = execute(&spec, lldp_default, &mut progress);
+            let out = execute(&spec, lldp_default, &ctx, &mut progress);
             let _ = tx.send(Msg::Done(out));
         });
         let mut seq = 1;
@@ -216,8 +228,8 @@ impl Agent {
                 Ok(Msg::Done(out)) => break out,
                 Ok(Msg::Progress(done, total, message)) => {
                     // Progress counts as a heartbeat; more often than every
-                    // half heartbeat would only load the server.
-                    if last_call.elapsed() < self.heartbeat / 2 {
+                    // 2 s (or half a heartbeat) would only load the server.
+                    if last_call.elapsed() < PROGRESS_EVERY.min(self.heartbeat / 2) {
                         continue;
                     }
                     log!("step {kind}: {message}");
@@ -359,8 +371,14 @@ fn truncate(s: &str, max: usize) -> String {
 fn execute(
     spec: &StepSpec,
     lldp_default: Option<u64>,
+    ctx: &crate::deploy::Ctx,
     progress: hwtest::Progress<'_>,
 ) -> StepOutput {
+    use crate::deploy;
+    let plain = |outcome| StepOutput {
+        outcome,
+        facts: None,
+    };
     match spec {
         StepSpec::Inventory(p) => {
             let window = lldp_default.unwrap_or(u64::from(p.lldp_window_secs));
@@ -387,15 +405,11 @@ fn execute(
                 facts: None,
             }
         }
-        // Deployment, release and rescue steps: not in this agent yet; the
-        // protocol says to answer a kind the agent cannot run with `failed`.
-        other => StepOutput {
-            outcome: hwtest::Outcome {
-                ok: false,
-                message: format!("this agent cannot run {} steps yet", other.kind().as_str()),
-                result: serde_json::json!({}),
-            },
-            facts: None,
-        },
+        StepSpec::Erase(p) => plain(deploy::erase(ctx, p, progress)),
+        StepSpec::WriteImage(p) => plain(deploy::write_image(ctx, p, progress)),
+        StepSpec::GrowRoot(p) => plain(deploy::grow_root(ctx, p, progress)),
+        StepSpec::CloudInit(p) => plain(deploy::cloud_init(ctx, p, progress)),
+        StepSpec::BootEntry(p) => plain(deploy::boot_entry(ctx, p, progress)),
+        StepSpec::Rescue(p) => plain(deploy::rescue(ctx, p, progress)),
     }
 }

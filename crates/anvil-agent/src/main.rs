@@ -12,17 +12,14 @@ mod agent;
 mod backoff;
 mod client;
 mod cmdline;
-#[allow(dead_code)] // the deploy steps use it (next commit)
+mod deploy;
 mod disk;
+mod fetch;
 mod hwtest;
-// Not yet called by a step: the deploy step (docs/agent-protocol.md,
-// "Deploy step: planned") will.
-#[allow(dead_code)]
 mod imagewrite;
 mod inventory;
 mod ledger;
 mod net;
-#[allow(dead_code)] // the deploy steps use it (next commit)
 mod ptable;
 mod system;
 
@@ -53,6 +50,19 @@ fn main() {
         Err(_) => agent::Finish::Halt("the agent panicked (see above)".into()),
     };
     match finish {
+        // Outside the ramdisk (a test, or an operator trying the agent on a
+        // running system) the agent must never take the machine down.
+        agent::Finish::PowerOff | agent::Finish::Reboot if std::process::id() != 1 => {
+            log!(
+                "not PID 1: not {} this system; exiting",
+                if finish == agent::Finish::Reboot {
+                    "rebooting"
+                } else {
+                    "powering off"
+                }
+            );
+            std::process::exit(0);
+        }
         agent::Finish::PowerOff | agent::Finish::Reboot => {
             let reboot = finish == agent::Finish::Reboot;
             let e = system::power(reboot);
@@ -69,8 +79,18 @@ fn main() {
     std::process::exit(1);
 }
 
+/// Overrides for running the agent outside its ramdisk (the integration
+/// tests run the real binary as a child process): `ANVIL_AGENT_CMDLINE`
+/// instead of /proc/cmdline, `ANVIL_AGENT_ROOT` as the directory holding
+/// `sys/` and `dev/` (default `/`), `ANVIL_AGENT_NO_NET=1` to use the
+/// network as it is instead of DHCP on the boot interface.
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
 fn run() -> agent::Finish {
-    let text = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let text = env("ANVIL_AGENT_CMDLINE")
+        .unwrap_or_else(|| std::fs::read_to_string("/proc/cmdline").unwrap_or_default());
     let params = match cmdline::parse(&text) {
         Ok(p) => p,
         Err(e) => return agent::Finish::Halt(format!("bad kernel command line: {e}")),
@@ -85,13 +105,24 @@ fn run() -> agent::Finish {
             "none (discovery)"
         }
     );
-    let (iface, ip) = bring_up_network(&params.mac);
-    // Other NICs come up too (without addresses): LLDP needs a link.
-    net::bring_up_all(&iface);
+    let ip = if env("ANVIL_AGENT_NO_NET").is_some() {
+        log!("ANVIL_AGENT_NO_NET: using the network as it is");
+        String::new()
+    } else {
+        let (iface, ip) = bring_up_network(&params.mac);
+        // Other NICs come up too (without addresses): LLDP needs a link.
+        net::bring_up_all(&iface);
+        ip
+    };
     match &params.token {
         Some(token) => {
             let client = Client::new(&params.url, Some(token));
-            agent::Agent::new(client, params.mac.clone(), params.lldp_window_secs).run()
+            let ctx = deploy::Ctx {
+                root: env("ANVIL_AGENT_ROOT").map_or_else(|| "/".into(), Into::into),
+                fetch: fetch::Fetcher::new(Some(token)),
+                ssh_port: 22,
+            };
+            agent::Agent::new(client, params.mac.clone(), params.lldp_window_secs, ctx).run()
         }
         None => discovery_callhome(&params.url, &params.mac, &ip),
     }

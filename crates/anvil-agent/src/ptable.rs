@@ -92,14 +92,6 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn len(&self) -> u64 {
-        self.end - self.start
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.end == self.start
-    }
-
     pub fn is_esp(&self) -> bool {
         self.type_id == GUID_ESP || self.type_id == format!("0x{MBR_TYPE_ESP:02x}")
     }
