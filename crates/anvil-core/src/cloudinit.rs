@@ -1,15 +1,20 @@
-//! The cloud-init data a machine's deployment would carry, rendered by
-//! `anvil-cloudinit` for display (user-data secrets masked).
+//! The cloud-init data of a machine, rendered by `anvil-cloudinit`: for the
+//! deploy action (the files of the `cloud_init` step's partition) and for
+//! display (`GET /machines/{id}/cloud-init`, user-data secrets masked).
 //!
-//! Until the deploy request exists this renders the defaults: the machine id
+//! A machine that is deploying or deployed shows its deployment's data (its
+//! SSH keys and user data, the instance id of that deployment); any other
+//! machine shows the defaults a deployment would start from: the machine id
 //! and host name, DHCP on the NIC it network-boots from (named from its
-//! latest hardware facts), no SSH keys, no user-data. The deploy parameters
-//! (keys, user-data, root disk, NetBox addresses) are added by the deploy
-//! work on top of `anvil_cloudinit::default_context`.
+//! latest hardware facts), no keys, no user-data. NetBox addressing is not
+//! part of the rendered network yet (`docs/cloud-init.md`).
 
 use crate::{App, Error, Result};
+use anvil_cloudinit::DeployContext;
 pub use anvil_cloudinit::{DisplayFile, Flavor};
 use anvil_inventory::HardwareFacts;
+use anvil_types::Machine;
+use uuid::Uuid;
 
 impl App {
     /// The files of `flavor` for machine `ident`, as shown to an operator.
@@ -19,20 +24,6 @@ impl App {
         flavor: Flavor,
     ) -> Result<Vec<DisplayFile>> {
         let m = self.get_machine(ident).await?;
-        let boot = m
-            .interfaces
-            .iter()
-            .find(|i| i.pxe)
-            .or_else(|| m.interfaces.first())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "machine",
-                    format!(
-                        "{} has no network interface; cloud-init's network-config needs the NIC it boots from",
-                        m.hostname
-                    ),
-                )
-            })?;
         let facts: Option<HardwareFacts> = match self.store.hardware_facts(m.id, None).await? {
             Some(rec) => Some(
                 serde_json::from_str(&rec.facts).map_err(|e| Error::Internal {
@@ -42,17 +33,66 @@ impl App {
             ),
             None => None,
         };
-        let id = m.id.to_string();
-        let mac = boot.mac.to_string();
-        let ctx = match anvil_cloudinit::default_context(&id, &m.hostname, facts.as_ref(), &mac) {
-            // Facts from before the NIC was added: name it without them.
-            Err(anvil_cloudinit::Error::BootNicUnknown { .. }) => {
-                anvil_cloudinit::default_context(&id, &m.hostname, None, &mac)
+        let ctx = match self.current_deployment(&m).await? {
+            Some((run_id, p)) => {
+                self.deploy_context(
+                    &m,
+                    facts.as_ref(),
+                    &p.ssh_keys,
+                    p.user_data.as_deref(),
+                    run_id,
+                )
+                .await?
             }
-            other => other,
-        }
-        .map_err(|e| Error::invalid("machine", e.to_string()))?;
+            None => base_context(&m, facts.as_ref())?,
+        };
         anvil_cloudinit::render_for_display(&ctx, flavor)
             .map_err(|e| Error::invalid("machine", e.to_string()))
     }
+
+    /// The context of one deployment: the machine's defaults with the
+    /// deployment's keys (already validated) and user data, and an instance
+    /// id of its own so cloud-init runs its first-boot modules again.
+    pub(crate) async fn deploy_context(
+        &self,
+        m: &Machine,
+        facts: Option<&HardwareFacts>,
+        ssh_keys: &[String],
+        user_data: Option<&str>,
+        run_id: Uuid,
+    ) -> Result<DeployContext> {
+        let mut ctx = base_context(m, facts)?;
+        ctx.ssh_keys = ssh_keys.to_vec();
+        ctx.user_data = user_data.map(|u| u.as_bytes().to_vec());
+        ctx.with_deployment(&run_id.simple().to_string())
+            .map_err(|e| Error::invalid("machine", e.to_string()))
+    }
+}
+
+/// The defaults: id, host name, DHCP on the boot NIC.
+fn base_context(m: &Machine, facts: Option<&HardwareFacts>) -> Result<DeployContext> {
+    let boot = m
+        .interfaces
+        .iter()
+        .find(|i| i.pxe)
+        .or_else(|| m.interfaces.first())
+        .ok_or_else(|| {
+            Error::invalid(
+                "machine",
+                format!(
+                    "{} has no network interface; cloud-init's network-config needs the NIC it boots from",
+                    m.hostname
+                ),
+            )
+        })?;
+    let id = m.id.to_string();
+    let mac = boot.mac.to_string();
+    match anvil_cloudinit::default_context(&id, &m.hostname, facts, &mac) {
+        // Facts from before the NIC was added: name it without them.
+        Err(anvil_cloudinit::Error::BootNicUnknown { .. }) => {
+            anvil_cloudinit::default_context(&id, &m.hostname, None, &mac)
+        }
+        other => other,
+    }
+    .map_err(|e| Error::invalid("machine", e.to_string()))
 }

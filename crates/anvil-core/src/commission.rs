@@ -245,6 +245,8 @@ impl App {
             last_seen_at: None,
             finished_at: None,
             deadline: at + std_to_time(cfg.timeout),
+            purpose: AgentPurpose::Commissioning.as_str().into(),
+            params: "{}".into(),
         };
         let steps: Vec<StepRecord> = plan_steps(&tests, &cfg)
             .into_iter()
@@ -302,22 +304,32 @@ impl App {
         let run_id = run.id;
         let actor = by.actor();
         tokio::spawn(async move {
-            app.run_commission_job(job.id, m, run_id, actor, already_booting)
-                .await
+            app.run_agent_job(
+                job.id,
+                m,
+                run_id,
+                AgentPurpose::Commissioning,
+                actor,
+                already_booting,
+            )
+            .await
         });
         Ok(job)
     }
 
-    /// The job: boot the machine from the network, wait for the run to end,
-    /// power off when configured.
-    async fn run_commission_job(
+    /// The job of a run of any purpose: boot the machine from the network
+    /// (or ask for manual power), wait for the run to end, then power off
+    /// when the purpose asks for it (commissioning when configured, release).
+    pub(crate) async fn run_agent_job(
         &self,
         job_id: Uuid,
         m: Machine,
         run_id: Uuid,
+        purpose: AgentPurpose,
         actor: String,
         already_booting: bool,
     ) {
+        let prefix = event_prefix(purpose);
         let _ = self.store.start_job(job_id, now()).await;
         let has_power = m.bmc.is_some() && self.power.is_some();
         if already_booting {
@@ -327,7 +339,7 @@ impl App {
                     time: now(),
                     actor: actor.clone(),
                     machine_id: Some(m.id),
-                    kind: "commission.on-discovery".into(),
+                    kind: format!("{prefix}.on-discovery"),
                     message: "commissioning in the machine's current network boot".into(),
                     data: json!({ "job": job_id, "run": run_id }),
                 })
@@ -335,7 +347,7 @@ impl App {
         } else if has_power {
             if let Err(e) = self.power_for_commission(&m, MachineAction::PxeBoot).await {
                 let reason = format!("cannot boot the machine from the network: {e}");
-                self.end_run(run_id, m.id, RunState::Failed, Some(reason), None, &actor)
+                self.end_run(run_id, RunState::Failed, Some(reason), None, &actor)
                     .await;
             }
         } else {
@@ -350,9 +362,10 @@ impl App {
                     time: now(),
                     actor: actor.clone(),
                     machine_id: Some(m.id),
-                    kind: "commission.manual-power".into(),
+                    kind: format!("{prefix}.manual-power"),
                     message: format!(
-                        "{why}: power it on with network boot; commissioning waits for its agent"
+                        "{why}: power it on with network boot; {} waits for its agent",
+                        purpose.as_str()
                     ),
                     data: json!({ "job": job_id, "run": run_id }),
                 })
@@ -387,12 +400,18 @@ impl App {
         };
         let state = RunState::parse(&run.state).unwrap_or(RunState::Failed);
         let mut result = json!({ "run": run.number, "state": state });
-        if state == RunState::Succeeded && has_power && self.commissioning.power_off_when_done {
+        let power_off = match purpose {
+            AgentPurpose::Commissioning => self.commissioning.power_off_when_done,
+            AgentPurpose::Release => true,
+            // A deployed machine reboots into its disk; a rescue system stays up.
+            AgentPurpose::Deployment | AgentPurpose::Rescue => false,
+        };
+        if state == RunState::Succeeded && has_power && power_off {
             match self.power_for_commission(&m, MachineAction::PowerOff).await {
                 Ok(()) => result["power_state"] = json!("off"),
                 Err(e) => {
                     result["power_off_error"] = json!(e);
-                    tracing::warn!(machine = %m.hostname, error = %e, "cannot power off after commissioning");
+                    tracing::warn!(machine = %m.hostname, purpose = purpose.as_str(), error = %e, "cannot power off after the run");
                 }
             }
         }
@@ -401,7 +420,7 @@ impl App {
             _ => Err(run
                 .failure_reason
                 .clone()
-                .unwrap_or_else(|| format!("commissioning {}", state.as_str()))),
+                .unwrap_or_else(|| format!("{} {}", purpose.as_str(), state.as_str()))),
         };
         let at = now();
         let stored = match &outcome {
@@ -411,11 +430,11 @@ impl App {
         if let Err(e) = stored {
             tracing::warn!(job = %job_id, error = %e, "cannot record a job's outcome");
         }
-        metrics::counter!("anvil_commissioning_runs_total", "result" => state.as_str())
+        metrics::counter!("anvil_commissioning_runs_total", "result" => state.as_str(), "purpose" => purpose.as_str())
             .increment(1);
     }
 
-    async fn power_for_commission(
+    pub(crate) async fn power_for_commission(
         &self,
         m: &Machine,
         action: MachineAction,
@@ -435,21 +454,45 @@ impl App {
         Ok(())
     }
 
-    /// Ends a run (once) and moves its machine out of `commissioning`.
-    async fn end_run(
+    /// Ends a run (once) and moves its machine out of the purpose's state.
+    pub(crate) async fn end_run(
         &self,
         run_id: Uuid,
-        machine_id: Uuid,
         state: RunState,
         reason: Option<String>,
         failed_step: Option<StepKind>,
         actor: &str,
     ) -> bool {
-        let machine_state = run_outcome_state(state);
-        let message = match (&reason, state) {
-            (Some(r), _) => format!("commissioning {}: {r}", state.as_str()),
-            (None, RunState::Succeeded) => "commissioning succeeded: ready".to_string(),
-            (None, s) => format!("commissioning {}", s.as_str()),
+        self.end_run_to(run_id, state, reason, failed_step, actor, None)
+            .await
+    }
+
+    /// `end_run`, with the machine's next state given (`exit-rescue`: the
+    /// state it had before) instead of the purpose's outcome.
+    pub(crate) async fn end_run_to(
+        &self,
+        run_id: Uuid,
+        state: RunState,
+        reason: Option<String>,
+        failed_step: Option<StepKind>,
+        actor: &str,
+        machine_state: Option<MachineState>,
+    ) -> bool {
+        let run = match self.store.commissioning_run(run_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return false,
+            Err(e) => {
+                tracing::warn!(run = %run_id, error = %e, "cannot read a run to end it");
+                return false;
+            }
+        };
+        let machine_id = run.machine_id;
+        let purpose = run_purpose(&run);
+        let machine_state = machine_state.or_else(|| purpose_outcome_state(purpose, state));
+        let message = match (&reason, state, machine_state) {
+            (Some(r), _, _) => format!("{} {}: {r}", purpose.as_str(), state.as_str()),
+            (None, s, Some(to)) => format!("{} {}: {to}", purpose.as_str(), s.as_str()),
+            (None, s, None) => format!("{} {}", purpose.as_str(), s.as_str()),
         };
         let at = now();
         let end = RunEnd {
@@ -459,13 +502,15 @@ impl App {
             failed_step: failed_step.map(|k| k.as_str().to_string()),
             at,
             machine_state,
+            active_state: active_state(purpose),
+            clear_image: clears_image(purpose, state),
             event: NewEvent {
                 time: at,
                 actor: actor.to_string(),
                 machine_id: Some(machine_id),
-                kind: "commission.end".into(),
+                kind: format!("{}.end", event_prefix(purpose)),
                 message,
-                data: json!({ "run": run_id, "state": state, "reason": reason, "step": failed_step }),
+                data: json!({ "run": run_id, "purpose": purpose, "state": state, "reason": reason, "step": failed_step, "to": machine_state }),
             },
         };
         match self.store.finish_commissioning_run(&end).await {
@@ -476,7 +521,7 @@ impl App {
                     if let Some(mac) = self.boot_mac(machine_id).await {
                         self.record_boot(
                             mac,
-                            "commission.end",
+                            &format!("{}.end", event_prefix(purpose)),
                             json!({ "state": state, "reason": reason, "step": failed_step }),
                         );
                     }
@@ -527,15 +572,12 @@ impl App {
         let at = now();
         for run in self.store.running_commissioning_runs().await? {
             let machine = self.store.get_machine(run.machine_id).await?;
-            if machine
-                .as_ref()
-                .is_none_or(|m| m.state != MachineState::Commissioning)
-            {
+            let active = active_state(run_purpose(&run));
+            if machine.as_ref().is_none_or(|m| m.state != active) {
                 self.end_run(
                     run.id,
-                    run.machine_id,
                     RunState::Aborted,
-                    Some("the machine left commissioning".into()),
+                    Some(format!("the machine left {active}")),
                     None,
                     "system",
                 )
@@ -544,16 +586,9 @@ impl App {
             }
             if run.deadline <= at {
                 let steps = self.store.commissioning_steps(run.id).await?;
-                let (reason, step) = timeout_reason(&run, &steps, self.commissioning.timeout);
-                self.end_run(
-                    run.id,
-                    run.machine_id,
-                    RunState::Failed,
-                    Some(reason),
-                    step,
-                    "system",
-                )
-                .await;
+                let (reason, step) = timeout_reason(&run, &steps);
+                self.end_run(run.id, RunState::Failed, Some(reason), step, "system")
+                    .await;
             }
         }
         Ok(())
@@ -669,12 +704,12 @@ impl App {
             .ok_or(Error::AgentUnauthenticated)?;
         if run.state == RunState::Running.as_str() {
             let state = self.store.get_machine(s.machine_id).await?.map(|m| m.state);
-            if state != Some(MachineState::Commissioning) {
+            let active = active_state(run_purpose(&run));
+            if state != Some(active) {
                 self.end_run(
                     run.id,
-                    run.machine_id,
                     RunState::Aborted,
-                    Some("the machine left commissioning".into()),
+                    Some(format!("the machine left {active}")),
                     None,
                     "system",
                 )
@@ -695,8 +730,8 @@ impl App {
             return Err(Error::Agent {
                 problem: AgentProblem::RunEnded,
                 detail: format!(
-                    "commissioning run {} has ended ({}); ask next for the final action",
-                    run.number, run.state
+                    "{} run {} has ended ({}); ask next for the final action",
+                    run.purpose, run.number, run.state
                 ),
             });
         }
@@ -765,7 +800,7 @@ impl App {
             hostname: m.hostname,
             run_id: run.id,
             run_number: run.number,
-            purpose: AgentPurpose::Commissioning,
+            purpose: run_purpose(&run),
             heartbeat_secs: self.commissioning.heartbeat_secs,
         })
     }
@@ -786,7 +821,16 @@ impl App {
         })
     }
 
+    /// What the agent does next. Step URLs are given as paths; use
+    /// `agent_next_at` to have them made absolute.
     pub async fn agent_next(&self, s: &AgentSession) -> Result<AgentNext> {
+        self.agent_next_at(s, "").await
+    }
+
+    /// `agent_next`, with the URLs in step parameters (`write_image`,
+    /// `cloud_init`) made absolute against `base_url`, Anvil's address as the
+    /// agent reached it (`http://10.77.0.1:8080`).
+    pub async fn agent_next_at(&self, s: &AgentSession, base_url: &str) -> Result<AgentNext> {
         let run = self.session_run(s).await?;
         let state = RunState::parse(&run.state).unwrap_or(RunState::Failed);
         if state == RunState::Running {
@@ -799,11 +843,23 @@ impl App {
             .into_iter()
             .map(agent_step)
             .collect::<Result<Vec<_>>>()?;
-        Ok(next_answer(
-            state,
-            &steps,
-            self.commissioning.power_off_when_done,
-        ))
+        let mut answer = next_answer(state, &steps, self.final_action(run_purpose(&run)));
+        if let AgentNext::Step { step } = &mut answer {
+            absolutise_urls(&mut step.spec, base_url);
+        }
+        Ok(answer)
+    }
+
+    /// What `next` answers once a run of `purpose` succeeded.
+    fn final_action(&self, purpose: AgentPurpose) -> AgentAction {
+        match purpose {
+            AgentPurpose::Commissioning if self.commissioning.power_off_when_done => {
+                AgentAction::Poweroff
+            }
+            AgentPurpose::Commissioning | AgentPurpose::Rescue => AgentAction::Done,
+            AgentPurpose::Deployment => AgentAction::Reboot,
+            AgentPurpose::Release => AgentAction::Poweroff,
+        }
     }
 
     /// Applies one step report.
@@ -909,27 +965,15 @@ impl App {
         let mut run_state = RunState::Running;
         if report.status == StepStatus::Failed {
             let reason = failure_reason(kind, report.message.as_deref(), report.result.as_ref());
-            self.end_run(
-                run.id,
-                s.machine_id,
-                RunState::Failed,
-                Some(reason),
-                Some(kind),
-                "agent",
-            )
-            .await;
+            self.end_run(run.id, RunState::Failed, Some(reason), Some(kind), "agent")
+                .await;
             run_state = RunState::Failed;
         } else if report.status == StepStatus::Succeeded && is_last {
-            self.apply_facts_to_machine(s.machine_id, run.id).await;
-            self.end_run(
-                run.id,
-                s.machine_id,
-                RunState::Succeeded,
-                None,
-                None,
-                "agent",
-            )
-            .await;
+            if run_purpose(&run) == AgentPurpose::Commissioning {
+                self.apply_facts_to_machine(s.machine_id, run.id).await;
+            }
+            self.end_run(run.id, RunState::Succeeded, None, None, "agent")
+                .await;
             run_state = RunState::Succeeded;
         }
         Ok(StepReportAck {
@@ -1141,7 +1185,12 @@ impl App {
     }
 }
 
-fn step_record(run_id: Uuid, index: usize, spec: &StepSpec, at: OffsetDateTime) -> StepRecord {
+pub(crate) fn step_record(
+    run_id: Uuid,
+    index: usize,
+    spec: &StepSpec,
+    at: OffsetDateTime,
+) -> StepRecord {
     let v = serde_json::to_value(spec).unwrap_or_default();
     StepRecord {
         id: Uuid::now_v7(),
@@ -1218,9 +1267,7 @@ fn run_view(r: RunRecord, steps: Vec<StepRecord>) -> Result<CommissioningRun> {
         id: r.id,
         machine_id: r.machine_id,
         number: r.number,
-        // Only commissioning runs are stored so far; the store's run record
-        // gains its purpose with deployment.
-        purpose: AgentPurpose::Commissioning,
+        purpose: run_purpose(&r),
         state: RunState::parse(&r.state).ok_or_else(|| corrupt("stored run state", &r.state))?,
         tests,
         job_id: r.job_id,
@@ -1364,8 +1411,9 @@ fn check_report_fields(r: &StepReport) -> Result<()> {
     Ok(())
 }
 
-/// What `next` answers, given the run's state and its steps in order.
-pub fn next_answer(state: RunState, steps: &[AgentStep], power_off_when_done: bool) -> AgentNext {
+/// What `next` answers, given the run's state, its steps in order and the
+/// action that follows success (`poweroff`, `reboot` or `done`, by purpose).
+pub fn next_answer(state: RunState, steps: &[AgentStep], on_success: AgentAction) -> AgentNext {
     match state {
         RunState::Running => match steps.iter().find(|s| !s.status.is_finished()) {
             Some(step) => AgentNext::Step { step: step.clone() },
@@ -1377,8 +1425,8 @@ pub fn next_answer(state: RunState, steps: &[AgentStep], power_off_when_done: bo
                 run_state: None,
             },
         },
-        RunState::Succeeded if power_off_when_done => AgentNext::Action {
-            action: AgentAction::Poweroff,
+        RunState::Succeeded => AgentNext::Action {
+            action: on_success,
             retry_secs: None,
             run_state: Some(state),
         },
@@ -1415,12 +1463,10 @@ pub fn failure_reason(
 }
 
 /// Why a run timed out, and the step that hung (if the agent got that far).
-pub fn timeout_reason(
-    run: &RunRecord,
-    steps: &[StepRecord],
-    timeout: Duration,
-) -> (String, Option<StepKind>) {
-    let prefix = format!("commissioning timed out after {} s", timeout.as_secs());
+/// The timeout is the run's own (deadline - start): it depends on the purpose.
+pub fn timeout_reason(run: &RunRecord, steps: &[StepRecord]) -> (String, Option<StepKind>) {
+    let timeout = (run.deadline - run.started_at).whole_seconds().max(0);
+    let prefix = format!("{} timed out after {timeout} s", run_purpose(run).as_str());
     if run.registered_at.is_none() {
         return (format!("{prefix}: no agent registered"), None);
     }
@@ -1446,6 +1492,75 @@ pub fn timeout_reason(
             )
         }
         None => (format!("{prefix}: the run did not end"), None),
+    }
+}
+
+/// The purpose of a stored run (an unknown one reads as commissioning,
+/// the only purpose before migration 0007).
+pub fn run_purpose(run: &RunRecord) -> AgentPurpose {
+    AgentPurpose::parse(&run.purpose).unwrap_or_default()
+}
+
+/// The machine's state while a run of `purpose` lasts.
+pub fn active_state(purpose: AgentPurpose) -> MachineState {
+    match purpose {
+        AgentPurpose::Commissioning => MachineState::Commissioning,
+        AgentPurpose::Deployment => MachineState::Deploying,
+        AgentPurpose::Release => MachineState::Releasing,
+        AgentPurpose::Rescue => MachineState::Rescue,
+    }
+}
+
+/// Where the machine goes when a run of `purpose` ends in `state`. A rescue
+/// that succeeded (its SSH server listens) keeps the machine in `rescue`
+/// until the operator exits it.
+pub fn purpose_outcome_state(purpose: AgentPurpose, state: RunState) -> Option<MachineState> {
+    match (purpose, state) {
+        (_, RunState::Running | RunState::Aborted) => None,
+        (_, RunState::Failed) => Some(MachineState::Failed),
+        (AgentPurpose::Commissioning | AgentPurpose::Release, RunState::Succeeded) => {
+            Some(MachineState::Ready)
+        }
+        (AgentPurpose::Deployment, RunState::Succeeded) => Some(MachineState::Deployed),
+        (AgentPurpose::Rescue, RunState::Succeeded) => None,
+    }
+}
+
+/// Whether the end of a run means the machine no longer uses its image: a
+/// release erased it, and a failed deployment never finished writing it.
+pub fn clears_image(purpose: AgentPurpose, state: RunState) -> bool {
+    matches!(
+        (purpose, state),
+        (AgentPurpose::Release, RunState::Succeeded) | (AgentPurpose::Deployment, RunState::Failed)
+    )
+}
+
+/// Prefix of a purpose's event kinds (`commission.start`, `deploy.end`, …).
+pub fn event_prefix(purpose: AgentPurpose) -> &'static str {
+    match purpose {
+        AgentPurpose::Commissioning => "commission",
+        AgentPurpose::Deployment => "deploy",
+        AgentPurpose::Release => "release",
+        AgentPurpose::Rescue => "rescue",
+    }
+}
+
+/// Makes the URLs of a step absolute: steps store paths (`/api/v1/agent/…`)
+/// because only the agent's request says how it reached Anvil.
+pub fn absolutise_urls(spec: &mut StepSpec, base_url: &str) {
+    let base = base_url.trim_end_matches('/');
+    let fix = |u: &mut String| {
+        if u.starts_with('/') {
+            *u = format!("{base}{u}");
+        }
+    };
+    match spec {
+        StepSpec::WriteImage(p) => {
+            fix(&mut p.url);
+            fix(&mut p.zeromap_url);
+        }
+        StepSpec::CloudInit(p) => fix(&mut p.url),
+        _ => {}
     }
 }
 
@@ -1559,35 +1674,35 @@ mod tests {
         use StepStatus::*;
         let steps = [step(0, Succeeded), step(1, Started), step(2, Pending)];
         assert_eq!(
-            next_answer(RunState::Running, &steps, true),
+            next_answer(RunState::Running, &steps, AgentAction::Poweroff),
             AgentNext::Step {
                 step: steps[1].clone()
             }
         );
         let done = [step(0, Succeeded)];
         assert!(matches!(
-            next_answer(RunState::Running, &done, true),
+            next_answer(RunState::Running, &done, AgentAction::Poweroff),
             AgentNext::Action {
                 action: AgentAction::Wait,
                 ..
             }
         ));
         assert!(matches!(
-            next_answer(RunState::Succeeded, &done, true),
+            next_answer(RunState::Succeeded, &done, AgentAction::Poweroff),
             AgentNext::Action {
                 action: AgentAction::Poweroff,
                 ..
             }
         ));
         assert!(matches!(
-            next_answer(RunState::Succeeded, &done, false),
+            next_answer(RunState::Succeeded, &done, AgentAction::Done),
             AgentNext::Action {
                 action: AgentAction::Done,
                 ..
             }
         ));
         assert!(matches!(
-            next_answer(RunState::Failed, &done, true),
+            next_answer(RunState::Failed, &done, AgentAction::Reboot),
             AgentNext::Action {
                 action: AgentAction::Done,
                 run_state: Some(RunState::Failed),
@@ -1613,7 +1728,9 @@ mod tests {
             registered_at: registered.then_some(at),
             last_seen_at: None,
             finished_at: None,
-            deadline: at,
+            deadline: at + time::Duration::seconds(60),
+            purpose: "commissioning".into(),
+            params: "{}".into(),
         }
     }
 
@@ -1637,23 +1754,22 @@ mod tests {
 
     #[test]
     fn timeouts_name_what_hung() {
-        let t = Duration::from_secs(60);
         let steps = [
             step_rec(0, "inventory", "succeeded", 3),
             step_rec(1, "cpu_test", "progress", 2),
         ];
         assert_eq!(
-            timeout_reason(&run_rec(false), &steps, t),
+            timeout_reason(&run_rec(false), &steps),
             (
                 "commissioning timed out after 60 s: no agent registered".into(),
                 None
             )
         );
-        let (reason, step) = timeout_reason(&run_rec(true), &steps, t);
+        let (reason, step) = timeout_reason(&run_rec(true), &steps);
         assert_eq!(step, Some(StepKind::CpuTest));
         assert!(reason.contains("step 1 cpu_test hung"), "{reason}");
         let pending = [step_rec(0, "inventory", "pending", 0)];
-        let (reason, step) = timeout_reason(&run_rec(true), &pending, t);
+        let (reason, step) = timeout_reason(&run_rec(true), &pending);
         assert_eq!(step, Some(StepKind::Inventory));
         assert!(reason.contains("never started"), "{reason}");
     }

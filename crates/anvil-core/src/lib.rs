@@ -9,6 +9,7 @@ pub mod boot;
 pub mod cloudinit;
 pub mod commission;
 pub mod crypto;
+pub mod deploy;
 mod error;
 pub mod images;
 mod machines;
@@ -44,6 +45,7 @@ pub struct App {
     power: Option<std::sync::Arc<power::PowerCtl>>,
     images: Option<std::sync::Arc<images::ImageCtl>>,
     commissioning: std::sync::Arc<commission::CommissioningConfig>,
+    deploy: std::sync::Arc<deploy::DeployConfig>,
     netbox: Option<std::sync::Arc<netbox::NetboxCtl>>,
 }
 
@@ -57,6 +59,7 @@ impl App {
             power: None,
             images: None,
             commissioning: Default::default(),
+            deploy: Default::default(),
             netbox: None,
         }
     }

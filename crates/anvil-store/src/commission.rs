@@ -1,5 +1,7 @@
-//! Commissioning: runs and their steps, per-boot agent tokens (hashes only)
-//! and hardware facts, one document per run.
+//! Agent runs (commissioning, deployment, release, rescue) and their steps,
+//! per-boot agent tokens (hashes only) and hardware facts, one document per
+//! run. The tables keep their commissioning names (`commissioning_runs`, …):
+//! every purpose shares them, told apart by `purpose`.
 //!
 //! The store keeps records and enforces compare-and-set; the rules (which
 //! report may follow which, when a run ends) live in `anvil-core`.
@@ -34,6 +36,10 @@ pub struct RunRecord {
     pub last_seen_at: Option<OffsetDateTime>,
     pub finished_at: Option<OffsetDateTime>,
     pub deadline: OffsetDateTime,
+    /// `commissioning`, `deployment`, `release` or `rescue`.
+    pub purpose: String,
+    /// JSON object: what the purpose needs (see migration 0007).
+    pub params: String,
 }
 
 /// One step of a run as stored.
@@ -82,9 +88,15 @@ pub struct RunEnd {
     pub failure_reason: Option<String>,
     pub failed_step: Option<String>,
     pub at: OffsetDateTime,
-    /// Move the machine from `commissioning` to this state (with the reason
-    /// for `failed`), unless it already left `commissioning`.
+    /// Move the machine from `active_state` to this state (with the reason
+    /// for `failed`), unless it already left `active_state`.
     pub machine_state: Option<MachineState>,
+    /// The state the machine is in while the run lasts (`commissioning`,
+    /// `deploying`, `releasing`, `rescue`).
+    pub active_state: MachineState,
+    /// Forget the machine's image (a release erased it, a deployment
+    /// failed), in the same transaction.
+    pub clear_image: bool,
     pub event: NewEvent,
 }
 
@@ -106,7 +118,7 @@ pub struct AgentTokenRecord {
     pub expires_at: OffsetDateTime,
 }
 
-const RUN_COLUMNS: &str = "id, machine_id, number, state, tests, job_id, failure_reason, failed_step, system_uuid, agent_version, started_at, registered_at, last_seen_at, finished_at, deadline";
+const RUN_COLUMNS: &str = "id, machine_id, number, state, tests, job_id, failure_reason, failed_step, system_uuid, agent_version, started_at, registered_at, last_seen_at, finished_at, deadline, purpose, params";
 const STEP_COLUMNS: &str = "id, run_id, idx, kind, params, status, last_seq, message, progress_done, progress_total, result, started_at, finished_at, updated_at";
 
 macro_rules! run_from_row {
@@ -146,6 +158,8 @@ macro_rules! run_from_row {
             last_seen_at: opt_ts("last_seen_at")?,
             finished_at: opt_ts("finished_at")?,
             deadline: ts("deadline")?,
+            purpose: row.try_get("purpose").map_err(|e| corrupt("purpose", e))?,
+            params: row.try_get("params").map_err(|e| corrupt("params", e))?,
         }
     }};
 }
@@ -205,15 +219,30 @@ macro_rules! insert_event_in {
 }
 
 impl Store {
-    /// Starts a run: moves the machine from `from` to `commissioning`
-    /// (compare-and-set), numbers the run after the machine's previous ones,
-    /// and writes the run, its steps and the event in one transaction.
-    /// Returns the run's number. `run.number` is ignored.
+    /// Starts a commissioning run: `start_agent_run` into `commissioning`.
     pub async fn start_commissioning_run(
         &self,
         run: &RunRecord,
         steps: &[StepRecord],
         from: MachineState,
+        event: &NewEvent,
+    ) -> Result<i64> {
+        self.start_agent_run(run, steps, from, MachineState::Commissioning, None, event)
+            .await
+    }
+
+    /// Starts a run of any purpose: moves the machine from `from` to `to`
+    /// (compare-and-set), sets its image when `image` is given (deployment),
+    /// numbers the run after the machine's previous ones (of every purpose),
+    /// and writes the run, its steps and the event in one transaction.
+    /// Returns the run's number. `run.number` is ignored.
+    pub async fn start_agent_run(
+        &self,
+        run: &RunRecord,
+        steps: &[StepRecord],
+        from: MachineState,
+        to: MachineState,
+        image: Option<Uuid>,
         event: &NewEvent,
     ) -> Result<i64> {
         let _serialised = self.write_guard().await;
@@ -222,15 +251,23 @@ impl Store {
             let done = sqlx::query(
                 "UPDATE machines SET state = $1, state_reason = NULL, updated_at = $2 WHERE id = $3 AND state = $4",
             )
-            .bind(MachineState::Commissioning.as_str())
+            .bind(to.as_str())
             .bind(Ts(run.started_at))
             .bind(run.machine_id)
             .bind(from.as_str())
             .execute(&mut *tx)
             .await
-            .map_err(query_err("start commissioning"))?;
+            .map_err(query_err("start run"))?;
             if done.rows_affected() == 0 {
                 return Err(StoreError::Concurrent);
+            }
+            if let Some(image) = image {
+                sqlx::query("UPDATE machines SET image_id = $1 WHERE id = $2")
+                    .bind(image)
+                    .bind(run.machine_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(query_err("set machine image"))?;
             }
             let number: i64 = sqlx::query_scalar::<_, i64>(
                 "SELECT COALESCE(MAX(number), 0) + 1 FROM commissioning_runs WHERE machine_id = $1",
@@ -240,8 +277,8 @@ impl Store {
             .await
             .map_err(query_err("number run"))?;
             sqlx::query(
-                "INSERT INTO commissioning_runs (id, machine_id, number, state, tests, job_id, failure_reason, failed_step, system_uuid, agent_version, started_at, registered_at, last_seen_at, finished_at, deadline)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+                "INSERT INTO commissioning_runs (id, machine_id, number, state, tests, job_id, failure_reason, failed_step, system_uuid, agent_version, started_at, registered_at, last_seen_at, finished_at, deadline, purpose, params)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             )
             .bind(run.id)
             .bind(run.machine_id)
@@ -258,6 +295,8 @@ impl Store {
             .bind(run.last_seen_at.map(Ts))
             .bind(run.finished_at.map(Ts))
             .bind(Ts(run.deadline))
+            .bind(&run.purpose)
+            .bind(&run.params)
             .execute(&mut *tx)
             .await
             .map_err(query_err("insert run"))?;
@@ -322,6 +361,28 @@ impl Store {
                 out.push(run_from_row!(row));
             }
             Ok(out)
+        })
+    }
+
+    /// A machine's latest run of one purpose (`deployment`, `rescue`, …).
+    pub async fn latest_run_of(
+        &self,
+        machine_id: Uuid,
+        purpose: &str,
+    ) -> Result<Option<RunRecord>> {
+        on_pool!(self, |p, _b| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM commissioning_runs WHERE machine_id = $1 AND purpose = $2 ORDER BY number DESC LIMIT 1"
+            )))
+            .bind(machine_id)
+            .bind(purpose)
+            .fetch_optional(p)
+            .await
+            .map_err(query_err("latest run of a purpose"))?;
+            match row {
+                Some(row) => Ok(Some(run_from_row!(&row))),
+                None => Ok(None),
+            }
         })
     }
 
@@ -444,10 +505,10 @@ impl Store {
         Ok(())
     }
 
-    /// Ends a running run, and moves its machine out of `commissioning` in
-    /// the same transaction. Returns false (and changes nothing) if the run
-    /// had already ended. A machine an operator already moved elsewhere is
-    /// left where it is.
+    /// Ends a running run, and moves its machine out of the run's active
+    /// state in the same transaction. Returns false (and changes nothing) if
+    /// the run had already ended. A machine an operator already moved
+    /// elsewhere is left where it is.
     pub async fn finish_commissioning_run(&self, end: &RunEnd) -> Result<bool> {
         let _serialised = self.write_guard().await;
         on_pool!(self, |p, begin| {
@@ -481,10 +542,19 @@ impl Store {
                 .bind(reason)
                 .bind(Ts(end.at))
                 .bind(end.run_id)
-                .bind(MachineState::Commissioning.as_str())
+                .bind(end.active_state.as_str())
                 .execute(&mut *tx)
                 .await
-                .map_err(query_err("end commissioning"))?;
+                .map_err(query_err("end run"))?;
+            }
+            if end.clear_image {
+                sqlx::query(
+                    "UPDATE machines SET image_id = NULL WHERE id = (SELECT machine_id FROM commissioning_runs WHERE id = $1)",
+                )
+                .bind(end.run_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(query_err("clear machine image"))?;
             }
             insert_event_in!(&mut *tx, &end.event);
             tx.commit().await.map_err(query_err("commit"))?;

@@ -923,6 +923,7 @@ mod commissioning_conformance {
         finishing_a_run_is_once_and_moves_the_machine,
         agent_tokens_expire_and_cascade,
         facts_are_versioned_per_run,
+        deployment_runs_carry_purpose_params_and_the_image,
     );
 
     use super::{ev, insert, machine, now};
@@ -950,6 +951,8 @@ mod commissioning_conformance {
             last_seen_at: None,
             finished_at: None,
             deadline: at + Duration::minutes(20),
+            purpose: "commissioning".into(),
+            params: "{}".into(),
         }
     }
 
@@ -997,6 +1000,8 @@ mod commissioning_conformance {
             failed_step: (state == "failed").then(|| "cpu_test".to_string()),
             at: now(),
             machine_state: to,
+            active_state: MachineState::Commissioning,
+            clear_image: false,
             event: NewEvent {
                 kind: "commission.end".into(),
                 ..ev(m, "commission.end")
@@ -1061,6 +1066,139 @@ mod commissioning_conformance {
         assert_eq!(
             listed.iter().map(|r| (r.number, r.id)).collect::<Vec<_>>(),
             [(2, r2.id), (1, r1.id)]
+        );
+    }
+
+    async fn deployment_runs_carry_purpose_params_and_the_image(s: Store) {
+        use anvil_store::{ImageDelete, ImageRecord};
+        let m = machine("dep1", 41);
+        insert(&s, &m).await;
+        let img = ImageRecord {
+            id: Uuid::now_v7(),
+            name: "deb".into(),
+            kind: "disk".into(),
+            os: None,
+            release: None,
+            arch: None,
+            firmware: None,
+            login_user: None,
+            source_format: "raw".into(),
+            source_size: 1,
+            raw_size: 1,
+            stored_size: 1,
+            zero_bytes: 0,
+            sha256: "e".repeat(64),
+            created_at: now(),
+        };
+        s.insert_image(&img, &ev(&m, "image.import")).await.unwrap();
+        // Commissioning first (run 1), so numbers are shared across purposes.
+        let (c, _, _) = start(&s, &m, MachineState::New).await;
+        s.finish_commissioning_run(&end(&c, &m, "succeeded", Some(MachineState::Ready)))
+            .await
+            .unwrap();
+
+        let params = r#"{"image":"deb","ssh_keys":["ssh-ed25519 AAAA k"]}"#;
+        let dep = RunRecord {
+            purpose: "deployment".into(),
+            params: params.into(),
+            tests: "[]".into(),
+            ..run(&m)
+        };
+        // The machine is not `allocated`: refused, nothing written, no image.
+        let e = s
+            .start_agent_run(
+                &dep,
+                &steps(&dep),
+                MachineState::Allocated,
+                MachineState::Deploying,
+                Some(img.id),
+                &ev(&m, "deploy.start"),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::Concurrent), "{e:?}");
+        assert!(s.image_users(Some(img.id)).await.unwrap().is_empty());
+
+        let n = s
+            .start_agent_run(
+                &dep,
+                &steps(&dep),
+                MachineState::Ready,
+                MachineState::Deploying,
+                Some(img.id),
+                &ev(&m, "deploy.start"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        let got = s.get_machine(m.id).await.unwrap().unwrap();
+        assert_eq!(got.state, MachineState::Deploying);
+        let stored = s.commissioning_run(dep.id).await.unwrap().unwrap();
+        assert_eq!(
+            (stored.purpose.as_str(), stored.params.as_str()),
+            ("deployment", params)
+        );
+        assert_eq!(
+            s.latest_run_of(m.id, "deployment")
+                .await
+                .unwrap()
+                .map(|r| r.id),
+            Some(dep.id)
+        );
+        assert_eq!(
+            s.latest_run_of(m.id, "commissioning")
+                .await
+                .unwrap()
+                .map(|r| r.id),
+            Some(c.id)
+        );
+        assert!(s.latest_run_of(m.id, "rescue").await.unwrap().is_none());
+        // The image is in use from the start of the deployment.
+        assert_eq!(
+            s.delete_image(img.id, &ev(&m, "image.delete"))
+                .await
+                .unwrap(),
+            ImageDelete::InUse(vec!["dep1".into()])
+        );
+        // The end moves the machine out of `deploying` (not `commissioning`).
+        let mut e = end(&dep, &m, "succeeded", Some(MachineState::Deployed));
+        e.active_state = MachineState::Deploying;
+        assert!(s.finish_commissioning_run(&e).await.unwrap());
+        assert_eq!(
+            s.get_machine(m.id).await.unwrap().unwrap().state,
+            MachineState::Deployed
+        );
+        assert_eq!(s.image_users(Some(img.id)).await.unwrap().len(), 1);
+
+        // A release that succeeds forgets the image in the same transaction.
+        let rel = RunRecord {
+            purpose: "release".into(),
+            ..run(&m)
+        };
+        s.start_agent_run(
+            &rel,
+            &steps(&rel),
+            MachineState::Deployed,
+            MachineState::Releasing,
+            None,
+            &ev(&m, "release.start"),
+        )
+        .await
+        .unwrap();
+        let mut e = end(&rel, &m, "succeeded", Some(MachineState::Ready));
+        e.active_state = MachineState::Releasing;
+        e.clear_image = true;
+        assert!(s.finish_commissioning_run(&e).await.unwrap());
+        assert_eq!(
+            s.get_machine(m.id).await.unwrap().unwrap().state,
+            MachineState::Ready
+        );
+        assert!(s.image_users(Some(img.id)).await.unwrap().is_empty());
+        assert_eq!(
+            s.delete_image(img.id, &ev(&m, "image.delete"))
+                .await
+                .unwrap(),
+            ImageDelete::Deleted
         );
     }
 
