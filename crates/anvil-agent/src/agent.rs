@@ -223,53 +223,22 @@ impl Agent {
         });
         let mut seq = 1;
         let mut last_call = Instant::now();
+        // Progress counts as a heartbeat; more often than every 2 s (or half
+        // a heartbeat) would only load the server. The worker's latest
+        // progress waits here until it is due, so a step that reports often
+        // is seen at the pace of the reports, not lost between them.
+        let every = PROGRESS_EVERY.min(self.heartbeat / 2);
+        let mut pending: Option<(u64, u64, String)> = None;
         let output = loop {
-            match rx.recv_timeout(self.heartbeat) {
+            let wait = if pending.is_some() {
+                every.saturating_sub(last_call.elapsed())
+            } else {
+                self.heartbeat.saturating_sub(last_call.elapsed())
+            };
+            match rx.recv_timeout(wait) {
                 Ok(Msg::Done(out)) => break out,
-                Ok(Msg::Progress(done, total, message)) => {
-                    // Progress counts as a heartbeat; more often than every
-                    // 2 s (or half a heartbeat) would only load the server.
-                    if last_call.elapsed() < PROGRESS_EVERY.min(self.heartbeat / 2) {
-                        continue;
-                    }
-                    log!("step {kind}: {message}");
-                    seq += 1;
-                    match self.report(
-                        id,
-                        seq,
-                        StepStatus::Progress,
-                        message,
-                        Some(StepProgress { done, total }),
-                        None,
-                    ) {
-                        Delivery::Delivered => last_call = Instant::now(),
-                        Delivery::RunEnded => return None,
-                        Delivery::Refused(e) => {
-                            log!("step {kind}: progress report refused: {e}");
-                            seq -= 1;
-                        }
-                    }
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let hb = AgentHeartbeat {
-                        step_id: Some(id),
-                        uptime_secs: Some(system::uptime()),
-                    };
-                    match self
-                        .client
-                        .post::<_, AgentHeartbeatAck>("agent/heartbeat", &hb, None)
-                    {
-                        Ok(ack) if ack.run_state != RunState::Running => {
-                            log!(
-                                "step {kind}: run is {}: abandoning the step",
-                                ack.run_state.as_str()
-                            );
-                            return None;
-                        }
-                        Ok(_) => last_call = Instant::now(),
-                        Err(e) => log!("heartbeat: {e}"),
-                    }
-                }
+                Ok(Msg::Progress(done, total, message)) => pending = Some((done, total, message)),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     break StepOutput {
                         outcome: Outcome {
@@ -279,6 +248,49 @@ impl Agent {
                         },
                         facts: None,
                     };
+                }
+            }
+            if last_call.elapsed() >= every
+                && let Some((done, total, message)) = pending.take()
+            {
+                log!("step {kind}: {message}");
+                seq += 1;
+                match self.report(
+                    id,
+                    seq,
+                    StepStatus::Progress,
+                    message,
+                    Some(StepProgress { done, total }),
+                    None,
+                ) {
+                    Delivery::Delivered => last_call = Instant::now(),
+                    Delivery::RunEnded => return None,
+                    Delivery::Refused(e) => {
+                        log!("step {kind}: progress report refused: {e}");
+                        seq -= 1;
+                    }
+                }
+            } else if last_call.elapsed() >= self.heartbeat {
+                let hb = AgentHeartbeat {
+                    step_id: Some(id),
+                    uptime_secs: Some(system::uptime()),
+                };
+                match self
+                    .client
+                    .post::<_, AgentHeartbeatAck>("agent/heartbeat", &hb, None)
+                {
+                    Ok(ack) if ack.run_state != RunState::Running => {
+                        log!(
+                            "step {kind}: run is {}: abandoning the step",
+                            ack.run_state.as_str()
+                        );
+                        return None;
+                    }
+                    Ok(_) => last_call = Instant::now(),
+                    Err(e) => {
+                        log!("heartbeat: {e}");
+                        last_call = Instant::now();
+                    }
                 }
             }
         };
