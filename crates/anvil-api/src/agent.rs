@@ -119,11 +119,30 @@ async fn heartbeat(
     Ok(axum::Json(app.agent_heartbeat(&s, body).await?))
 }
 
-/// The next step to run, or what to do instead (`wait`, `poweroff`, `done`).
+/// The next step to run, or what to do instead (`wait`, `poweroff`,
+/// `reboot`, `done`). URLs in step parameters are absolute, on the address
+/// the agent reached.
 #[utoipa::path(post, path = "/agent/next", tag = "agent",
     responses((status = 200, body = AgentNext), (status = 401, body = Problem, content_type = PROBLEM)))]
-async fn next(State(app): State<App>, AgentAuth(s): AgentAuth) -> ApiResult<J<AgentNext>> {
-    Ok(axum::Json(app.agent_next(&s).await?))
+async fn next(
+    State(app): State<App>,
+    AgentAuth(s): AgentAuth,
+    headers: HeaderMap,
+) -> ApiResult<J<AgentNext>> {
+    // Step URLs (image, cloud-init) point back at Anvil as the agent reached it.
+    Ok(axum::Json(
+        app.agent_next_at(&s, &base_url(&headers)).await?,
+    ))
+}
+
+/// `http://<Host>`: the address the agent used, as in its `anvil.url`.
+fn base_url(headers: &HeaderMap) -> String {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or("localhost");
+    format!("http://{host}")
 }
 
 /// Reports a step's start, progress or result. `seq` grows by one per

@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cloudinit;
+pub mod deploy;
 mod error;
 mod extract;
 pub mod images;
@@ -72,6 +73,7 @@ pub fn router(app: App) -> Router {
         .merge(netbox::router())
         .merge(images::router())
         .merge(cloudinit::router())
+        .merge(deploy::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -138,6 +140,7 @@ pub fn openapi_document() -> String {
     doc.merge(netbox::NetboxDoc::openapi());
     doc.merge(images::ImagesDoc::openapi());
     doc.merge(cloudinit::CloudInitDoc::openapi());
+    doc.merge(deploy::DeployDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut s = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_string());
     s.push('\n');

@@ -19,6 +19,7 @@ pub enum Stage {
     Local,
     Commissioning,
     Deploying,
+    Releasing,
     Rescue,
 }
 
@@ -30,20 +31,32 @@ impl Stage {
             Stage::Local => "local.ipxe",
             Stage::Commissioning => "commissioning.ipxe",
             Stage::Deploying => "deploying.ipxe",
+            Stage::Releasing => "releasing.ipxe",
             Stage::Rescue => "rescue.ipxe",
         }
     }
 
     /// Directory under `<data_dir>/boot/` holding this stage's kernel and
-    /// ramdisk, served at `/boot/files/<dir>/`. `None` for local boot.
+    /// ramdisk, served at `/boot/files/<dir>/`. `None` for local boot. Every
+    /// stage that runs the agent boots the same agent ramdisk (the run's
+    /// purpose, told at registration, decides what it does), kept where
+    /// commissioning always found it.
     pub fn files_dir(self) -> Option<&'static str> {
         match self {
             Stage::Discovery => Some("discovery"),
             Stage::Local => None,
-            Stage::Commissioning => Some("commissioning"),
-            Stage::Deploying => Some("deploying"),
-            Stage::Rescue => Some("rescue"),
+            Stage::Commissioning | Stage::Deploying | Stage::Releasing | Stage::Rescue => {
+                Some("commissioning")
+            }
         }
+    }
+
+    /// Whether this stage boots the agent, which needs a per-boot token.
+    pub fn runs_agent(self) -> bool {
+        matches!(
+            self,
+            Stage::Commissioning | Stage::Deploying | Stage::Releasing | Stage::Rescue
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -52,6 +65,7 @@ impl Stage {
             Stage::Local => "local",
             Stage::Commissioning => "commissioning",
             Stage::Deploying => "deploying",
+            Stage::Releasing => "releasing",
             Stage::Rescue => "rescue",
         }
     }
@@ -64,6 +78,7 @@ pub fn builtin_template(stage: Stage) -> &'static str {
         Stage::Local => include_str!("../../../ipxe/local.ipxe"),
         Stage::Commissioning => include_str!("../../../ipxe/commissioning.ipxe"),
         Stage::Deploying => include_str!("../../../ipxe/deploying.ipxe"),
+        Stage::Releasing => include_str!("../../../ipxe/releasing.ipxe"),
         Stage::Rescue => include_str!("../../../ipxe/rescue.ipxe"),
     }
 }
@@ -78,20 +93,22 @@ pub struct KnownMachine {
 
 /// The stage for a MAC: its machine's lifecycle state decides; an unknown
 /// MAC, or a `new` machine (known by its BMC or its first DHCP request, not
-/// yet described), boots the discovery environment, as MAAS enlists. States
-/// with nothing to run boot the local disk, so a deployed server that
-/// PXE-boots first still comes up.
+/// yet described), boots the discovery environment, as MAAS enlists. The
+/// states with an agent run (commissioning, deploying, releasing, rescue)
+/// boot the agent ramdisk. States with nothing to run boot the local disk,
+/// so a deployed server, whose boot order has the network first, comes up
+/// from the disk Anvil wrote.
 pub fn decide(machine: Option<&KnownMachine>) -> Stage {
     match machine.map(|m| m.state) {
         None | Some(MachineState::New) => Stage::Discovery,
         Some(MachineState::Commissioning) => Stage::Commissioning,
         Some(MachineState::Deploying) => Stage::Deploying,
+        Some(MachineState::Releasing) => Stage::Releasing,
         Some(MachineState::Rescue) => Stage::Rescue,
         Some(
             MachineState::Ready
             | MachineState::Allocated
             | MachineState::Deployed
-            | MachineState::Releasing
             | MachineState::Broken
             | MachineState::Failed,
         ) => Stage::Local,
@@ -261,6 +278,7 @@ mod tests {
             Stage::Commissioning
         );
         assert_eq!(decide(Some(&m(MachineState::Deploying))), Stage::Deploying);
+        assert_eq!(decide(Some(&m(MachineState::Releasing))), Stage::Releasing);
         assert_eq!(decide(Some(&m(MachineState::Rescue))), Stage::Rescue);
         assert_eq!(decide(Some(&m(MachineState::New))), Stage::Discovery);
         for s in [
@@ -295,6 +313,7 @@ mod tests {
             Stage::Local,
             Stage::Commissioning,
             Stage::Deploying,
+            Stage::Releasing,
             Stage::Rescue,
         ] {
             let machine = m(MachineState::Ready);
@@ -318,6 +337,78 @@ mod tests {
         .unwrap();
         assert!(local.contains("sanboot") && local.contains("exit"));
         assert!(local.contains("node-1 is deployed"));
+    }
+
+    #[test]
+    fn deploying_releasing_and_rescue_boot_the_agent_with_its_token() {
+        for state in [
+            MachineState::Deploying,
+            MachineState::Releasing,
+            MachineState::Rescue,
+        ] {
+            let machine = m(state);
+            let stage = decide(Some(&machine));
+            assert!(stage.runs_agent(), "{state}");
+            let s = render_with_token(
+                stage,
+                builtin_template(stage),
+                "http://10.77.0.1:8080",
+                MAC,
+                Some(&machine),
+                Some("tok_EN-1"),
+            )
+            .unwrap();
+            // The same agent ramdisk as commissioning, with the token.
+            let kernel = s.lines().find(|l| l.starts_with("kernel ")).unwrap();
+            assert!(
+                kernel.starts_with(
+                    "kernel http://10.77.0.1:8080/boot/files/commissioning/vmlinuz?mac=52:54:00:12:34:56 "
+                ),
+                "{state}: {kernel}"
+            );
+            assert!(
+                kernel.contains(" anvil.token=tok_EN-1 "),
+                "{state}: {kernel}"
+            );
+            assert!(s.contains("initrd --name initrd.img http://10.77.0.1:8080/boot/files/commissioning/initrd.img"), "{s}");
+            assert!(!s.contains("sanboot"), "{state}");
+        }
+        assert!(!Stage::Local.runs_agent() && !Stage::Discovery.runs_agent());
+    }
+
+    #[test]
+    fn a_deployed_machine_boots_its_disk_bios_by_sanboot_uefi_by_exit() {
+        let machine = m(MachineState::Deployed);
+        let stage = decide(Some(&machine));
+        assert_eq!(stage, Stage::Local);
+        let s = render(
+            stage,
+            builtin_template(stage),
+            "http://a:1",
+            MAC,
+            Some(&machine),
+        )
+        .unwrap();
+        let lines: Vec<&str> = s.lines().map(str::trim).collect();
+        // UEFI leaves iPXE (the firmware goes on to the disk's boot entry)
+        // before BIOS would try the first hard disk.
+        let efi_check = lines
+            .iter()
+            .position(|l| *l == "iseq ${platform} efi && goto efi ||")
+            .expect("platform check");
+        let sanboot = lines
+            .iter()
+            .position(|l| l.starts_with("sanboot --no-describe --drive 0x80"))
+            .expect("BIOS sanboot");
+        let efi_label = lines.iter().position(|l| *l == ":efi").expect(":efi");
+        assert!(efi_check < sanboot && sanboot < efi_label, "{s}");
+        assert_eq!(
+            lines[efi_label + 1..].iter().find(|l| !l.starts_with('#')),
+            Some(&"exit"),
+            "{s}"
+        );
+        // No agent, no kernel: nothing is booted from the network.
+        assert!(!s.contains("kernel ") && !s.contains("anvil.token"), "{s}");
     }
 
     #[test]

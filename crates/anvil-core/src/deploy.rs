@@ -33,6 +33,12 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use uuid::Uuid;
 
+/// The image stream of a deployment: `len` bytes in `chunks`.
+pub struct ImageStream {
+    pub len: u64,
+    pub chunks: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+}
+
 /// `[deploy]` settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeployConfig {
@@ -904,6 +910,60 @@ impl App {
             kind: "image",
             id: format!("{} ({})", p.image, crate::error_chain(&e)),
         })
+    }
+
+    /// The image stream of the session's deployment: only the bytes outside
+    /// the zero ranges, in order (`NonZeroOnly`), produced on a blocking
+    /// thread in pieces of at most 4 MiB through a small channel, so a slow
+    /// reader holds back the decompression and memory stays bounded
+    /// whatever the image's size. `len` is the number of bytes it will
+    /// carry. A read error (a corrupted store) ends the stream with an
+    /// error, which the HTTP layer turns into a cut connection: the agent
+    /// never sees a complete, wrong image.
+    pub async fn agent_image_stream(&self, s: &AgentSession, sha256: &str) -> Result<ImageStream> {
+        let image = self.agent_image(s, sha256).await?;
+        let counted = image.clone();
+        let zero_bytes = tokio::task::spawn_blocking(move || -> anvil_image::Result<u64> {
+            let mut map = counted.zero_ranges()?;
+            let mut total = 0u64;
+            while let Some((_, len)) = map.next_range()? {
+                total += len;
+            }
+            Ok(total)
+        })
+        .await
+        .map_err(|e| internal("zero map", e))?
+        .map_err(|e| internal("zero map", crate::error_chain(&e)))?;
+        let len = image.raw_size.saturating_sub(zero_bytes);
+        let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
+        let sha = image.sha256.clone();
+        tokio::task::spawn_blocking(move || {
+            let sent = image.for_each_nonzero(|_offset, piece| {
+                tx.blocking_send(Ok(bytes::Bytes::copy_from_slice(piece)))
+                    .map_err(|_| std::io::Error::other("the agent closed the connection"))
+            });
+            if let Err(e) = sent {
+                let text = crate::error_chain(&e);
+                if !text.contains("the agent closed the connection") {
+                    tracing::warn!(sha256 = %sha, error = %text, "image stream failed");
+                    metrics::counter!("anvil_image_stream_errors_total").increment(1);
+                    let _ = tx.blocking_send(Err(std::io::Error::other(text)));
+                }
+            }
+        });
+        Ok(ImageStream { len, chunks: rx })
+    }
+
+    /// The zero map (`ANVZMAP1`) of the session's deployment image.
+    pub async fn agent_zeromap(&self, s: &AgentSession, sha256: &str) -> Result<Vec<u8>> {
+        let image = self.agent_image(s, sha256).await?;
+        let lib = self
+            .image_library()
+            .ok_or_else(|| internal("image library", "this server has no image library"))?;
+        let path = lib.map_path(&image.sha256);
+        tokio::fs::read(&path)
+            .await
+            .map_err(|e| internal("zero map", format!("{}: {e}", path.display())))
     }
 
     /// The FAT image of the session's cloud-init partition and its label.

@@ -129,7 +129,7 @@ async fn script(ctx: &Ctx, name: &str, headers: &HeaderMap) -> Response {
     // A per-boot token for the agent; minted here because only its hash is
     // stored (see docs/agent-protocol.md).
     let agent_token = match (&known, stage) {
-        (Some(k), Stage::Commissioning) => match ctx.app.mint_agent_token(k.id).await {
+        (Some(k), s) if s.runs_agent() => match ctx.app.mint_agent_token(k.id).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(%mac, error = %anvil_core::error_chain(&e), "cannot mint an agent token");
@@ -142,8 +142,8 @@ async fn script(ctx: &Ctx, name: &str, headers: &HeaderMap) -> Response {
         },
         _ => None,
     };
-    if stage == Stage::Commissioning && agent_token.is_none() {
-        tracing::warn!(%mac, "machine in commissioning without a running commissioning run: its agent will have no token; start one with `anvil machine commission`");
+    if stage.runs_agent() && agent_token.is_none() {
+        tracing::warn!(%mac, stage = stage.as_str(), "machine in an agent state without a running run: its agent will have no token; start the action again (`anvil machine commission|deploy|release|rescue`)");
     }
     let override_path = ctx.cfg.data_dir.join("ipxe").join(stage.template_name());
     let template = match tokio::fs::read_to_string(&override_path).await {

@@ -36,6 +36,9 @@ pub struct Config {
     /// The image library: largest import accepted.
     #[serde(default)]
     pub images: crate::images_config::ImagesConfig,
+    /// Deployment, release and rescue: timeout.
+    #[serde(default)]
+    pub deploy: crate::deploy_config::DeploySection,
 }
 
 /// BMC work: how much at once, how long each may take.
@@ -125,6 +128,7 @@ impl Default for Config {
             commissioning: Default::default(),
             netbox: None,
             images: Default::default(),
+            deploy: Default::default(),
         }
     }
 }

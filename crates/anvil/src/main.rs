@@ -7,6 +7,7 @@
 mod boot_services;
 mod commissioning_config;
 mod config;
+mod deploy_config;
 mod images_config;
 mod netbox_config;
 mod power_drivers;

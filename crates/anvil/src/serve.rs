@@ -59,7 +59,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             std::sync::Arc::new(crate::power_drivers::Drivers::default()),
             limits,
         )
-        .with_commissioning(cfg.commissioning.settings());
+        .with_commissioning(cfg.commissioning.settings())
+        .with_deploy(cfg.deploy.settings());
     let app = app
         .with_images(cfg.images.library(&cfg.data_dir))
         .context("cannot open the image library")?;
