@@ -280,14 +280,18 @@ impl Action {
 }
 
 /// Adds the action's hint to a 409 that names the machine's state.
-fn with_hint(action: Action, e: CliError) -> CliError {
+fn with_hint(action: Action, target: &str, e: CliError) -> CliError {
     match e {
         CliError::Api {
             status: 409,
             mut problem,
         } => {
             if let Some(hint) = problem.current_state.and_then(|s| action.hint(s)) {
-                problem.detail = format!("{}; {hint}", problem.detail.trim_end_matches('.'));
+                problem.detail = format!(
+                    "{}; {}",
+                    problem.detail.trim_end_matches('.'),
+                    hint.replace("TARGET", target)
+                );
             }
             CliError::Api {
                 status: 409,
@@ -311,7 +315,10 @@ async fn post_action<B: Serialize>(
     if let Some(body) = body {
         req = req.json(body);
     }
-    client.json(req).await.map_err(|e| with_hint(action, e))
+    client
+        .json(req)
+        .await
+        .map_err(|e| with_hint(action, target, e))
 }
 
 /// Runs `anvil machine deploy`.
@@ -991,6 +998,7 @@ mod tests {
         };
         let e = with_hint(
             Action::Deploy,
+            "node-01",
             CliError::Api {
                 status: 409,
                 problem: Box::new(problem(Some(MachineState::New))),
@@ -998,12 +1006,13 @@ mod tests {
         );
         assert_eq!(
             e.to_string(),
-            "cannot move from new to deploying; commission it first: anvil machine commission TARGET"
+            "cannot move from new to deploying; commission it first: anvil machine commission node-01"
         );
         assert_eq!(e.exit_code(), 4);
         // Without a state nothing is guessed.
         let e = with_hint(
             Action::Deploy,
+            "node-01",
             CliError::Api {
                 status: 409,
                 problem: Box::new(problem(None)),
