@@ -67,6 +67,18 @@ pub fn router(app: App) -> Router {
             "/machines/{id}/commission",
             post(views::hardware::commission),
         )
+        .route("/machines/{id}/deployment", get(views::deploy::fragment))
+        .route("/machines/{id}/deploy", post(views::deploy::deploy))
+        .route("/machines/{id}/release", post(views::deploy::release))
+        .route("/machines/{id}/rescue", post(views::deploy::rescue))
+        .route(
+            "/machines/{id}/exit-rescue",
+            post(views::deploy::exit_rescue),
+        )
+        .route(
+            "/machines/{id}/cloud-init",
+            get(views::deploy::cloud_init_page),
+        )
         .route("/netbox", get(views::netbox::page))
         .route("/images", get(views::images::page))
         .route("/static/{*path}", get(assets::serve))

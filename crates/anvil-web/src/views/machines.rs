@@ -646,6 +646,8 @@ struct MachinePage {
     power_error: Option<String>,
     /// The jobs card, when the machine has a BMC or jobs.
     jobs: Option<JobsView>,
+    /// The Deployment card (views/deploy.rs).
+    d: super::deploy::DeploymentView,
     timeline: TimelineView,
     /// A confirmation after a redirect ("power on requested", "enrolled").
     notice: Option<String>,
@@ -661,6 +663,8 @@ pub(crate) struct Feedback {
     pub(crate) reason: String,
     pub(crate) power_error: Option<String>,
     pub(crate) notice: Option<String>,
+    /// A refused deploy, release or rescue: the form and its messages.
+    pub(crate) deployment: super::deploy::CardFeedback,
 }
 
 /// The newest events of a machine, newest first, and whether older ones
@@ -710,6 +714,7 @@ pub(crate) async fn render_machine(
         Vec::new()
     };
     let jobs = (m.bmc.is_some() || !jobs.is_empty()).then(|| jobs_view(&id, &jobs, now));
+    let d = super::deploy::load(app, session, &m, feedback.deployment).await?;
     let no_filter = Filters::from_params(&ListParams::default()).0;
     let facts = match &m.facts {
         serde_json::Value::Object(o) if o.is_empty() => None,
@@ -753,6 +758,14 @@ pub(crate) async fn render_machine(
             .state
             .next_states()
             .iter()
+            // Deploying, releasing and rescue need a run (image, keys, erase
+            // mode): the Deployment card starts them, not a bare move.
+            .filter(|s| {
+                !matches!(
+                    s,
+                    MachineState::Deploying | MachineState::Releasing | MachineState::Rescue
+                )
+            })
             .map(|&s| Action {
                 state: s.as_str(),
                 label: action_label(s),
@@ -789,6 +802,7 @@ pub(crate) async fn render_machine(
         power,
         power_error: feedback.power_error,
         jobs,
+        d,
         timeline,
         notice: feedback.notice,
         oob: false,
@@ -806,6 +820,8 @@ pub(crate) struct DetailParams {
     checked: String,
     /// `new` or `already`, after "Add server by BMC".
     enrolled: String,
+    /// `deploy`, `release`, `rescue` or `exit-rescue` just started.
+    deployment: String,
 }
 
 impl DetailParams {
@@ -821,6 +837,9 @@ impl DetailParams {
         if self.checked == "1" {
             let state = m.power_state.as_deref().unwrap_or("unknown");
             return Some(format!("Power state read from the BMC: {state}."));
+        }
+        if let Some(n) = super::deploy::notice(&self.deployment) {
+            return Some(n);
         }
         match self.enrolled.as_str() {
             "new" => Some(format!(

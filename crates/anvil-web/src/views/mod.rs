@@ -3,6 +3,7 @@
 //! conditionals.
 
 pub(crate) mod boot;
+pub(crate) mod deploy;
 pub(crate) mod enroll;
 pub(crate) mod hardware;
 pub(crate) mod images;
