@@ -1,0 +1,803 @@
+//! Deployment, rescue and release end to end against the real binary, with
+//! the test playing the agent over HTTP exactly as `anvil-agent` does: the
+//! per-boot token comes from the rendered iPXE script, every step is
+//! reported in sequence, and the image, its zero map and the cloud-init
+//! partition are fetched from the URLs the steps name. The image bytes are
+//! reassembled from the stream and the map and compared with the imported
+//! disk; the cloud-init partition is read back with mtools. (The real agent
+//! writing a real disk in a QEMU VM is `e2e_deploy.rs`.)
+//!
+//! Flow: commission → deploy → deployed (boot script boots the disk) →
+//! rescue → exit-rescue → deployed → release → ready → a deploy whose
+//! write_image fails → failed, never deployed; an image in use cannot be
+//! deleted, and can once nothing uses it.
+
+mod common;
+
+use common::{Server, client};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDnOU2zyIAnBcHkWVLvAxoUXE2FYKBuheYt6B6p3BVHR ops@example";
+const MAC: &str = "52:54:00:d0:00:01";
+const GIB: u64 = 1 << 30;
+
+struct Api {
+    c: reqwest::Client,
+    base: String,
+    token: String,
+    url: String,
+}
+
+impl Api {
+    async fn send(&self, req: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let r = req.bearer_auth(&self.token).send().await.unwrap();
+        let st = r.status();
+        if !st.is_success() {
+            assert_eq!(
+                r.headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok()),
+                Some("application/problem+json"),
+                "errors are problem+json"
+            );
+        }
+        (st, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.c.get(format!("{}{path}", self.base))).await
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.c.post(format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        self.send(req).await
+    }
+
+    async fn delete(&self, path: &str) -> StatusCode {
+        self.c
+            .delete(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    }
+
+    async fn script(&self, mac: &str) -> String {
+        self.c
+            .get(format!("{}/boot/{mac}.ipxe", self.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The token on the kernel command line of the machine's iPXE script:
+    /// every agent stage boots the same ramdisk.
+    async fn boot_token(&self, mac: &str) -> String {
+        let script = self.script(mac).await;
+        let kernel = script
+            .lines()
+            .find(|l| l.starts_with("kernel "))
+            .unwrap_or_else(|| panic!("no kernel line in {script}"));
+        assert!(
+            kernel.contains("/boot/files/commissioning/vmlinuz"),
+            "{kernel}"
+        );
+        kernel
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("anvil.token="))
+            .unwrap_or_else(|| panic!("no anvil.token in {kernel}"))
+            .to_string()
+    }
+
+    async fn state(&self, host: &str) -> Value {
+        self.get(&format!("/machines/{host}")).await.1
+    }
+
+    async fn wait_state(&self, host: &str, want: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let m = self.state(host).await;
+            if m["state"] == want {
+                return m;
+            }
+            assert!(Instant::now() < deadline, "{host} never {want}: {m}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_job(&self, id: &Value) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let (_, j) = self.get(&format!("/jobs/{}", id.as_str().unwrap())).await;
+            if j["status"] == "succeeded" || j["status"] == "failed" {
+                return j;
+            }
+            assert!(Instant::now() < deadline, "job never ended: {j}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+struct Agent<'a> {
+    api: &'a Api,
+    token: String,
+}
+
+impl Agent<'_> {
+    async fn call(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self
+            .api
+            .c
+            .post(format!("{}/agent{path}", self.api.base))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.unwrap();
+        let st = r.status();
+        (st, r.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn register(&self) -> Value {
+        let (st, v) = self
+            .call(
+                "/register",
+                Some(json!({"mac": MAC, "agent_version": "0.1.0"})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+
+    async fn next(&self) -> Value {
+        let (st, v) = self.call("/next", None).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// The next step, which must be of `kind`.
+    async fn step(&self, kind: &str) -> Value {
+        let next = self.next().await;
+        assert_eq!(next["step"]["kind"], kind, "{next}");
+        assert_eq!(next["step"]["status"], "pending", "{next}");
+        next["step"].clone()
+    }
+
+    async fn report(&self, step: &Value, body: Value) -> Value {
+        let id = step["id"].as_str().unwrap();
+        let (st, v) = self.call(&format!("/steps/{id}/report"), Some(body)).await;
+        assert_eq!(st, StatusCode::OK, "{v}");
+        v
+    }
+
+    /// started, succeeded; returns the ack of the last report.
+    async fn succeed(&self, step: &Value, message: &str) -> Value {
+        self.report(step, json!({"seq": 1, "status": "started"}))
+            .await;
+        self.report(
+            step,
+            json!({"seq": 2, "status": "succeeded", "message": message}),
+        )
+        .await
+    }
+
+    async fn fetch(&self, url: &str) -> reqwest::Response {
+        self.api
+            .c
+            .get(url)
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn facts() -> Value {
+    let disk = |name: &str, serial: &str, size: u64, removable: bool| json!({"name": name, "serial": serial, "size_bytes": size, "transport": "virtio", "removable": removable});
+    json!({
+        "schema_version": 1,
+        "cpu": {"model": "QEMU Virtual CPU", "vendor": "GenuineIntel", "sockets": 1, "cores": 1, "threads": 1, "flags": []},
+        "memory": {"total_bytes": GIB, "dimms": []},
+        "disks": [disk("vda", "SMALL-1", 2 * GIB, false), disk("vdb", "BIG-1", 8 * GIB, false), disk("sda", "USB-1", 16 * GIB, true)],
+        "nics": [{"name": "ens3", "mac": MAC, "driver": "virtio_net", "link_up": true}],
+        "dmi": {"system_vendor": "Anvil Labs"},
+        "boot": {"mode": "bios"},
+    })
+}
+
+/// An 8 MiB disk with data at the start, in the middle and at the end, and
+/// zeros in between (so the map has ranges and the stream skips them).
+fn make_image(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let mut disk = vec![0u8; 8 << 20];
+    for (i, b) in disk[..200_000].iter_mut().enumerate() {
+        *b = (i % 253) as u8 | 1;
+    }
+    disk[3 << 20..(3 << 20) + 70_000].fill(0x5a);
+    let n = disk.len();
+    disk[n - 4096..].fill(0xa5);
+    let path = dir.join("deploy-test.raw");
+    std::fs::write(&path, &disk).unwrap();
+    (path, disk)
+}
+
+/// The raw disk from the non-zero stream and the zero map (`ANVZMAP1`).
+fn reassemble(stream: &[u8], map: &[u8]) -> Vec<u8> {
+    assert_eq!(&map[..8], b"ANVZMAP1");
+    let word = |i: usize| u64::from_le_bytes(map[i..i + 8].try_into().unwrap());
+    let raw_size = word(16) as usize;
+    let count = word(24) as usize;
+    assert_eq!(map.len(), 32 + 16 * count, "map length");
+    let mut out = vec![0u8; raw_size];
+    let (mut pos, mut taken) = (0usize, 0usize);
+    let mut copy_until = |end: usize, pos: &mut usize| {
+        let n = end - *pos;
+        out[*pos..end].copy_from_slice(&stream[taken..taken + n]);
+        taken += n;
+        *pos = end;
+    };
+    for r in 0..count {
+        let start = word(32 + 16 * r) as usize;
+        let len = word(40 + 16 * r) as usize;
+        copy_until(start, &mut pos);
+        pos = start + len;
+    }
+    copy_until(raw_size, &mut pos);
+    assert_eq!(
+        taken,
+        stream.len(),
+        "the stream has exactly the non-zero bytes"
+    );
+    out
+}
+
+fn mtools(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_rescue_release_and_a_failed_write() {
+    let s = Server::start();
+    let api = Api {
+        c: client(),
+        base: s.api(""),
+        token: s.token.clone(),
+        url: s.url.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (image_path, image_bytes) = make_image(dir.path());
+    let image_sha = hex::encode(Sha256::digest(&image_bytes));
+    let (st, img) = api
+        .post(
+            "/images",
+            Some(json!({"path": image_path.to_str().unwrap(), "name": "deb-test"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{img}");
+    assert_eq!(img["sha256"], image_sha);
+
+    let (st, m) = api
+        .post(
+            "/machines",
+            Some(json!({"hostname": "dep-1", "interfaces": [{"mac": MAC}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    let machine_id = m["id"].as_str().unwrap().to_string();
+
+    // Never commissioned: `new` cannot deploy.
+    let (st, v) = api
+        .post(
+            "/machines/dep-1/actions/deploy",
+            Some(json!({"image": "deb-test"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    assert_eq!(v["type"], "https://anvil.dev/problems/invalid-transition");
+
+    // Commission (no BMC: the test is the operator's power button and the agent).
+    let (st, _) = api.post("/machines/dep-1/actions/commission", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED);
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    assert_eq!(agent.register().await["purpose"], "commissioning");
+    let inv = agent.step("inventory").await;
+    agent
+        .report(&inv, json!({"seq": 1, "status": "started"}))
+        .await;
+    let (st, v) = agent
+        .call(
+            "/facts",
+            Some(json!({"step_id": inv["id"], "facts": facts()})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    agent
+        .report(&inv, json!({"seq": 2, "status": "succeeded"}))
+        .await;
+    api.wait_state("dep-1", "ready").await;
+
+    // Refusals before anything starts: each names what is wrong.
+    for (body, status, needle) in [
+        (json!({"image": "nope"}), 422, "no image named \"nope\""),
+        (
+            json!({"image": "deb-test", "root_disk": "name=sdz"}),
+            422,
+            "root disk hint name=sdz matches no writable disk",
+        ),
+        // The removable disk is never a root disk.
+        (
+            json!({"image": "deb-test", "root_disk": "serial=USB-1"}),
+            422,
+            "sda (17179869184 bytes, serial USB-1, removable)",
+        ),
+        (
+            json!({"image": "deb-test", "ssh_keys": ["ssh-ed25519 not-base64!"]}),
+            422,
+            "ssh_keys[0]",
+        ),
+        (
+            json!({"image": "deb-test", "user_data": "x".repeat(64 * 1024 + 1)}),
+            413,
+            "user_data",
+        ),
+        (
+            json!({"image": "deb-test", "root_disk": "biggest"}),
+            422,
+            "root disk hint",
+        ),
+    ] {
+        let (st, v) = api.post("/machines/dep-1/actions/deploy", Some(body)).await;
+        assert_eq!(st.as_u16(), status, "{v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains(needle),
+            "{needle}: {v}"
+        );
+    }
+    assert_eq!(
+        api.state("dep-1").await["state"],
+        "ready",
+        "nothing started"
+    );
+    // A deploy needs a body.
+    let r = api
+        .c
+        .post(format!("{}/machines/dep-1/actions/deploy", api.base))
+        .bearer_auth(&api.token)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+
+    // Deploy.
+    let user_data = "#cloud-config\npassword: hunter2\nchpasswd: {expire: false}\n";
+    let (st, job) = api
+        .post(
+            "/machines/dep-1/actions/deploy",
+            Some(json!({"image": "deb-test", "ssh_keys": [KEY], "user_data": user_data, "root_disk": "largest"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    assert_eq!(job["kind"], "deploy");
+    assert_eq!(api.state("dep-1").await["state"], "deploying");
+    // In use from the start of the deployment.
+    assert_eq!(api.delete("/images/deb-test").await, StatusCode::CONFLICT);
+    assert_eq!(
+        api.get("/images/deb-test").await.1["used_by"],
+        json!(["dep-1"])
+    );
+    let (st, v) = api
+        .post(
+            "/machines/dep-1/actions/deploy",
+            Some(json!({"image": "deb-test"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CONFLICT, "deploying twice: {v}");
+
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    assert_eq!(agent.register().await["purpose"], "deployment");
+
+    let erase = agent.step("erase").await;
+    assert_eq!(erase["params"]["mode"], "quick");
+    assert_eq!(erase["params"]["disks"][0]["name"], "vdb", "largest");
+    assert_eq!(erase["params"]["disks"].as_array().unwrap().len(), 1);
+    agent.succeed(&erase, "wiped vdb").await;
+
+    let write = agent.step("write_image").await;
+    let p = &write["params"];
+    assert_eq!(p["sha256"], image_sha);
+    assert_eq!(p["raw_size"], image_bytes.len());
+    assert_eq!(p["disk"]["serial"], "BIG-1");
+    let url = p["url"].as_str().unwrap();
+    assert_eq!(url, format!("{}/api/v1/agent/images/{image_sha}", s.url));
+    // The operator's token, another sha: refused.
+    let r = api.c.get(url).bearer_auth(&api.token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    let other = format!("{}/api/v1/agent/images/{}", s.url, "0".repeat(64));
+    assert_eq!(agent.fetch(&other).await.status(), StatusCode::FORBIDDEN);
+    let r = agent.fetch(url).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let len: u64 = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let stream = r.bytes().await.unwrap();
+    assert_eq!(stream.len() as u64, len);
+    assert!(
+        len < image_bytes.len() as u64 / 2,
+        "zero ranges are skipped: {len} of {} bytes",
+        image_bytes.len()
+    );
+    let map = agent.fetch(p["zeromap_url"].as_str().unwrap()).await;
+    assert_eq!(map.status(), StatusCode::OK);
+    let map = map.bytes().await.unwrap();
+    let disk = reassemble(&stream, &map);
+    assert!(
+        disk == image_bytes,
+        "the reassembled image is the imported one"
+    );
+    assert_eq!(hex::encode(Sha256::digest(&disk)), image_sha);
+    agent
+        .report(&write, json!({"seq": 1, "status": "started"}))
+        .await;
+    agent
+        .report(
+            &write,
+            json!({"seq": 2, "status": "progress", "progress": {"done": 4 << 20, "total": 8 << 20}, "message": "4 MiB written"}),
+        )
+        .await;
+    agent
+        .report(
+            &write,
+            json!({"seq": 3, "status": "succeeded", "result": {"sha256": image_sha}}),
+        )
+        .await;
+
+    let grow = agent.step("grow_root").await;
+    assert!(grow["params"]["reserve_end_bytes"].as_u64().unwrap() >= 17 << 20);
+    agent.succeed(&grow, "root grown").await;
+
+    let ci = agent.step("cloud_init").await;
+    let cp = &ci["params"];
+    assert_eq!(cp["label"], "CIDATA");
+    assert_eq!(cp["url"], format!("{}/api/v1/agent/cloud-init", s.url));
+    let fat = agent.fetch(cp["url"].as_str().unwrap()).await;
+    assert_eq!(fat.status(), StatusCode::OK);
+    let fat = fat.bytes().await.unwrap();
+    assert_eq!(fat.len() as u64, cp["size_bytes"].as_u64().unwrap());
+    assert_eq!(hex::encode(Sha256::digest(&fat)), cp["sha256"]);
+    let img = dir.path().join("cidata.img");
+    std::fs::write(&img, &fat).unwrap();
+    let i = img.to_str().unwrap();
+    assert!(
+        mtools(&["mlabel", "-i", i, "-s", "::"]).contains("CIDATA"),
+        "label"
+    );
+    let meta = mtools(&["mtype", "-i", i, "::meta-data"]);
+    let meta: Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["local-hostname"], "dep-1");
+    assert_eq!(meta["public-keys"], json!([KEY]));
+    assert!(
+        meta["instance-id"]
+            .as_str()
+            .unwrap()
+            .starts_with(&machine_id),
+        "{meta}"
+    );
+    // The partition carries the user data unmasked, byte for byte.
+    assert_eq!(mtools(&["mtype", "-i", i, "::user-data"]), user_data);
+    assert!(mtools(&["mtype", "-i", i, "::network-config"]).contains("52:54:00:d0:00:01"));
+    // The operator's view shows the same deployment with the secret masked.
+    let (st, view) = api.get("/machines/dep-1/cloud-init").await;
+    assert_eq!(st, StatusCode::OK, "{view}");
+    let files = view["files"].as_array().unwrap();
+    let shown = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("{p} in {view}"))["content"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(shown("meta-data").contains("ops@example"), "{view}");
+    assert!(!shown("user-data").contains("hunter2"), "{view}");
+    agent.succeed(&ci, "CIDATA written").await;
+
+    let be = agent.step("boot_entry").await;
+    assert_eq!(be["params"]["firmware"], "bios");
+    assert_eq!(be["params"]["label"], "anvil deb-test");
+    let ack = agent.succeed(&be, "BIOS boots the MBR").await;
+    assert_eq!(ack["run_state"], "succeeded", "{ack}");
+    assert_eq!(
+        agent.next().await,
+        json!({"action": "reboot", "run_state": "succeeded"})
+    );
+    api.wait_state("dep-1", "deployed").await;
+    let j = api.wait_job(&job["id"]).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    // The image is done: the agent's token no longer streams it.
+    assert_eq!(agent.fetch(url).await.status(), StatusCode::CONFLICT);
+    // The machine network-boots first; Anvil hands it to its disk.
+    let script = api.script(MAC).await;
+    assert!(
+        script.contains("sanboot --no-describe --drive 0x80"),
+        "{script}"
+    );
+    assert!(script.contains("\nexit"), "{script}");
+    assert!(!script.contains("kernel "), "{script}");
+    let runs = api.get("/machines/dep-1/commissioning-runs").await.1;
+    let run = &runs["items"][0];
+    assert_eq!(run["purpose"], "deployment", "{run}");
+    assert_eq!(run["state"], "succeeded");
+    assert_eq!(
+        run["steps"][1]["progress"],
+        json!({"done": 4 << 20, "total": 8 << 20})
+    );
+    assert_eq!(runs["items"][1]["purpose"], "commissioning");
+
+    // Rescue with the deployment's keys, then back to deployed.
+    let (st, v) = api.post("/machines/dep-1/actions/exit-rescue", None).await;
+    assert_eq!(st, StatusCode::CONFLICT, "not in rescue: {v}");
+    let (st, rjob) = api.post("/machines/dep-1/actions/rescue", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{rjob}");
+    assert_eq!(api.state("dep-1").await["state"], "rescue");
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    assert_eq!(agent.register().await["purpose"], "rescue");
+    let rs = agent.step("rescue").await;
+    assert_eq!(rs["params"]["ssh_keys"], json!([KEY]));
+    agent.succeed(&rs, "dropbear listens on 22").await;
+    assert_eq!(agent.next().await["action"], "done");
+    assert_eq!(api.wait_job(&rjob["id"]).await["status"], "succeeded");
+    assert_eq!(api.state("dep-1").await["state"], "rescue", "stays up");
+    let (st, xjob) = api.post("/machines/dep-1/actions/exit-rescue", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{xjob}");
+    assert_eq!(xjob["kind"], "exit-rescue");
+    api.wait_state("dep-1", "deployed").await;
+    assert_eq!(api.wait_job(&xjob["id"]).await["status"], "succeeded");
+    assert!(api.script(MAC).await.contains("sanboot"));
+
+    // Release: every writable disk erased, then ready; the image is free.
+    let (st, rel) = api
+        .post(
+            "/machines/dep-1/actions/release",
+            Some(json!({"erase": "quick"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{rel}");
+    assert_eq!(api.state("dep-1").await["state"], "releasing");
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    assert_eq!(agent.register().await["purpose"], "release");
+    let erase = agent.step("erase").await;
+    let names: Vec<&str> = erase["params"]["disks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["vda", "vdb"], "not the removable one");
+    // A release's agent has no image or cloud-init to fetch.
+    let ci_url = format!("{}/api/v1/agent/cloud-init", s.url);
+    assert_eq!(agent.fetch(&ci_url).await.status(), StatusCode::FORBIDDEN);
+    agent.succeed(&erase, "quick erase of vda, vdb").await;
+    assert_eq!(agent.next().await["action"], "poweroff");
+    api.wait_state("dep-1", "ready").await;
+    assert_eq!(api.wait_job(&rel["id"]).await["status"], "succeeded");
+    assert_eq!(api.get("/images/deb-test").await.1["used_by"], json!([]));
+
+    // A deployment whose image write fails ends `failed`, never `deployed`.
+    let (st, job) = api
+        .post(
+            "/machines/dep-1/actions/deploy",
+            Some(json!({"image": "deb-test", "ssh_keys": [KEY]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    agent.register().await;
+    let erase = agent.step("erase").await;
+    assert_eq!(
+        erase["params"]["disks"][0]["name"], "vda",
+        "smallest by default"
+    );
+    agent.succeed(&erase, "wiped").await;
+    let write = agent.step("write_image").await;
+    agent
+        .report(&write, json!({"seq": 1, "status": "started"}))
+        .await;
+    let ack = agent
+        .report(
+            &write,
+            json!({"seq": 2, "status": "failed", "message": "sha256 mismatch after 3 attempts"}),
+        )
+        .await;
+    assert_eq!(ack["run_state"], "failed");
+    let m = api.wait_state("dep-1", "failed").await;
+    assert!(
+        m["state_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("write_image failed: sha256 mismatch"),
+        "{m}"
+    );
+    let j = api.wait_job(&job["id"]).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("sha256 mismatch"),
+        "{j}"
+    );
+    assert_eq!(
+        agent.next().await,
+        json!({"action": "done", "run_state": "failed"})
+    );
+    assert!(!api.script(MAC).await.contains("anvil.token"));
+    // Nothing uses the image any more: it can go.
+    assert_eq!(api.delete("/images/deb-test").await, StatusCode::NO_CONTENT);
+    let events = api.get("/machines/dep-1/events").await.1;
+    let kinds: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for k in [
+        "deploy.start",
+        "deploy.end",
+        "rescue.start",
+        "rescue.end",
+        "release.start",
+        "release.end",
+    ] {
+        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    }
+}
+
+/// Bad input to the deployment routes: malformed JSON, wrong types, unknown
+/// fields, a wrong content type, unknown machines, missing tokens. Always a
+/// 4xx problem+json, never a 5xx.
+#[tokio::test(flavor = "multi_thread")]
+async fn deployment_routes_refuse_bad_input_with_problem_json() {
+    let s = Server::start();
+    let c = client();
+    let r = c
+        .post(s.api("/machines"))
+        .bearer_auth(&s.token)
+        .json(&json!({"hostname": "bad-1", "interfaces": [{"mac": "52:54:00:d0:00:02"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let problem = |r: reqwest::Response, what: String| async move {
+        let st = r.status();
+        assert!(st.is_client_error(), "{what}: {st}");
+        assert_eq!(
+            r.headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok()),
+            Some("application/problem+json"),
+            "{what}"
+        );
+        let v: Value = r.json().await.unwrap();
+        assert!(
+            v["type"].as_str().is_some() && v["detail"].as_str().is_some(),
+            "{what}: {v}"
+        );
+        (st, v)
+    };
+    for (action, wrong_type, unknown) in [
+        (
+            "deploy",
+            json!({"image": 7}),
+            json!({"image": "x", "disk": "sda"}),
+        ),
+        (
+            "release",
+            json!({"erase": "shred"}),
+            json!({"erase": "quick", "wipe": true}),
+        ),
+        (
+            "rescue",
+            json!({"ssh_keys": "ssh-ed25519 AAAA"}),
+            json!({"keys": []}),
+        ),
+    ] {
+        let path = s.api(&format!("/machines/bad-1/actions/{action}"));
+        let valid = if action == "deploy" {
+            json!({"image": "x"})
+        } else {
+            json!({})
+        };
+        for (what, body, ctype) in [
+            ("malformed", "{\"image\": ".to_string(), "application/json"),
+            ("wrong type", wrong_type.to_string(), "application/json"),
+            ("unknown field", unknown.to_string(), "application/json"),
+            (
+                "not JSON",
+                "image=x".to_string(),
+                "application/x-www-form-urlencoded",
+            ),
+        ] {
+            let r = c
+                .post(&path)
+                .bearer_auth(&s.token)
+                .header("content-type", ctype)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            problem(r, format!("{action} {what}")).await;
+        }
+        let r = c
+            .post(s.api(&format!("/machines/no-such-machine/actions/{action}")))
+            .bearer_auth(&s.token)
+            .json(&valid)
+            .send()
+            .await
+            .unwrap();
+        let (st, _) = problem(r, format!("{action} unknown machine")).await;
+        assert_eq!(st, StatusCode::NOT_FOUND);
+        let r = c.post(&path).json(&valid).send().await.unwrap();
+        let (st, _) = problem(r, format!("{action} without a token")).await;
+        assert_eq!(st, StatusCode::UNAUTHORIZED);
+    }
+    // Release and rescue of a `new` machine: the lifecycle refuses.
+    for action in ["release", "rescue", "exit-rescue"] {
+        let r = c
+            .post(s.api(&format!("/machines/bad-1/actions/{action}")))
+            .bearer_auth(&s.token)
+            .send()
+            .await
+            .unwrap();
+        let (st, v) = problem(r, format!("{action} of a new machine")).await;
+        assert_eq!(st, StatusCode::CONFLICT, "{v}");
+    }
+    // The agent's downloads need an agent token, whatever the path says.
+    for path in [
+        format!("/agent/images/{}", "a".repeat(64)),
+        format!("/agent/images/{}/zeromap", "a".repeat(64)),
+        "/agent/images/..%2F..%2Fetc%2Fpasswd".into(),
+        "/agent/cloud-init".into(),
+    ] {
+        for token in [None, Some(s.token.as_str()), Some("not-a-token")] {
+            let mut req = c.get(s.api(&path));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let (st, _) = problem(req.send().await.unwrap(), format!("GET {path}")).await;
+            assert_eq!(st, StatusCode::UNAUTHORIZED, "{path}");
+        }
+    }
+}
