@@ -1,6 +1,7 @@
 //! Integration tests of the web UI: one binary, a real server per test.
 
 mod browser;
+mod deploy;
 mod hardware;
 mod http;
 mod images;

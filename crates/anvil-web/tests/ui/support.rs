@@ -85,14 +85,25 @@ pub struct TestServer {
 impl TestServer {
     /// A server without power control (as when the binary has no drivers).
     pub async fn start() -> TestServer {
-        Self::start_with(|app| app).await
+        Self::start_with(|app, _| app).await
+    }
+
+    /// A server with an image library in its data directory (deployments).
+    pub async fn start_with_images() -> TestServer {
+        // The library's download client needs a TLS provider, as in `serve`.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Self::start_with(|app, dir| {
+            app.with_images(anvil_core::images::ImageLibraryConfig::in_data_dir(dir))
+                .expect("image library")
+        })
+        .await
     }
 
     /// A server whose BMCs are the returned fakes.
     pub async fn start_with_power() -> (TestServer, Arc<FakeBmcs>) {
         let fakes = Arc::new(FakeBmcs::default());
         let factory = fakes.clone();
-        let server = Self::start_with(move |app| {
+        let server = Self::start_with(move |app, _| {
             app.with_power(
                 factory,
                 PowerLimits {
@@ -107,12 +118,12 @@ impl TestServer {
         (server, fakes)
     }
 
-    async fn start_with(configure: impl FnOnce(App) -> App) -> TestServer {
+    async fn start_with(configure: impl FnOnce(App, &std::path::Path) -> App) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open_sqlite(&dir.path().join("anvil.db"))
             .await
             .expect("open store");
-        let app = configure(App::new(store, SecretBox::from_key([0; 32])));
+        let app = configure(App::new(store, SecretBox::from_key([0; 32])), dir.path());
         // The boot-event writer, as `anvil serve` starts it.
         app.start_background();
         app.create_user(&Principal::System, ADMIN, ADMIN_PASSWORD, true)
