@@ -5,13 +5,16 @@
 #   OUTDIR/vmlinuz     the kernel of Debian's linux-image-amd64 (its current
 #                      linux-image-6.1.0-*-amd64 dependency)
 #   OUTDIR/initrd.img  zstd-compressed newc cpio: busybox-static, the static
-#                      anvil-agent (PID 1 after /init), and the kernel modules
-#                      real servers need, loaded by modalias at boot
+#                      anvil-agent (PID 1 after /init), the kernel modules
+#                      real servers need, loaded by modalias at boot, and the
+#                      Debian tools the deploy steps run (resize2fs, e2fsck,
+#                      efibootmgr, dropbear, hdparm) with their libraries
 #   OUTDIR/SHA256SUMS  sha256 of both
 #   OUTDIR/stamp       the inputs the files were built from
 #
-# Reproducible: the same inputs (kernel package, busybox-static package,
-# agent binary, this script, SOURCE_DATE_EPOCH) give the same bytes. A re-run
+# Reproducible: the same inputs (kernel package, busybox-static package, the
+# tool packages' versions, agent binary, this script, SOURCE_DATE_EPOCH)
+# give the same bytes. A re-run
 # whose inputs match OUTDIR/stamp does nothing. Concurrent runs on one OUTDIR
 # are serialised (flock). Everything comes from Debian packages and the
 # workspace; nothing else is downloaded.
@@ -60,6 +63,7 @@ need=()
 command -v cpio >/dev/null || need+=(cpio)
 command -v depmod >/dev/null || need+=(kmod)
 command -v zstd >/dev/null || need+=(zstd)
+command -v readelf >/dev/null || need+=(binutils)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed" || need+=(busybox-static)
 if [[ -z "$AGENT" ]]; then
     command -v musl-gcc >/dev/null || need+=(musl-tools)
@@ -119,9 +123,45 @@ fi
     exit 1
 }
 KVER_PKG=$(apt-cache policy "$KPKG" | awk '/Candidate:/ {print $2}')
+
+# --- the deploy steps' tools: Debian packages and the libraries they link ---
+# resize2fs/e2fsck (grow_root), efibootmgr (boot_entry), dropbear (rescue),
+# hdparm (ATA secure erase; NVMe's format is an ioctl in the agent, nvme-cli
+# would bring 7 MB of D-Bus, systemd and OpenSSL libraries). Their library packages are the closure of
+# their lib* Depends in the apt index, each pinned to its candidate version
+# (in the stamp); only the shared objects the binaries actually need end up
+# in the initramfs.
+TOOL_PKGS=(e2fsprogs efibootmgr dropbear-bin hdparm)
+TOOL_BINS=(resize2fs e2fsck efibootmgr dropbear dropbearkey hdparm)
+tool_closure() {
+    local -A seen_pkg=()
+    local todo=("${TOOL_PKGS[@]}") p d
+    while ((${#todo[@]})); do
+        p=${todo[0]}
+        todo=("${todo[@]:1}")
+        [[ -n "${seen_pkg[$p]:-}" ]] && continue
+        seen_pkg[$p]=1
+        echo "$p"
+        for d in $(apt-cache depends "$p" 2>/dev/null |
+            awk '/^ +(Pre)?Depends: / {print $2}' | grep -E '^(lib|zlib)[a-z0-9.+-]*$'); do
+            todo+=("$d")
+        done
+    done | LC_ALL=C sort
+}
+mapfile -t TOOL_ALL < <(tool_closure)
+TOOL_VERS=()
+for p in "${TOOL_ALL[@]}"; do
+    v=$(apt-cache policy "$p" | awk '/Candidate:/ {print $2}')
+    [[ -n "$v" && "$v" != "(none)" ]] || {
+        log "package $p (needed by the deploy tools) is not in the apt index"
+        exit 1
+    }
+    TOOL_VERS+=("$p=$v")
+done
+TOOLS_SUM=$(printf '%s\n' "${TOOL_VERS[@]}" | sha256sum | cut -c1-16)
 BUSYBOX_VER=$(dpkg-query -W -f='${Version}' busybox-static)
 AGENT_SHA=$(sha256sum "$AGENT" | cut -d' ' -f1)
-STAMP="kernel=$KPKG $KVER_PKG busybox-static=$BUSYBOX_VER agent=${AGENT_SHA:0:16} script=$(sha256sum "$SELF" | cut -c1-16) epoch=${SOURCE_DATE_EPOCH:-kernel}"
+STAMP="kernel=$KPKG $KVER_PKG busybox-static=$BUSYBOX_VER tools=$TOOLS_SUM agent=${AGENT_SHA:0:16} script=$(sha256sum "$SELF" | cut -c1-16) epoch=${SOURCE_DATE_EPOCH:-kernel}"
 
 if [[ -f "$OUT/vmlinuz" && -f "$OUT/initrd.img" && -f "$OUT/SHA256SUMS" && -f "$OUT/stamp" ]] &&
     [[ "$(cat "$OUT/stamp")" == "$STAMP" ]]; then
@@ -220,6 +260,80 @@ ln -s busybox "$ROOT/bin/sh"
 install -m 0755 "$AGENT" "$ROOT/sbin/anvil-agent"
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ROOT/etc/passwd"
 printf 'root:x:0:\n' >"$ROOT/etc/group"
+# dropbear accepts logins only for shells listed here.
+printf '/bin/sh\n' >"$ROOT/etc/shells"
+
+# The deploy tools (see TOOL_PKGS above): .debs kept in OUTDIR/.debs-tools.
+mkdir -p "$OUT/.debs-tools"
+missing_debs=()
+for pv in "${TOOL_VERS[@]}"; do
+    p=${pv%%=*} v=${pv#*=}
+    compgen -G "$OUT/.debs-tools/${p}_${v//:/%3a}_*.deb" >/dev/null || missing_debs+=("$pv")
+done
+if ((${#missing_debs[@]})); then
+    log "downloading ${#missing_debs[@]} Debian packages for the deploy tools"
+    (cd "$OUT/.debs-tools" && apt-get download "${missing_debs[@]}" >/dev/null 2>&1) || {
+        apt-get update -qq
+        (cd "$OUT/.debs-tools" && apt-get download "${missing_debs[@]}" >/dev/null)
+    }
+fi
+TOOLS="$WORK/tools"
+mkdir -p "$TOOLS"
+for pv in "${TOOL_VERS[@]}"; do
+    p=${pv%%=*} v=${pv#*=}
+    dpkg -x "$(compgen -G "$OUT/.debs-tools/${p}_${v//:/%3a}_*.deb" | head -1)" "$TOOLS"
+done
+LIBDIR=lib/x86_64-linux-gnu
+mkdir -p "$ROOT/$LIBDIR" "$ROOT/lib64"
+declare -A have_lib=()
+copy_needed() { # ELF file: copy the shared objects it needs, recursively
+    local so src
+    for so in $(readelf -d "$1" | awk '/\(NEEDED\)/ {gsub(/[][]/, "", $5); print $5}'); do
+        [[ -n "${have_lib[$so]:-}" ]] && continue
+        src=
+        for d in lib/x86_64-linux-gnu usr/lib/x86_64-linux-gnu lib usr/lib; do
+            [[ -e "$TOOLS/$d/$so" ]] && src="$TOOLS/$d/$so" && break
+        done
+        [[ -n "$src" ]] || {
+            log "$(basename "$1") needs $so, which no package of ${TOOL_ALL[*]} has"
+            exit 1
+        }
+        have_lib[$so]=1
+        cp -L "$src" "$ROOT/$LIBDIR/$so"
+        copy_needed "$ROOT/$LIBDIR/$so"
+    done
+}
+for b in "${TOOL_BINS[@]}"; do
+    src=$(find "$TOOLS" -type f -name "$b" -path '*bin/*' | LC_ALL=C sort | head -1)
+    [[ -n "$src" ]] || {
+        log "no $b in ${TOOL_PKGS[*]}"
+        exit 1
+    }
+    # /sbin comes first in PATH: these win over busybox applets of the same
+    # name (busybox has an hdparm of its own, without security erase).
+    install -m 0755 "$src" "$ROOT/sbin/$b"
+    copy_needed "$ROOT/sbin/$b"
+done
+# The program interpreter the binaries name (PT_INTERP).
+cp -L "$TOOLS/$LIBDIR/ld-linux-x86-64.so.2" "$ROOT/$LIBDIR/ld-linux-x86-64.so.2"
+ln -s "../$LIBDIR/ld-linux-x86-64.so.2" "$ROOT/lib64/ld-linux-x86-64.so.2"
+# Each tool must start inside the ramdisk's own tree (no library missing).
+if [[ $(id -u) == 0 ]]; then
+    for b in resize2fs efibootmgr dropbearkey hdparm; do
+        case $b in
+        resize2fs) args=(-h) ;; efibootmgr) args=(--version) ;; dropbearkey) args=(-h) ;;
+        hdparm) args=(-V) ;;
+        esac
+        out=$(chroot "$ROOT" "/sbin/$b" "${args[@]}" 2>&1) || true
+        if grep -qE "error while loading shared libraries|not found|No such file" <<<"$out"; then
+            log "/sbin/$b does not start in the ramdisk: $out"
+            exit 1
+        fi
+    done
+    # Without devtmpfs some of them create files such as dev/urandom
+    # (random bytes: the archive would differ every build).
+    find "$ROOT/dev" "$ROOT/tmp" "$ROOT/run" "$ROOT/var" -mindepth 1 -delete
+fi
 
 cat >"$ROOT/init" <<'INIT'
 #!/bin/sh
@@ -232,6 +346,9 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null || mount -t tmpfs dev /dev
 mount -t tmpfs -o mode=0755 run /run
 mount -t tmpfs tmp /tmp
+# PTYs for the rescue SSH server (dropbear).
+mkdir -p /dev/pts
+mount -t devpts devpts /dev/pts 2>/dev/null
 echo "anvil-init: up after $(cut -d' ' -f1 /proc/uptime) s"
 modprobe -q efivarfs 2>/dev/null
 [ -d /sys/firmware/efi/efivars ] && mount -t efivarfs efivarfs /sys/firmware/efi/efivars 2>/dev/null
@@ -283,5 +400,5 @@ mv -f "$WORK/initrd.img" "$OUT/initrd.img"
 ln -f "$OUT/initrd.img" "$OUT/initramfs.img"
 (cd "$OUT" && sha256sum vmlinuz initrd.img >SHA256SUMS)
 echo "$STAMP" >"$OUT/stamp"
-log "built for $KREL: ${#mods[@]} modules; vmlinuz $(stat -c %s "$OUT/vmlinuz") B + initrd.img $(stat -c %s "$OUT/initrd.img") B = $total B (budget $MAX_BYTES)"
+log "built for $KREL: ${#mods[@]} modules, ${#TOOL_BINS[@]} tools with ${#have_lib[@]} libraries; vmlinuz $(stat -c %s "$OUT/vmlinuz") B + initrd.img $(stat -c %s "$OUT/initrd.img") B = $total B (budget $MAX_BYTES)"
 (cd "$OUT" && cat SHA256SUMS) >&2

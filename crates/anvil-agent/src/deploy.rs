@@ -304,8 +304,12 @@ fn secure_erase(d: &Disk, allow_overwrite: bool, progress: Progress<'_>) -> Resu
     let started = Instant::now();
     match method {
         SecureMethod::NvmeFormat => {
-            // Secure Erase Setting 1: user data erase of the namespace.
-            run("nvme", &["format", &dev, "--ses=1", "--force"])?;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&d.dev)
+                .map_err(|e| format!("opening {dev}: {e}"))?;
+            crate::nvme::format_user_data_erase(&f)?;
         }
         SecureMethod::AtaSecurityErase { enhanced } => {
             // The erase needs a user password set first; it is cleared by

@@ -20,6 +20,7 @@ mod imagewrite;
 mod inventory;
 mod ledger;
 mod net;
+mod nvme;
 mod ptable;
 mod system;
 
