@@ -801,3 +801,84 @@ async fn deployment_routes_refuse_bad_input_with_problem_json() {
         }
     }
 }
+
+/// `[deploy] timeout_secs`: a deployment whose agent hangs fails at the
+/// deadline, naming the step, and the machine never becomes `deployed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deployment_that_hangs_fails_at_the_deploy_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("anvil.toml");
+    std::fs::write(&conf, "[deploy]\ntimeout_secs = 3\n").unwrap();
+    let s = Server::start_with(&["--config", conf.to_str().unwrap()]);
+    let api = Api {
+        c: client(),
+        base: s.api(""),
+        token: s.token.clone(),
+        url: s.url.clone(),
+    };
+    let (image_path, _) = make_image(dir.path());
+    let (st, img) = api
+        .post(
+            "/images",
+            Some(json!({"path": image_path.to_str().unwrap(), "name": "hang"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{img}");
+    let (st, _) = api
+        .post(
+            "/machines",
+            Some(json!({"hostname": "dep-2", "interfaces": [{"mac": MAC}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    // Commissioning keeps its own (longer) timeout.
+    api.post("/machines/dep-2/actions/commission", None).await;
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    agent.register().await;
+    let inv = agent.step("inventory").await;
+    agent
+        .report(&inv, json!({"seq": 1, "status": "started"}))
+        .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    agent
+        .call(
+            "/facts",
+            Some(json!({"step_id": inv["id"], "facts": facts()})),
+        )
+        .await;
+    agent
+        .report(&inv, json!({"seq": 2, "status": "succeeded"}))
+        .await;
+    api.wait_state("dep-2", "ready").await;
+
+    let (st, job) = api
+        .post(
+            "/machines/dep-2/actions/deploy",
+            Some(json!({"image": "hang"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    agent.register().await;
+    let erase = agent.step("erase").await;
+    agent
+        .report(
+            &erase,
+            json!({"seq": 1, "status": "started", "message": "wiping vda"}),
+        )
+        .await;
+    let m = api.wait_state("dep-2", "failed").await;
+    let reason = m["state_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("deployment timed out after 3 s: step 0 erase hung"),
+        "{m}"
+    );
+    assert_eq!(api.wait_job(&job["id"]).await["status"], "failed");
+    assert_eq!(api.get("/images/hang").await.1["used_by"], json!([]));
+}
