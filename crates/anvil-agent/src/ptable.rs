@@ -500,6 +500,11 @@ pub fn grow_last<D: Read + Write + Seek>(
                         .into(),
                 ));
             }
+            // Past 2^32 sectors nothing can start: the reserve (for the
+            // cloud-init partition) is kept below that line, and the root's
+            // own sector count is 32-bit too.
+            let addressable = disk_bytes.min(MBR_MAX_SECTORS * 512);
+            let target_end = addressable.saturating_sub(reserve_end) / MIB * MIB;
             let limit = (last.start / 512 + MBR_MAX_SECTORS) * 512;
             let new_end = target_end.min(limit / MIB * MIB).max(last.end);
             let count = ((new_end - last.start) / 512) as u32;
@@ -928,6 +933,40 @@ mod tests {
             (3 << 40) - MIB
         );
         assert_eq!(end_placement(Kind::Gpt, MIB, 16 * MIB), None);
+    }
+
+    /// A 3 TiB disk (a sparse file) with an MBR image: root stops so that
+    /// the cloud-init partition still fits below 2^32 sectors.
+    #[test]
+    fn mbr_root_on_a_huge_disk_leaves_the_reserve_below_2_tib() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("huge.img"))
+            .unwrap();
+        let disk = 3u64 << 40;
+        f.set_len(disk).unwrap();
+        build::mbr(&mut f, &[(0x83, MIB, 60 * MIB)]);
+        let g = grow_last(&mut f, 512, disk, 17 * MIB).unwrap();
+        let limit = MBR_MAX_SECTORS * 512;
+        assert_eq!(g.new_end, (limit - 17 * MIB) / MIB * MIB);
+        let a = add_at_end(
+            &mut f,
+            512,
+            disk,
+            &NewPartition {
+                len: 16 * MIB,
+                gpt_type: GUID_BASIC_DATA,
+                mbr_type: MBR_TYPE_FAT32_LBA,
+                name: "cidata",
+                unique: [0; 16],
+            },
+        )
+        .unwrap();
+        assert!(a.start >= g.new_end && a.end <= limit, "{a:?} {g:?}");
     }
 
     #[test]
