@@ -500,7 +500,18 @@ pub(crate) fn deployment_view(
         errors: fb.errors,
         message: fb.message,
         rescue_keys: fb.rescue_keys,
-        run: run.map(run_view),
+        run: run.map(|r| {
+            let mut v = run_view(r);
+            // A rescue run ends when its SSH server listens; the system
+            // stays up until the operator leaves rescue.
+            if r.purpose == AgentPurpose::Rescue
+                && r.state == RunState::Succeeded
+                && m.state == MachineState::Rescue
+            {
+                v.line = "The rescue system is up: log in as root over SSH.".into();
+            }
+            v
+        }),
         deployed_image: if m.state == MachineState::Deployed {
             deployed_image(runs, images)
         } else {
@@ -1227,6 +1238,32 @@ mod tests {
         );
         assert!(v.in_rescue && v.polling);
         assert!(v.run.unwrap().line.starts_with("The rescue system is up"));
+        let mut up = run(
+            AgentPurpose::Rescue,
+            RunState::Succeeded,
+            vec![step(StepKind::Rescue, StepStatus::Succeeded)],
+        );
+        let v = deployment_view(
+            &machine(MachineState::Rescue),
+            "t".into(),
+            &[],
+            None,
+            std::slice::from_ref(&up),
+            CardFeedback::default(),
+        );
+        assert!(!v.polling, "nothing runs any more");
+        assert!(v.run.unwrap().line.starts_with("The rescue system is up"));
+        up.state = RunState::Aborted;
+        up.failure_reason = Some("left rescue".into());
+        let v = deployment_view(
+            &machine(MachineState::Deployed),
+            "t".into(),
+            &[],
+            None,
+            &[up],
+            CardFeedback::default(),
+        );
+        assert_eq!(v.run.unwrap().line, "Aborted: left rescue");
     }
 
     #[test]

@@ -644,6 +644,29 @@ async fn run(c: &Client, server: &TestServer, power_id: &str) {
     std::fs::write(dir.join("enroll.png"), c.screenshot().await.expect("png"))
         .expect("write screenshot");
 
+    // A ready machine's Deployment card shows the deploy form.
+    c.goto(&format!("{base}/machines/compute-01"))
+        .await
+        .expect("goto");
+    let disks = text_of(c, "#deploy-root-disk").await;
+    assert!(disks.contains("Smallest disk (default)"), "{disks}");
+    let deploy = c
+        .find(Locator::Css("#deployment form[action$='/deploy'] button"))
+        .await
+        .expect("deploy button");
+    assert!(deploy.is_displayed().await.expect("displayed"));
+    c.execute(
+        "document.getElementById('deployment').scrollIntoView()",
+        vec![],
+    )
+    .await
+    .expect("scroll");
+    std::fs::write(
+        dir.join("deployment.png"),
+        c.screenshot().await.expect("png"),
+    )
+    .expect("write screenshot");
+
     // Log out; the list is closed again.
     c.find(Locator::Css(".usermenu button"))
         .await
