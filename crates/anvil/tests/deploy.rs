@@ -882,3 +882,230 @@ async fn a_deployment_that_hangs_fails_at_the_deploy_timeout() {
     assert_eq!(api.wait_job(&job["id"]).await["status"], "failed");
     assert_eq!(api.get("/images/hang").await.1["used_by"], json!([]));
 }
+
+/// The real `anvil-agent` binary (built here with cargo, run as a child
+/// process with `ANVIL_AGENT_CMDLINE` = the kernel arguments of the iPXE
+/// script Anvil rendered) deploys an MBR image onto a regular file standing
+/// in for the disk, found by serial in a sysfs-shaped fixture tree: the
+/// server's steps and URLs and the agent's executors agree end to end, and
+/// the file ends up holding the image, the grown partition and the
+/// cloud-init partition Anvil rendered.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_real_agent_deploys_onto_a_file_disk() {
+    const MIB: u64 = 1 << 20;
+    let agent_bin = build_agent();
+    let s = Server::start();
+    let api = Api {
+        c: client(),
+        base: s.api(""),
+        token: s.token.clone(),
+        url: s.url.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let disk_bytes = 128 * MIB;
+    fixture_disk(&root, disk_bytes);
+
+    // A 32 MiB MBR disk: one Linux partition from 1 MiB to 31 MiB holding
+    // data at its start and its end, zeros in between.
+    let mut image = vec![0u8; (32 * MIB) as usize];
+    let part_start = MIB;
+    let part_sectors = 30 * MIB / 512;
+    image[446] = 0x00;
+    image[446 + 4] = 0x83;
+    image[446 + 8..446 + 12].copy_from_slice(&((part_start / 512) as u32).to_le_bytes());
+    image[446 + 12..446 + 16].copy_from_slice(&(part_sectors as u32).to_le_bytes());
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    for (i, b) in image[MIB as usize..(MIB + 300_000) as usize]
+        .iter_mut()
+        .enumerate()
+    {
+        *b = (i % 251) as u8 | 1;
+    }
+    image[(30 * MIB) as usize..(30 * MIB + 5000) as usize].fill(0x77);
+    let image_path = dir.path().join("mbr.raw");
+    std::fs::write(&image_path, &image).unwrap();
+    let (st, img) = api
+        .post(
+            "/images",
+            Some(json!({"path": image_path.to_str().unwrap(), "name": "mbr-test"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{img}");
+
+    let (st, _) = api
+        .post(
+            "/machines",
+            Some(json!({"hostname": "real-1", "interfaces": [{"mac": MAC}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    // Commissioned by the test (the inventory of the fixture disk).
+    api.post("/machines/real-1/actions/commission", None).await;
+    let sim = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    sim.register().await;
+    let inv = sim.step("inventory").await;
+    sim.report(&inv, json!({"seq": 1, "status": "started"}))
+        .await;
+    let mut f = facts();
+    f["disks"] = json!([{"name": "vda", "serial": "DEPLOY-1", "size_bytes": disk_bytes, "transport": "virtio"}]);
+    let (st, v) = sim
+        .call("/facts", Some(json!({"step_id": inv["id"], "facts": f})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    sim.report(&inv, json!({"seq": 2, "status": "succeeded"}))
+        .await;
+    api.wait_state("real-1", "ready").await;
+
+    let (st, job) = api
+        .post(
+            "/machines/real-1/actions/deploy",
+            Some(
+                json!({"image": "mbr-test", "ssh_keys": [KEY], "user_data": "#cloud-config\n{}\n"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let script = api.script(MAC).await;
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let cmdline: Vec<&str> = kernel
+        .split_whitespace()
+        .filter(|w| w.starts_with("anvil."))
+        .collect();
+    let mut child = Command::new(&agent_bin)
+        .env("ANVIL_AGENT_CMDLINE", cmdline.join(" "))
+        .env("ANVIL_AGENT_ROOT", &root)
+        .env("ANVIL_AGENT_NO_NET", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            // Only the child this test started, by its PID.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status.is_some(),
+        "the agent did not finish in 2 minutes:\n{log}"
+    );
+    let m = api.state("real-1").await;
+    assert_eq!(m["state"], "deployed", "{m}\n{log}");
+    assert_eq!(api.wait_job(&job["id"]).await["status"], "succeeded");
+    let runs = api.get("/machines/real-1/commissioning-runs").await.1;
+    let steps = runs["items"][0]["steps"].as_array().unwrap().clone();
+    let kinds: Vec<&str> = steps.iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "erase",
+            "write_image",
+            "grow_root",
+            "cloud_init",
+            "boot_entry"
+        ]
+    );
+    assert!(
+        steps.iter().all(|s| s["status"] == "succeeded"),
+        "{steps:?}"
+    );
+
+    // The file holds the image (its partition's bytes) after the MBR…
+    let disk = std::fs::read(root.join("dev/vda")).unwrap();
+    assert_eq!(
+        &disk[MIB as usize..(31 * MIB) as usize],
+        &image[MIB as usize..(31 * MIB) as usize]
+    );
+    assert_eq!(&disk[510..512], &[0x55, 0xaa]);
+    // …whose partition grew toward the end, leaving room for cloud-init…
+    let grow = &steps[2]["result"];
+    assert_eq!(grow["old_end"], 31 * MIB, "{grow}");
+    let new_end = grow["new_end"].as_u64().unwrap();
+    assert!(
+        new_end > 31 * MIB && new_end <= disk_bytes - 17 * MIB,
+        "{grow}"
+    );
+    // …and the cloud-init partition Anvil rendered, at the end.
+    let ci = &steps[3]["result"];
+    let start = ci["start"].as_u64().unwrap();
+    assert!(start >= new_end, "{ci}");
+    let image_at = format!("{}@@{start}", root.join("dev/vda").display());
+    assert!(mtools(&["mlabel", "-i", &image_at, "-s", "::"]).contains("CIDATA"));
+    let meta: Value =
+        serde_json::from_str(&mtools(&["mtype", "-i", &image_at, "::meta-data"])).unwrap();
+    assert_eq!(meta["local-hostname"], "real-1");
+    assert_eq!(meta["public-keys"], json!([KEY]));
+    assert!(api.script(MAC).await.contains("sanboot"));
+}
+
+/// `cargo build -p anvil-agent`, and the binary's path.
+fn build_agent() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "-q",
+            "--locked",
+            "-p",
+            "anvil-agent",
+            "--bin",
+            "anvil-agent",
+            "--message-format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "building anvil-agent: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "anvil-agent")
+        .find_map(|m| m["executable"].as_str().map(std::path::PathBuf::from))
+        .expect("cargo named the anvil-agent executable")
+}
+
+/// A virtio disk `vda` with serial `DEPLOY-1` as sysfs shows it, and
+/// `dev/vda` a file of `bytes` whose first and last MiB hold the previous
+/// tenant's 0xee (sparse in between).
+fn fixture_disk(root: &Path, bytes: u64) {
+    let dev = root.join("sys/devices/pci0000:00/0000:00:05.0/virtio5/block/vda");
+    std::fs::create_dir_all(&dev).unwrap();
+    std::fs::write(dev.join("size"), format!("{}\n", bytes / 512)).unwrap();
+    std::fs::write(dev.join("serial"), "DEPLOY-1\n").unwrap();
+    std::os::unix::fs::symlink("../../../virtio5", dev.join("device")).unwrap();
+    std::fs::create_dir_all(root.join("sys/block")).unwrap();
+    std::os::unix::fs::symlink(
+        "../devices/pci0000:00/0000:00:05.0/virtio5/block/vda",
+        root.join("sys/block/vda"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let f = std::fs::File::create(root.join("dev/vda")).unwrap();
+    f.set_len(bytes).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&vec![0xee; 1 << 20], 0).unwrap();
+    f.write_all_at(&vec![0xee; 1 << 20], bytes - (1 << 20))
+        .unwrap();
+}
