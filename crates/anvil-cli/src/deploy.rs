@@ -680,20 +680,22 @@ async fn follow_run(
                 .flatten()
         });
         let view = progress_view(run, rate);
+        // Message first: each setter redraws, and the text should never lag
+        // the bar.
+        steps_bar.set_message(view.line.clone());
         steps_bar.set_length(view.steps_total);
         steps_bar.set_position(view.steps_done);
-        steps_bar.set_message(view.line.clone());
         match (&view.detail, &detail_bar) {
             (Some(d), Some(pb)) => {
+                pb.set_message(d.text.clone());
                 pb.set_length(d.total);
                 pb.set_position(d.done);
-                pb.set_message(d.text.clone());
             }
             (Some(d), None) => {
                 let pb = multi.add(indicatif::ProgressBar::new(d.total));
                 pb.set_style(detail_style.clone());
-                pb.set_position(d.done);
                 pb.set_message(d.text.clone());
+                pb.set_position(d.done);
                 detail_bar = Some(pb);
             }
             (None, Some(pb)) => {
@@ -710,6 +712,9 @@ async fn follow_run(
             steps_bar.finish();
             if !bars {
                 multi.clear().ok();
+            } else if !steps_bar.is_hidden() {
+                // The finished bar stays; what is printed next starts below it.
+                eprintln!();
             }
             return match run {
                 Some(r) => Ok((r.clone(), outcome)),
