@@ -906,60 +906,8 @@ async fn the_real_agent_deploys_onto_a_file_disk() {
     let disk_bytes = 128 * MIB;
     fixture_disk(&root, disk_bytes);
 
-    // A 32 MiB MBR disk: one Linux partition from 1 MiB to 31 MiB holding
-    // data at its start and its end, zeros in between.
-    let mut image = vec![0u8; (32 * MIB) as usize];
-    let part_start = MIB;
-    let part_sectors = 30 * MIB / 512;
-    image[446] = 0x00;
-    image[446 + 4] = 0x83;
-    image[446 + 8..446 + 12].copy_from_slice(&((part_start / 512) as u32).to_le_bytes());
-    image[446 + 12..446 + 16].copy_from_slice(&(part_sectors as u32).to_le_bytes());
-    image[510] = 0x55;
-    image[511] = 0xaa;
-    for (i, b) in image[MIB as usize..(MIB + 300_000) as usize]
-        .iter_mut()
-        .enumerate()
-    {
-        *b = (i % 251) as u8 | 1;
-    }
-    image[(30 * MIB) as usize..(30 * MIB + 5000) as usize].fill(0x77);
-    let image_path = dir.path().join("mbr.raw");
-    std::fs::write(&image_path, &image).unwrap();
-    let (st, img) = api
-        .post(
-            "/images",
-            Some(json!({"path": image_path.to_str().unwrap(), "name": "mbr-test"})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED, "{img}");
-
-    let (st, _) = api
-        .post(
-            "/machines",
-            Some(json!({"hostname": "real-1", "interfaces": [{"mac": MAC}]})),
-        )
-        .await;
-    assert_eq!(st, StatusCode::CREATED);
-    // Commissioned by the test (the inventory of the fixture disk).
-    api.post("/machines/real-1/actions/commission", None).await;
-    let sim = Agent {
-        api: &api,
-        token: api.boot_token(MAC).await,
-    };
-    sim.register().await;
-    let inv = sim.step("inventory").await;
-    sim.report(&inv, json!({"seq": 1, "status": "started"}))
-        .await;
-    let mut f = facts();
-    f["disks"] = json!([{"name": "vda", "serial": "DEPLOY-1", "size_bytes": disk_bytes, "transport": "virtio"}]);
-    let (st, v) = sim
-        .call("/facts", Some(json!({"step_id": inv["id"], "facts": f})))
-        .await;
-    assert_eq!(st, StatusCode::OK, "{v}");
-    sim.report(&inv, json!({"seq": 2, "status": "succeeded"}))
-        .await;
-    api.wait_state("real-1", "ready").await;
+    let image = mbr_image(&api, dir.path(), "mbr-test").await;
+    commission_with_disk(&api, "real-1", disk_bytes).await;
 
     let (st, job) = api
         .post(
@@ -970,43 +918,7 @@ async fn the_real_agent_deploys_onto_a_file_disk() {
         )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{job}");
-    let script = api.script(MAC).await;
-    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
-    let cmdline: Vec<&str> = kernel
-        .split_whitespace()
-        .filter(|w| w.starts_with("anvil."))
-        .collect();
-    let mut child = Command::new(&agent_bin)
-        .env("ANVIL_AGENT_CMDLINE", cmdline.join(" "))
-        .env("ANVIL_AGENT_ROOT", &root)
-        .env("ANVIL_AGENT_NO_NET", "1")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break Some(st);
-        }
-        if Instant::now() > deadline {
-            // Only the child this test started, by its PID.
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            break None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let out = child.wait_with_output().unwrap();
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        status.is_some(),
-        "the agent did not finish in 2 minutes:\n{log}"
-    );
+    let log = run_agent(&api, &agent_bin, &root).await;
     let m = api.state("real-1").await;
     assert_eq!(m["state"], "deployed", "{m}\n{log}");
     assert_eq!(api.wait_job(&job["id"]).await["status"], "succeeded");
@@ -1054,6 +966,113 @@ async fn the_real_agent_deploys_onto_a_file_disk() {
     assert_eq!(meta["local-hostname"], "real-1");
     assert_eq!(meta["public-keys"], json!([KEY]));
     assert!(api.script(MAC).await.contains("sanboot"));
+}
+
+/// A 32 MiB MBR disk, imported as `name`: one Linux partition from 1 MiB to
+/// 31 MiB holding data at its start and its end, zeros in between.
+async fn mbr_image(api: &Api, dir: &Path, name: &str) -> Vec<u8> {
+    const MIB: u64 = 1 << 20;
+    let mut image = vec![0u8; (32 * MIB) as usize];
+    let part_start = MIB;
+    let part_sectors = 30 * MIB / 512;
+    image[446] = 0x00;
+    image[446 + 4] = 0x83;
+    image[446 + 8..446 + 12].copy_from_slice(&((part_start / 512) as u32).to_le_bytes());
+    image[446 + 12..446 + 16].copy_from_slice(&(part_sectors as u32).to_le_bytes());
+    image[510] = 0x55;
+    image[511] = 0xaa;
+    for (i, b) in image[MIB as usize..(MIB + 300_000) as usize]
+        .iter_mut()
+        .enumerate()
+    {
+        *b = (i % 251) as u8 | 1;
+    }
+    image[(30 * MIB) as usize..(30 * MIB + 5000) as usize].fill(0x77);
+    let image_path = dir.join(format!("{name}.raw"));
+    std::fs::write(&image_path, &image).unwrap();
+    let (st, img) = api
+        .post(
+            "/images",
+            Some(json!({"path": image_path.to_str().unwrap(), "name": name})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{img}");
+    image
+}
+
+/// Creates `host` and commissions it (the test plays the agent) with one
+/// disk, the fixture's `vda` (serial `DEPLOY-1`, `disk_bytes`).
+async fn commission_with_disk(api: &Api, host: &str, disk_bytes: u64) {
+    let (st, _) = api
+        .post(
+            "/machines",
+            Some(json!({"hostname": host, "interfaces": [{"mac": MAC}]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED);
+    // Commissioned by the test (the inventory of the fixture disk).
+    api.post(&format!("/machines/{host}/actions/commission"), None)
+        .await;
+    let sim = Agent {
+        api,
+        token: api.boot_token(MAC).await,
+    };
+    sim.register().await;
+    let inv = sim.step("inventory").await;
+    sim.report(&inv, json!({"seq": 1, "status": "started"}))
+        .await;
+    let mut f = facts();
+    f["disks"] = json!([{"name": "vda", "serial": "DEPLOY-1", "size_bytes": disk_bytes, "transport": "virtio"}]);
+    let (st, v) = sim
+        .call("/facts", Some(json!({"step_id": inv["id"], "facts": f})))
+        .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    sim.report(&inv, json!({"seq": 2, "status": "succeeded"}))
+        .await;
+    api.wait_state(host, "ready").await;
+}
+
+/// Runs the real agent with the kernel arguments of the machine's iPXE
+/// script until it exits (killed by its PID after 2 minutes); its output.
+async fn run_agent(api: &Api, agent_bin: &Path, root: &Path) -> String {
+    let script = api.script(MAC).await;
+    let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+    let cmdline: Vec<&str> = kernel
+        .split_whitespace()
+        .filter(|w| w.starts_with("anvil."))
+        .collect();
+    let mut child = Command::new(agent_bin)
+        .env("ANVIL_AGENT_CMDLINE", cmdline.join(" "))
+        .env("ANVIL_AGENT_ROOT", root)
+        .env("ANVIL_AGENT_NO_NET", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break Some(st);
+        }
+        if Instant::now() > deadline {
+            // Only the child this test started, by its PID.
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = child.wait_with_output().unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        status.is_some(),
+        "the agent did not finish in 2 minutes:\n{log}"
+    );
+    log
 }
 
 /// `cargo build -p anvil-agent`, and the binary's path.
@@ -1108,4 +1127,79 @@ fn fixture_disk(root: &Path, bytes: u64) {
     f.write_all_at(&vec![0xee; 1 << 20], 0).unwrap();
     f.write_all_at(&vec![0xee; 1 << 20], bytes - (1 << 20))
         .unwrap();
+}
+
+/// An image corrupted in the library after import: the server cuts the
+/// stream short (never a complete, wrong image), the real agent's
+/// write_image retries and fails, and the machine ends `failed` with the
+/// reason, never `deployed`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupted_image_fails_the_real_agents_deploy() {
+    const MIB: u64 = 1 << 20;
+    let agent_bin = build_agent();
+    let s = Server::start();
+    let api = Api {
+        c: client(),
+        base: s.api(""),
+        token: s.token.clone(),
+        url: s.url.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    fixture_disk(&root, 128 * MIB);
+    let image = mbr_image(&api, dir.path(), "rotten").await;
+    let sha = hex::encode(Sha256::digest(&image));
+    commission_with_disk(&api, "rot-1", 128 * MIB).await;
+    // Half of the compressed store goes missing.
+    let stored = s.data_path().join("images").join(format!("{sha}.raw.zst"));
+    let len = std::fs::metadata(&stored).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&stored)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let (st, job) = api
+        .post(
+            "/machines/rot-1/actions/deploy",
+            Some(json!({"image": "rotten", "ssh_keys": [KEY]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    // With the boot's token: the promised length never arrives.
+    let token = api.boot_token(MAC).await;
+    let r = api
+        .c
+        .get(format!("{}/api/v1/agent/images/{sha}", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let promised: usize = r.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    match r.bytes().await {
+        Ok(b) => assert!(b.len() < promised, "a complete body from a broken store"),
+        Err(e) => assert!(e.is_body() || e.is_decode(), "{e:?}"),
+    }
+
+    let log = run_agent(&api, &agent_bin, &root).await;
+    let m = api.wait_state("rot-1", "failed").await;
+    let reason = m["state_reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("write_image failed"), "{m}\n{log}");
+    let j = api.wait_job(&job["id"]).await;
+    assert_eq!(j["status"], "failed", "{j}");
+    let runs = api.get("/machines/rot-1/commissioning-runs").await.1;
+    let steps = &runs["items"][0]["steps"];
+    assert_eq!(steps[1]["kind"], "write_image");
+    assert_eq!(steps[1]["status"], "failed", "{steps}");
+    assert_eq!(steps[2]["status"], "pending", "nothing runs after it");
+    assert_eq!(runs["items"][0]["state"], "failed");
+    assert_eq!(runs["items"][0]["failed_step"], "write_image");
+    // The run is over: no more agent boots for it.
+    assert!(!api.script(MAC).await.contains("anvil.token"));
 }
