@@ -1775,6 +1775,90 @@ mod tests {
     }
 
     #[test]
+    fn each_purpose_has_its_state_outcome_and_final_action() {
+        use AgentPurpose::*;
+        use MachineState as M;
+        let cases = [
+            (
+                Commissioning,
+                M::Commissioning,
+                Some(M::Ready),
+                "commission",
+            ),
+            (Deployment, M::Deploying, Some(M::Deployed), "deploy"),
+            (Release, M::Releasing, Some(M::Ready), "release"),
+            // A rescue that succeeded keeps the machine up in `rescue`.
+            (Rescue, M::Rescue, None, "rescue"),
+        ];
+        for (p, active, success, prefix) in cases {
+            assert_eq!(active_state(p), active, "{p:?}");
+            assert_eq!(purpose_outcome_state(p, RunState::Succeeded), success);
+            assert_eq!(
+                purpose_outcome_state(p, RunState::Failed),
+                Some(M::Failed),
+                "{p:?}"
+            );
+            assert_eq!(purpose_outcome_state(p, RunState::Aborted), None);
+            assert_eq!(event_prefix(p), prefix);
+            // Every outcome is a move the lifecycle allows.
+            for to in [success, Some(M::Failed)].into_iter().flatten() {
+                assert!(active.can_move_to(to), "{active} → {to}");
+            }
+        }
+        // Only a finished release or a failed deployment frees the image.
+        assert!(clears_image(Release, RunState::Succeeded));
+        assert!(clears_image(Deployment, RunState::Failed));
+        assert!(!clears_image(Deployment, RunState::Succeeded));
+        assert!(!clears_image(Release, RunState::Failed));
+        assert!(!clears_image(Rescue, RunState::Aborted));
+        let mut r = run_rec(true);
+        assert_eq!(run_purpose(&r), Commissioning);
+        r.purpose = "deployment".into();
+        assert_eq!(run_purpose(&r), Deployment);
+    }
+
+    #[test]
+    fn step_urls_become_absolute_on_the_agents_address() {
+        let mut spec = StepSpec::CloudInit(anvil_api_types::deploy::CloudInitParams {
+            disk: anvil_api_types::deploy::DiskRef {
+                name: "vda".into(),
+                size_bytes: 1,
+                serial: None,
+                wwn: None,
+                model: None,
+            },
+            url: "/api/v1/agent/cloud-init".into(),
+            sha256: String::new(),
+            size_bytes: 0,
+            label: "CIDATA".into(),
+        });
+        absolutise_urls(&mut spec, "http://10.77.0.1:8080/");
+        let StepSpec::CloudInit(p) = &spec else {
+            panic!()
+        };
+        assert_eq!(p.url, "http://10.77.0.1:8080/api/v1/agent/cloud-init");
+        // Already absolute: left alone.
+        absolutise_urls(&mut spec, "http://elsewhere");
+        let StepSpec::CloudInit(p) = &spec else {
+            panic!()
+        };
+        assert_eq!(p.url, "http://10.77.0.1:8080/api/v1/agent/cloud-init");
+    }
+
+    #[test]
+    fn a_deployment_timeout_names_its_purpose_and_length() {
+        let mut r = run_rec(true);
+        r.purpose = "deployment".into();
+        r.deadline = r.started_at + time::Duration::seconds(2400);
+        let (reason, step) = timeout_reason(&r, &[step_rec(0, "erase", "started", 1)]);
+        assert_eq!(step, Some(StepKind::Erase));
+        assert!(
+            reason.starts_with("deployment timed out after 2400 s: step 0 erase hung"),
+            "{reason}"
+        );
+    }
+
+    #[test]
     fn failure_reasons_carry_message_and_summary() {
         assert_eq!(
             failure_reason(
