@@ -552,7 +552,10 @@ struct DeploymentPartial {
     d: DeploymentView,
 }
 
-/// `GET /machines/{id}/deployment`: the card alone (its polling).
+/// `GET /machines/{id}/deployment`: the card alone (its polling). Only a
+/// card that polls asks for it, so a card that no longer polls means the run
+/// just ended: htmx is told to reload the page, whose state badge, lifecycle
+/// and power cards changed with it.
 pub(crate) async fn fragment(
     session: Session,
     State(app): State<App>,
@@ -560,7 +563,14 @@ pub(crate) async fn fragment(
 ) -> Result<Response, PageError> {
     let m = app.get_machine(&id).await?;
     let d = load(&app, &session, &m, CardFeedback::default()).await?;
-    Ok(DeploymentPartial { d }.into_response())
+    let ended = !d.polling;
+    let mut response = DeploymentPartial { d }.into_response();
+    if ended {
+        response
+            .headers_mut()
+            .insert("HX-Refresh", http::HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 /// Where a refused action's core error goes: a field of the deploy form, the

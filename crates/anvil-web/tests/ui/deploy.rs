@@ -302,6 +302,7 @@ async fn deploy_from_the_machine_page_and_follow_it() {
         d.body
     );
     assert!(!d.body.contains("name=\"image\""), "no form while it runs");
+    assert_eq!(d.header("hx-refresh"), "", "no reload while it runs");
 
     // The agent works through the steps; the card follows.
     let s = agent(app, uuid::Uuid::parse_str(&id).unwrap()).await;
@@ -348,6 +349,11 @@ async fn deploy_from_the_machine_page_and_follow_it() {
     assert_eq!(state(app, &id).await, MachineState::Deployed);
     let d = card(&c, &id).await;
     assert!(!d.body.contains("hx-trigger"), "no polling once deployed");
+    assert_eq!(
+        d.header("hx-refresh"),
+        "true",
+        "the page reloads: its state badge is stale"
+    );
     for want in [
         "Deployed image: <strong>test-img</strong>",
         "Deployment, run 2:</strong> Succeeded.",
