@@ -393,10 +393,18 @@ fn spawn(s: &Server, args: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// Its output once it exits; killed (by its PID) if it has not within a
+/// minute, so a `--wait` that never ends fails the test instead of hanging it.
 async fn finished(child: std::process::Child) -> Output {
-    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap()
+    let pid = child.id().to_string();
+    let waiting = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap());
+    match tokio::time::timeout(std::time::Duration::from_secs(60), waiting).await {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            panic!("anvil (pid {pid}) did not exit within 60 s");
+        }
+    }
 }
 
 /// Waits until the machine's newest run is running (the action's POST is
