@@ -1203,3 +1203,101 @@ async fn a_corrupted_image_fails_the_real_agents_deploy() {
     // The run is over: no more agent boots for it.
     assert!(!api.script(MAC).await.contains("anvil.token"));
 }
+
+/// Benchmark (not a timed test; `cargo test -p anvil --release --test deploy
+/// -- --ignored --nocapture image_stream`): the rate of
+/// `GET /agent/images/{sha256}` for a 2 GiB image (1 GiB of incompressible
+/// data, 1 GiB of zeros) read as fast as the client can, and the server's
+/// peak RSS while it streams, against its RSS before. The stream must not
+/// hold the image in memory: the peak may grow by a few MiB, never by GiB.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn image_stream_rate_and_server_memory() {
+    const MIB: u64 = 1 << 20;
+    let s = Server::start();
+    let api = Api {
+        c: {
+            // No timeout: a 2 GiB import takes a while.
+            drop(client()); // installs the TLS provider
+            reqwest::Client::new()
+        },
+        base: s.api(""),
+        token: s.token.clone(),
+        url: s.url.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("big.raw");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&raw).unwrap());
+        let mut x = 0x9e3779b97f4a7c15u64;
+        let mut block = vec![0u8; MIB as usize];
+        for _ in 0..1024 {
+            for c in block.chunks_mut(8) {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+            f.write_all(&block).unwrap();
+        }
+        f.flush().unwrap();
+        f.get_ref().set_len(2048 * MIB).unwrap();
+    }
+    let t = Instant::now();
+    let (st, img) = api
+        .post(
+            "/images",
+            Some(json!({"path": raw.to_str().unwrap(), "name": "big"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{img}");
+    eprintln!("import of 2 GiB: {:.1} s", t.elapsed().as_secs_f64());
+    let sha = img["sha256"].as_str().unwrap().to_string();
+    commission_with_disk(&api, "bench-1", 64 << 30).await;
+    let (st, job) = api
+        .post(
+            "/machines/bench-1/actions/deploy",
+            Some(json!({"image": "big"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let token = api.boot_token(MAC).await;
+    let pid = s.child.id();
+    let rss = move || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let mut r = api
+        .c
+        .get(format!("{}/api/v1/agent/images/{sha}", s.url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    let t = Instant::now();
+    let (mut got, mut peak) = (0u64, before);
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        got += chunk.len() as u64;
+        peak = peak.max(rss());
+    }
+    let secs = t.elapsed().as_secs_f64();
+    assert_eq!(got, 1024 * MIB, "only the non-zero GiB travels");
+    eprintln!(
+        "stream: {} MiB in {secs:.2} s = {:.0} MiB/s; server RSS {} MiB before, peak {} MiB",
+        got / MIB,
+        (got / MIB) as f64 / secs,
+        before / 1024,
+        peak / 1024
+    );
+    assert!(
+        peak < before + 256 * 1024,
+        "the server's memory grew with the image: {before} kB → {peak} kB"
+    );
+}
