@@ -36,6 +36,10 @@ pub const MAX_USER_DATA_BYTES: usize = 64 * 1024;
 /// How often `--wait` asks the server.
 const POLL: Duration = Duration::from_secs(1);
 
+/// How many polls in a row may fail transiently (about a minute) before
+/// `--wait` gives up.
+const MAX_TRANSIENT_FAILURES: u32 = 60;
+
 /// How far back the transfer rate looks: long enough to smooth the agent's
 /// report interval, short enough to follow a change of speed.
 const RATE_WINDOW_SECS: f64 = 10.0;
@@ -420,10 +424,15 @@ async fn finish(
 }
 
 async fn wait_for_job(client: &Client, job: &Job) -> Result<Job, CliError> {
+    let mut failures = 0;
     loop {
-        let cur = client.get_job(job.id).await?;
-        if matches!(cur.status, JobStatus::Succeeded | JobStatus::Failed) {
-            return Ok(cur);
+        match client.get_job(job.id).await {
+            Ok(cur) if matches!(cur.status, JobStatus::Succeeded | JobStatus::Failed) => {
+                return Ok(cur);
+            }
+            Ok(_) => failures = 0,
+            Err(e) if transient(&e) && failures < MAX_TRANSIENT_FAILURES => failures += 1,
+            Err(e) => return Err(e),
         }
         tokio::time::sleep(POLL).await;
     }
@@ -657,17 +666,29 @@ async fn follow_run(
     let steps_bar = multi.add(indicatif::ProgressBar::new(1));
     steps_bar.set_style(steps_style);
     steps_bar.set_prefix(hostname.to_string());
+    // Setters redraw at most ~20 times a second and drop what comes in
+    // between: a steady tick shows the last of them within 200 ms.
+    let tick = Duration::from_millis(200);
+    steps_bar.enable_steady_tick(tick);
     let mut detail_bar: Option<indicatif::ProgressBar> = None;
     let mut meter = RateMeter::default();
     let started = Instant::now();
     let mut job = job.clone();
+    let mut failures = 0;
     loop {
-        let runs: CommissioningRunList = client
-            .json(client.request(Method::GET, &["machines", ident, "commissioning-runs"]))
-            .await?;
-        if !matches!(job.status, JobStatus::Succeeded | JobStatus::Failed) {
-            job = client.get_job(job.id).await?;
-        }
+        let runs = match snapshot(client, ident, &mut job).await {
+            Ok(runs) => {
+                failures = 0;
+                runs
+            }
+            Err(e) if transient(&e) && failures < MAX_TRANSIENT_FAILURES => {
+                failures += 1;
+                steps_bar.set_message(format!("{e}; trying again"));
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let run = pick_run(&runs.items, purpose, &job);
         let rate = run.and_then(|r| {
             r.steps
@@ -694,6 +715,7 @@ async fn follow_run(
             (Some(d), None) => {
                 let pb = multi.add(indicatif::ProgressBar::new(d.total));
                 pb.set_style(detail_style.clone());
+                pb.enable_steady_tick(tick);
                 pb.set_message(d.text.clone());
                 pb.set_position(d.done);
                 detail_bar = Some(pb);
@@ -738,6 +760,36 @@ async fn follow_run(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// The machine's runs, and the job brought up to date while it runs.
+async fn snapshot(
+    client: &Client,
+    ident: &str,
+    job: &mut Job,
+) -> Result<CommissioningRunList, CliError> {
+    let runs = client
+        .json(client.request(Method::GET, &["machines", ident, "commissioning-runs"]))
+        .await?;
+    if !matches!(job.status, JobStatus::Succeeded | JobStatus::Failed) {
+        *job = client.get_job(job.id).await?;
+    }
+    Ok(runs)
+}
+
+/// Whether an error while following a run is worth waiting out: the server
+/// restarting or a proxy in between failing for a moment, not a refusal.
+/// A deployment takes minutes; losing the wait to a blip would leave the
+/// operator without the result.
+pub(crate) fn transient(e: &CliError) -> bool {
+    matches!(
+        e,
+        CliError::Unreachable { .. }
+            | CliError::Api {
+                status: 502..=504,
+                ..
+            }
+    )
 }
 
 fn run_took(run: &CommissioningRun) -> String {
@@ -1214,6 +1266,30 @@ mod tests {
             decide(Some(&rescue), AgentPurpose::Rescue, &j),
             Some(Outcome::Succeeded)
         );
+    }
+
+    #[test]
+    fn only_blips_are_waited_out() {
+        let api = |status| CliError::Api {
+            status,
+            problem: Box::new(Problem {
+                type_: "about:blank".into(),
+                title: "x".into(),
+                status,
+                detail: String::new(),
+                instance: None,
+                field: None,
+                existing_id: None,
+                current_state: None,
+            }),
+        };
+        assert!(transient(&CliError::Unreachable {
+            url: "http://a".into(),
+            reason: "Connection refused".into()
+        }));
+        assert!(transient(&api(503)) && transient(&api(502)) && transient(&api(504)));
+        assert!(!transient(&api(500)) && !transient(&api(404)) && !transient(&api(401)));
+        assert!(!transient(&CliError::Protocol("bad json".into())));
     }
 
     #[test]
