@@ -944,6 +944,9 @@ impl App {
             Err(e) => return Err(store_err(e)),
         }
         let kind = step.spec.kind();
+        if kind == StepKind::Erase && accepted.is_finished() {
+            self.record_erase(&run, s.machine_id, &report).await;
+        }
         if let Some(mac) = self.boot_mac(s.machine_id).await {
             self.record_boot(
                 mac,
@@ -982,6 +985,64 @@ impl App {
             status: report.status,
             run_state,
         })
+    }
+
+    /// An erase step's outcome goes to the machine's event log: which disk
+    /// was erased how (quick, NVMe sanitize, ATA secure erase, overwrite,
+    /// skipped as read-only), as the agent's result says.
+    async fn record_erase(&self, run: &RunRecord, machine_id: Uuid, report: &StepReport) {
+        let purpose = run_purpose(run);
+        let result = report.result.clone().unwrap_or(json!({}));
+        let disks: Vec<serde_json::Value> = result
+            .get("disks")
+            .and_then(|d| d.as_array())
+            .map(|d| {
+                d.iter()
+                    .map(|x| {
+                        json!({
+                            "disk": x.get("disk"),
+                            "method": x.get("method"),
+                            "reason": x.get("reason"),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let methods = disks
+            .iter()
+            .map(|d| {
+                format!(
+                    "{} {}",
+                    d["disk"].as_str().unwrap_or("?"),
+                    d["method"].as_str().unwrap_or("?")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let message = match (report.status, methods.is_empty()) {
+            (StepStatus::Succeeded, false) => format!("erased: {methods}"),
+            (StepStatus::Succeeded, true) => "erased".to_string(),
+            (_, _) => format!(
+                "erase failed: {}",
+                report.message.as_deref().unwrap_or("no reason given")
+            ),
+        };
+        let ev = NewEvent {
+            time: now(),
+            actor: "agent".into(),
+            machine_id: Some(machine_id),
+            kind: format!("{}.erase", event_prefix(purpose)),
+            message: message.chars().take(1024).collect(),
+            data: json!({
+                "run": run.id,
+                "status": report.status,
+                "mode": result.get("mode"),
+                "disks": disks,
+            }),
+        };
+        if let Err(e) = self.store.append_event(&ev).await {
+            tracing::warn!(run = %run.id, error = %e, "cannot record an erase");
+        }
     }
 
     /// Stores the inventory step's facts after validating them. A rejected

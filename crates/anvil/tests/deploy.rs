@@ -609,7 +609,29 @@ async fn deploy_rescue_release_and_a_failed_write() {
     // A release's agent has no image or cloud-init to fetch.
     let ci_url = format!("{}/api/v1/agent/cloud-init", s.url);
     assert_eq!(agent.fetch(&ci_url).await.status(), StatusCode::FORBIDDEN);
-    agent.succeed(&erase, "quick erase of vda, vdb").await;
+    agent
+        .report(&erase, json!({"seq": 1, "status": "started"}))
+        .await;
+    agent
+        .report(
+            &erase,
+            json!({"seq": 2, "status": "succeeded", "message": "erased 2 disk(s)",
+                   "result": {"mode": "quick", "disks": [{"disk": "vda", "method": "quick"}, {"disk": "vdb", "method": "quick"}]}}),
+        )
+        .await;
+    // The method used per disk is in the machine's events.
+    let events = api.get("/machines/dep-1/events").await.1;
+    let erased = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "release.erase")
+        .unwrap_or_else(|| panic!("no release.erase in {events}"));
+    assert_eq!(
+        erased["message"], "erased: vda quick, vdb quick",
+        "{erased}"
+    );
+    assert_eq!(erased["data"]["disks"][1]["method"], "quick", "{erased}");
     assert_eq!(agent.next().await["action"], "poweroff");
     api.wait_state("dep-1", "ready").await;
     assert_eq!(api.wait_job(&rel["id"]).await["status"], "succeeded");
@@ -966,6 +988,16 @@ async fn the_real_agent_deploys_onto_a_file_disk() {
     assert_eq!(meta["local-hostname"], "real-1");
     assert_eq!(meta["public-keys"], json!([KEY]));
     assert!(api.script(MAC).await.contains("sanboot"));
+    // The agent's erase result names the method; the event log keeps it.
+    let events = api.get("/machines/real-1/events").await.1;
+    let erased = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "deploy.erase")
+        .unwrap_or_else(|| panic!("no deploy.erase in {events}"));
+    assert_eq!(erased["data"]["disks"][0]["disk"], "vda", "{erased}");
+    assert!(erased["data"]["disks"][0]["method"].is_string(), "{erased}");
 }
 
 /// A 32 MiB MBR disk, imported as `name`: one Linux partition from 1 MiB to
