@@ -13,8 +13,11 @@
 //! deleted, and can once nothing uses it.
 
 mod common;
+#[path = "../../anvil-power-redfish/tests/support/sushy.rs"]
+#[allow(dead_code)]
+mod sushy;
 
-use common::{Server, client};
+use common::{Server, anvil_cmd, client};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -1361,4 +1364,159 @@ async fn image_stream_rate_and_server_memory() {
         peak < before + 256 * 1024,
         "the server's memory grew with the image: {before} kB → {peak} kB"
     );
+}
+
+/// With a Redfish BMC (sushy-tools): deploy boots the machine from the
+/// network through it, release powers it off when done, and exit-rescue of
+/// a deployed machine network-boots it again (into its local-boot script).
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_redfish_bmc_the_jobs_drive_the_power() {
+    if sushy::skipped() {
+        return;
+    }
+    let bmc = sushy::Sushy::start(
+        &[sushy::FakeSystem {
+            uuid: "41414141-4141-4141-4141-414141414141",
+            name: "dep-bmc",
+            power_on: false,
+            macs: &[MAC],
+            disk_bytes: None,
+        }],
+        &[("admin", "pw-dep")],
+    );
+    let s = Server::start();
+    let out = anvil_cmd(&s)
+        .args([
+            "enroll",
+            "--driver",
+            "redfish",
+            "--address",
+            &bmc.address(),
+            "--username",
+            "admin",
+            "--password-env",
+            "BMCPW",
+            "--hostname",
+            "dep-bmc",
+            "-o",
+            "json",
+        ])
+        .env("BMCPW", "pw-dep")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let api = Api {
+        c: client(),
+        base: s.api(""),
+        token: s.token.clone(),
+        url: s.url.clone(),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (image_path, _) = make_image(dir.path());
+    let (st, img) = api
+        .post(
+            "/images",
+            Some(json!({"path": image_path.to_str().unwrap(), "name": "bmc-img"})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::CREATED, "{img}");
+    let power = |m: &Value| m["power_state"].as_str().unwrap_or("").to_string();
+
+    // Commission (powered on by the job, off when done).
+    let (st, job) = api.post("/machines/dep-bmc/actions/commission", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    agent.register().await;
+    let inv = agent.step("inventory").await;
+    agent
+        .report(&inv, json!({"seq": 1, "status": "started"}))
+        .await;
+    agent
+        .call(
+            "/facts",
+            Some(json!({"step_id": inv["id"], "facts": facts()})),
+        )
+        .await;
+    agent
+        .report(&inv, json!({"seq": 2, "status": "succeeded"}))
+        .await;
+    api.wait_job(&job["id"]).await;
+    assert_eq!(power(&api.wait_state("dep-bmc", "ready").await), "off");
+
+    // Deploy: the job boots it from the network through the BMC.
+    let (st, job) = api
+        .post(
+            "/machines/dep-bmc/actions/deploy",
+            Some(json!({"image": "bmc-img", "ssh_keys": [KEY]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while power(&api.state("dep-bmc").await) != "on" {
+        assert!(Instant::now() < deadline, "never powered on for the deploy");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    assert_eq!(agent.register().await["purpose"], "deployment");
+    for kind in [
+        "erase",
+        "write_image",
+        "grow_root",
+        "cloud_init",
+        "boot_entry",
+    ] {
+        let step = agent.step(kind).await;
+        agent.succeed(&step, "done").await;
+    }
+    assert_eq!(agent.next().await["action"], "reboot");
+    api.wait_state("dep-bmc", "deployed").await;
+    let j = api.wait_job(&job["id"]).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+
+    // Rescue, then exit: a deployed machine is network-booted again.
+    let (st, job) = api.post("/machines/dep-bmc/actions/rescue", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    agent.register().await;
+    let rs = agent.step("rescue").await;
+    agent.succeed(&rs, "dropbear listens").await;
+    api.wait_job(&job["id"]).await;
+    let (st, job) = api
+        .post("/machines/dep-bmc/actions/exit-rescue", None)
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let j = api.wait_job(&job["id"]).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["result"]["power"], "pxe-boot", "{j}");
+    let m = api.wait_state("dep-bmc", "deployed").await;
+    assert_eq!(power(&m), "on", "{m}");
+
+    // Release: powered off through the BMC when the erase is done.
+    let (st, job) = api.post("/machines/dep-bmc/actions/release", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let agent = Agent {
+        api: &api,
+        token: api.boot_token(MAC).await,
+    };
+    agent.register().await;
+    let erase = agent.step("erase").await;
+    agent.succeed(&erase, "erased").await;
+    let j = api.wait_job(&job["id"]).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["result"]["power_state"], "off", "{j}");
+    let m = api.wait_state("dep-bmc", "ready").await;
+    assert_eq!(power(&m), "off", "{m}");
 }
