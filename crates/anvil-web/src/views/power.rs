@@ -182,8 +182,16 @@ fn job_view(j: &Job, now: OffsetDateTime) -> JobView {
         JobStatus::Succeeded => ("succeeded", "Succeeded"),
         JobStatus::Failed => ("failed", "Failed"),
     };
+    // These jobs follow an agent run; the Hardware or Deployment card shows
+    // its steps.
+    let agent_run = matches!(
+        j.kind.as_str(),
+        "commission" | "deploy" | "release" | "rescue"
+    );
     let outcome = match j.status {
+        JobStatus::Queued if agent_run => "Starting…".to_string(),
         JobStatus::Queued => "Waiting for a free BMC slot…".to_string(),
+        JobStatus::Running if agent_run => "Following the agent's run…".to_string(),
         JobStatus::Running => "Talking to the BMC…".to_string(),
         JobStatus::Succeeded => match j
             .result

@@ -290,6 +290,13 @@ async fn deploy_from_the_machine_page_and_follow_it() {
     assert_eq!(state(app, &id).await, MachineState::Deploying);
     let page = c.get(started.location()).await;
     assert!(page.body.contains("Deployment started."), "{}", page.body);
+    // The deploy job (queued or running by now) is not a BMC call.
+    assert!(
+        page.body.contains("Following the agent") || page.body.contains("Starting…"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("Talking to the BMC") && !page.body.contains("free BMC slot"));
     let d = card(&c, &id).await;
     assert!(
         d.body.contains("hx-trigger=\"every 3s\""),
