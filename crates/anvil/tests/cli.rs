@@ -668,4 +668,19 @@ async fn deploy_release_and_rescue_through_the_cli() {
     );
     let shown = ok_json(&s, &["machine", "show", host, "-o", "json"]);
     assert_eq!(shown["state"], "failed");
+
+    // Released again from failed, quick erase this time: ready.
+    let child = spawn(&s, &["machine", "release", host, "--wait"]);
+    wait_run(&s, host, "release").await;
+    let agent = HttpAgent::boot(&s, mac).await;
+    let (kinds, end) = agent.run_steps(None).await;
+    assert_eq!(kinds, ["erase"]);
+    assert_eq!(end["action"], "poweroff", "{end}");
+    let out = finished(child).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("release succeeded") && stderr(&out).contains("the machine is ready"),
+        "{}",
+        stderr(&out)
+    );
 }
