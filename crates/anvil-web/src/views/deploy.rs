@@ -136,7 +136,11 @@ pub(crate) struct DeploymentView {
     pub(crate) csrf: String,
     pub(crate) polling: bool,
     pub(crate) poll_seconds: u32,
+    /// The deploy form: the state allows it and there are hardware facts.
     pub(crate) can_deploy: bool,
+    /// The state allows a deploy but the machine was never commissioned:
+    /// the server would refuse, so the card says so instead of a form.
+    pub(crate) needs_commissioning: bool,
     pub(crate) can_release: bool,
     pub(crate) can_rescue: bool,
     pub(crate) in_rescue: bool,
@@ -487,7 +491,8 @@ pub(crate) fn deployment_view(
         csrf,
         polling,
         poll_seconds: POLL_SECONDS,
-        can_deploy: can_deploy(m.state),
+        can_deploy: can_deploy(m.state) && facts.is_some(),
+        needs_commissioning: can_deploy(m.state) && facts.is_none(),
         can_release: can_release(m.state),
         can_rescue: can_rescue(m.state),
         in_rescue: m.state == MachineState::Rescue,
@@ -1163,7 +1168,17 @@ mod tests {
             &[],
             CardFeedback::default(),
         );
-        assert!(!v.can_deploy && !v.has_disks && v.disks[0].selected);
+        assert!(!v.can_deploy && !v.needs_commissioning && !v.has_disks);
+        assert!(v.disks[0].selected);
+        let v = deployment_view(
+            &machine(MachineState::Ready),
+            "t".into(),
+            &images,
+            None,
+            &[],
+            CardFeedback::default(),
+        );
+        assert!(!v.can_deploy && v.needs_commissioning, "no facts: no form");
     }
 
     #[test]

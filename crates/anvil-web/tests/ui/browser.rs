@@ -644,17 +644,19 @@ async fn run(c: &Client, server: &TestServer, power_id: &str) {
     std::fs::write(dir.join("enroll.png"), c.screenshot().await.expect("png"))
         .expect("write screenshot");
 
-    // A ready machine's Deployment card shows the deploy form.
+    // A ready machine's Deployment card: without hardware facts (the fleet
+    // was never commissioned) it asks for commissioning instead of a form.
     c.goto(&format!("{base}/machines/compute-01"))
         .await
         .expect("goto");
-    let disks = text_of(c, "#deploy-root-disk").await;
-    assert!(disks.contains("Smallest disk (default)"), "{disks}");
-    let deploy = c
-        .find(Locator::Css("#deployment form[action$='/deploy'] button"))
-        .await
-        .expect("deploy button");
-    assert!(deploy.is_displayed().await.expect("displayed"));
+    let note = text_of(c, "#deployment .deploy-needs-facts").await;
+    assert!(note.contains("commission it first"), "{note}");
+    assert!(
+        c.find(Locator::Css("#deployment form[action$='/rescue']"))
+            .await
+            .is_ok(),
+        "rescue is offered"
+    );
     c.execute(
         "document.getElementById('deployment').scrollIntoView()",
         vec![],
