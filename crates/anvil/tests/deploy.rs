@@ -703,7 +703,7 @@ async fn flow(s: Server) {
     let (st, job) = api
         .post(
             "/machines/dep-1/actions/deploy",
-            Some(json!({"image": "deb-test", "ssh_keys": [KEY]})),
+            Some(json!({"image": "deb-test", "ssh_keys": [KEY], "config_drive": "config_drive"})),
         )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{job}");
@@ -712,6 +712,24 @@ async fn flow(s: Server) {
         token: api.boot_token(MAC).await,
     };
     agent.register().await;
+    // An OpenStack config drive instead of NoCloud: the FAT image is
+    // labelled config-2 and holds openstack/latest/meta_data.json.
+    let fat = agent
+        .fetch(&format!("{}/api/v1/agent/cloud-init", s.url))
+        .await;
+    assert_eq!(fat.status(), StatusCode::OK);
+    let img = dir.path().join("config-2.img");
+    std::fs::write(&img, fat.bytes().await.unwrap()).unwrap();
+    let i = img.to_str().unwrap();
+    assert!(mtools(&["mlabel", "-i", i, "-s", "::"]).contains("config-2"));
+    let meta: Value = serde_json::from_str(&mtools(&[
+        "mtype",
+        "-i",
+        i,
+        "::openstack/latest/meta_data.json",
+    ]))
+    .unwrap();
+    assert_eq!(meta["hostname"], "dep-1", "{meta}");
     let erase = agent.step("erase").await;
     assert_eq!(
         erase["params"]["disks"][0]["name"], "vda",
