@@ -2,8 +2,11 @@
 //! server-like QEMU machine behind an `ipmi_sim` BMC, an LLDP "switch"
 //! (Debian's `lldpd`) on the same wire, and the commissioning ramdisk.
 //!
-//! Included by `#[path]` from `e2e_commission.rs` only, so the shared
-//! harness in `mod.rs` stays as the network-boot tests use it.
+//! Included by `#[path]` from the VM tests that need it, so the shared
+//! harness in `mod.rs` stays as the network-boot tests use it. Also
+//! included by `e2e_deploy.rs`, which does not use every helper.
+
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -310,6 +313,15 @@ impl IpmiVm {
             args.extend(["-bios".into(), e2e::OVMF.into()]);
         }
         std::fs::write(self.dir.join("vm.args"), args.join("\n") + "\n").unwrap();
+    }
+
+    /// Lets the next power-on's QEMU reboot instead of exiting on a
+    /// reboot (`-no-reboot` off): a deployed machine reboots into its disk.
+    pub fn allow_reboot(&self) {
+        let path = self.dir.join("vm.args");
+        let args = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = args.lines().filter(|a| *a != "-no-reboot").collect();
+        std::fs::write(&path, kept.join("\n") + "\n").unwrap();
     }
 
     fn wait_ready(&self, lab: &Lab) {
