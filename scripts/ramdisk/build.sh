@@ -346,6 +346,8 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev 2>/dev/null || mount -t tmpfs dev /dev
 mount -t tmpfs -o mode=0755 run /run
 mount -t tmpfs tmp /tmp
+# The kernel's own module requests (a file system, efivarfs, …) run this.
+echo /bin/modprobe >/proc/sys/kernel/modprobe
 # PTYs for the rescue SSH server (dropbear).
 mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts 2>/dev/null

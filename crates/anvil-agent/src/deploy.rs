@@ -900,14 +900,17 @@ fn mount_vfat_ro(dev: &Path, at: &Path) -> Result<Mount, String> {
     let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).expect("no NUL");
     let (src, dst) = (c(dev), c(at));
     let fstype = std::ffi::CString::new("vfat").expect("no NUL");
-    // SAFETY: valid C strings; no data argument.
+    // Explicit code pages: the kernel's default iocharset may be one whose
+    // nls module is not in the ramdisk, and the mount then fails (EINVAL).
+    let data = std::ffi::CString::new("codepage=437,iocharset=utf8").expect("no NUL");
+    // SAFETY: valid C strings.
     let rc = unsafe {
         libc::mount(
             src.as_ptr(),
             dst.as_ptr(),
             fstype.as_ptr(),
             libc::MS_RDONLY,
-            std::ptr::null(),
+            data.as_ptr().cast(),
         )
     };
     if rc != 0 {
