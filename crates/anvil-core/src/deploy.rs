@@ -122,6 +122,14 @@ pub struct RescueRunParams {
     pub ssh_keys: Vec<String>,
 }
 
+/// How a run's start is announced: the start event's message and data, and
+/// the job's parameters.
+struct Announce {
+    message: String,
+    data: serde_json::Value,
+    job_params: serde_json::Value,
+}
+
 fn transition(current: MachineState, to: MachineState) -> Result<()> {
     current
         .check_transition(to, None)
@@ -155,6 +163,33 @@ pub fn check_deploy_from(state: MachineState) -> Result<()> {
     } else {
         transition(state, MachineState::Deploying)
     }
+}
+
+/// An image that boots only one way (as detected at import) on a machine
+/// whose firmware boots the other would never come up: refused before the
+/// disk is touched. Unknown or `bios+uefi` images go anywhere.
+pub fn check_firmware(
+    image: &str,
+    image_firmware: Option<&str>,
+    machine: Firmware,
+    hostname: &str,
+) -> Result<()> {
+    let only = match image_firmware {
+        Some("bios") => Firmware::Bios,
+        Some("uefi") => Firmware::Uefi,
+        _ => return Ok(()),
+    };
+    if only == machine {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "image",
+        format!(
+            "image {image:?} boots only with {}; {hostname} boots with {} (as its commissioning showed)",
+            only.as_str().to_uppercase(),
+            machine.as_str().to_uppercase()
+        ),
+    ))
 }
 
 /// Validated `authorized_keys` lines.
@@ -433,6 +468,12 @@ impl App {
             anvil_inventory::BootMode::Uefi => Firmware::Uefi,
             anvil_inventory::BootMode::Bios => Firmware::Bios,
         };
+        check_firmware(
+            &image.name,
+            image.firmware.as_deref(),
+            firmware,
+            &m.hostname,
+        )?;
         let config_drive = req.config_drive.unwrap_or_default();
         let run_id = Uuid::now_v7();
         let ctx = self
@@ -506,7 +547,11 @@ impl App {
             serde_json::to_string(&params).map_err(|e| internal("run params", e))?,
             steps,
             Some(image.id),
-            (message, data, job_params),
+            Announce {
+                message,
+                data,
+                job_params,
+            },
         )
         .await
     }
@@ -559,7 +604,11 @@ impl App {
             serde_json::to_string(&params).map_err(|e| internal("run params", e))?,
             steps,
             None,
-            (message, data, job_params),
+            Announce {
+                message,
+                data,
+                job_params,
+            },
         )
         .await
     }
@@ -610,7 +659,11 @@ impl App {
             serde_json::to_string(&params).map_err(|e| internal("run params", e))?,
             steps,
             None,
-            (message, data, job_params),
+            Announce {
+                message,
+                data,
+                job_params,
+            },
         )
         .await
     }
@@ -775,7 +828,11 @@ impl App {
         params: String,
         steps: Vec<StepSpec>,
         image: Option<Uuid>,
-        (message, mut data, job_params): (String, serde_json::Value, serde_json::Value),
+        Announce {
+            message,
+            mut data,
+            job_params,
+        }: Announce,
     ) -> Result<Job> {
         let at = now();
         let kind = match purpose {
@@ -1102,6 +1159,19 @@ mod tests {
         }
         let e = resolve_root_disk(&RootDiskHint::Smallest, &[]).unwrap_err();
         assert!(e.contains("list no disks"), "{e}");
+    }
+
+    #[test]
+    fn an_image_for_the_other_firmware_is_refused() {
+        assert!(check_firmware("x", None, Firmware::Bios, "h").is_ok());
+        assert!(check_firmware("x", Some("bios+uefi"), Firmware::Uefi, "h").is_ok());
+        assert!(check_firmware("x", Some("uefi"), Firmware::Uefi, "h").is_ok());
+        let e = check_firmware("deb", Some("uefi"), Firmware::Bios, "node-1").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "image: image \"deb\" boots only with UEFI; node-1 boots with BIOS (as its commissioning showed)"
+        );
+        assert!(check_firmware("x", Some("bios"), Firmware::Uefi, "h").is_err());
     }
 
     #[test]
