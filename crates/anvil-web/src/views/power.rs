@@ -256,6 +256,10 @@ pub(crate) async fn jobs_fragment(
     let m = app.get_machine(&id).await?;
     let mid = m.id.to_string();
     let jobs = app.list_jobs(Some(&mid), JOBS_SHOWN).await?;
+    // The power state is read again after the jobs: a job that finished
+    // between the two reads would otherwise show `Succeeded` beside the
+    // power state from before it (a job stores the state, then finishes).
+    let m = app.get_machine(&mid).await?;
     let now = OffsetDateTime::now_utc();
     Ok(JobsPartial {
         jobs: jobs_view(&mid, &jobs, now),
