@@ -638,3 +638,83 @@ fn rescue_in_qemu_answers_ssh() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A release: `erase` quick over a disk holding a deployed image (its GPT,
+/// ESP and ext4 root) and the previous tenant's data; the final action
+/// `poweroff` ends QEMU. Afterwards the disk's first and last MiB and each
+/// old partition's edges read as zeros, no partition table is left, and
+/// the data between is untouched (a quick erase is quick).
+#[test]
+fn release_in_qemu_erases_tables_and_signatures() {
+    let ramdisk = match prerequisites(false) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let image = std::fs::read(build_image(dir.path())).unwrap();
+    let disk_bytes = 128 * MIB;
+    let mut bytes = vec![0x5au8; disk_bytes as usize];
+    bytes[..image.len()].copy_from_slice(&image);
+    let disk = dir.path().join("disk.raw");
+    std::fs::write(&disk, &bytes).unwrap();
+    let run = Arc::new(Mutex::new(Run {
+        steps: vec![
+            json!({"id": "9a4c0000-0000-4000-8000-0000000000e0", "index": 0, "kind": "erase",
+            "params": {"disks": [{"name": "vda", "size_bytes": disk_bytes, "serial": SERIAL}],
+                       "mode": "quick", "allow_overwrite": false},
+            "status": "pending", "last_seq": 0}),
+        ],
+        finished: HashMap::new(),
+        failed: false,
+        reports: Vec::new(),
+        files: HashMap::new(),
+    }));
+    let port = serve(run.clone(), "poweroff");
+    let mut vm = Qemu::start(&ramdisk, dir.path(), &disk, port, false, None);
+    let exited = vm.wait_exit(Duration::from_secs(300), || run.lock().unwrap().failed);
+    let log = vm.log();
+    let run = run.lock().unwrap();
+    exited.unwrap_or_else(|e| panic!("{e}\n{log}\n{:#?}", run.finished));
+    assert!(
+        log.contains("anvil-agent: run succeeded: powering off"),
+        "{log}"
+    );
+    let r = &run.finished[&0]["result"]["disks"][0];
+    assert_eq!(r["method"], "quick");
+    assert_eq!(r["table"], "gpt");
+    assert_eq!(r["partitions"], 2);
+    let after = std::fs::read(&disk).unwrap();
+    let zero = |s: u64, e: u64| after[s as usize..e as usize].iter().all(|&b| b == 0);
+    assert!(zero(0, 2 * MIB), "disk start and the ESP's first MiB");
+    assert!(zero(disk_bytes - MIB, disk_bytes), "disk end");
+    assert!(
+        zero(9 * MIB, 10 * MIB),
+        "the root's first MiB (ext4 superblock)"
+    );
+    assert!(
+        zero(IMAGE_BYTES - 34 * 512 - MIB + 512, IMAGE_BYTES - 34 * 512),
+        "the root's last MiB"
+    );
+    assert!(
+        after[(20 * MIB) as usize..(30 * MIB) as usize]
+            == bytes[(20 * MIB) as usize..(30 * MIB) as usize]
+    );
+    assert!(
+        after[(70 * MIB) as usize..(120 * MIB) as usize]
+            .iter()
+            .all(|&b| b == 0x5a)
+    );
+    let out = Command::new("sfdisk")
+        .arg("-d")
+        .arg(&disk)
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "sfdisk still finds a table: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
