@@ -37,6 +37,8 @@ PACKAGES+=(python3-yaml python3-jsonschema python3-configobj python3-jinja2
 # fdisk e2fsprogs systemd-boot-efi  (scripts/test-image/build.sh): boot loaders,
 #                                   partition tables and file systems without mounts
 PACKAGES+=(syslinux syslinux-common mtools fdisk e2fsprogs systemd-boot-efi)
+# dropbear-bin                      the agent's rescue step test runs the real dropbear
+PACKAGES+=(dropbear-bin)
 need=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
