@@ -437,6 +437,9 @@ pub fn write_image(ctx: &Ctx, p: &WriteImageParams, progress: Progress<'_>) -> O
         Ok(t) => t,
         Err(e) => return fail(format!("write_image: {e}"), json!({"disk": d.name})),
     };
+    // The agent's own CPU time for the write (all attempts): the
+    // deployment benchmark reports it per GB (docs/benchmarks.md).
+    let cpu_before = process_cpu_secs();
     let mut t = Throttle::new(Duration::from_secs(1));
     let mut last_attempt = 0;
     let attempt_started = std::cell::Cell::new(Instant::now());
@@ -506,6 +509,7 @@ pub fn write_image(ctx: &Ctx, p: &WriteImageParams, progress: Progress<'_>) -> O
                 .and_then(|f| disk::reread_partitions(&f))
                 .err();
             let secs = r.elapsed.as_secs_f64();
+            let cpu_secs = process_cpu_secs() - cpu_before;
             ok(
                 format!(
                     "image {}… written to {} in {:.1} s ({} MiB written, {} MiB zeroed, {:.0} MB/s, {} attempt(s))",
@@ -523,7 +527,7 @@ pub fn write_image(ctx: &Ctx, p: &WriteImageParams, progress: Progress<'_>) -> O
                     "zero_fill": format!("{:?}", r.zero_fill), "attempts": attempts.len(),
                     "attempt_log": attempts,
                     "disk": d.name, "dev": d.dev, "matched_by": d.matched_by,
-                    "reread_problem": reread,
+                    "reread_problem": reread, "cpu_secs": cpu_secs,
                 }),
             )
         }
@@ -532,6 +536,15 @@ pub fn write_image(ctx: &Ctx, p: &WriteImageParams, progress: Progress<'_>) -> O
             json!({"disk": d.name, "attempts": n, "attempt_log": attempts, "retryable": e.is_retryable()}),
         ),
     }
+}
+
+/// User plus system CPU seconds of this process so far (every thread).
+fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage only fills the struct it is given.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+    t(u.ru_utime) + t(u.ru_stime)
 }
 
 // --- grow_root --------------------------------------------------------------------------
@@ -1540,6 +1553,9 @@ mod tests {
         assert_eq!(res["disk"], "vda");
         assert_eq!(res["matched_by"], "serial");
         assert!(res["elapsed_secs"].as_f64().unwrap() >= 0.0);
+        // Hashing and writing 5 MiB twice costs some CPU, never minutes.
+        let cpu = res["cpu_secs"].as_f64().expect("cpu_secs");
+        assert!((0.0..60.0).contains(&cpu), "cpu_secs {cpu}");
         let disk = rig.bytes("vda");
         assert_eq!(
             &disk[..raw.len()],
