@@ -583,10 +583,28 @@ fn rescue_in_qemu_answers_ssh() {
     let dir = tempfile::tempdir().unwrap();
     let disk = dir.path().join("disk.raw");
     std::fs::write(&disk, vec![0u8; (16 * MIB) as usize]).unwrap();
+    // The operator's key: a real one when ssh-keygen is there, so the test
+    // can log in with it (openssh-client); else a well-formed stand-in.
+    let key = dir.path().join("id_ed25519");
+    let login = have("ssh-keygen")
+        && have("ssh")
+        && Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-C", "op@desk", "-f"])
+            .arg(&key)
+            .status()
+            .is_ok_and(|s| s.success());
+    let public = if login {
+        std::fs::read_to_string(key.with_extension("pub"))
+            .unwrap()
+            .trim()
+            .to_string()
+    } else {
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5 op@desk".to_string()
+    };
     let run = Arc::new(Mutex::new(Run {
         steps: vec![
             json!({"id": "9a4c0000-0000-4000-8000-0000000000aa", "index": 0, "kind": "rescue",
-            "params": {"ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGx0ZXN0a2V5 op@desk"]},
+            "params": {"ssh_keys": [public]},
             "status": "pending", "last_seq": 0}),
         ],
         finished: HashMap::new(),
@@ -637,6 +655,42 @@ fn rescue_in_qemu_answers_ssh() {
         "rescue in QEMU: SSH answered {:.1} s after start",
         started.elapsed().as_secs_f64()
     );
+    if !login {
+        eprintln!("no ssh/ssh-keygen: not logging in");
+        return;
+    }
+    // root logs in with the key and runs a command in the rescue system.
+    let out = Command::new("ssh")
+        .arg("-i")
+        .arg(&key)
+        .args([
+            "-p",
+            &fwd.to_string(),
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=30",
+            "root@127.0.0.1",
+            "cat /proc/cmdline; id -u",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("anvil.token=") && stdout.trim_end().ends_with('0'),
+        "ssh: {}\n{stdout}{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        vm.log()
+    );
+    eprintln!("rescue in QEMU: logged in as root with the key");
 }
 
 /// A release: `erase` quick over a disk holding a deployed image (its GPT,
