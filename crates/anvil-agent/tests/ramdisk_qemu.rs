@@ -772,3 +772,139 @@ fn release_in_qemu_erases_tables_and_signatures() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// Benchmark (run by hand: `cargo test -p anvil-agent --test ramdisk_qemu
+/// -- --ignored --nocapture`): the agent's verified streaming write of a
+/// dense 256 MiB image against `wget -O- URL | dd` of the same raw bytes in
+/// the same VM (through the rescue SSH server), and the agent's CPU time
+/// (PID 1's utime + stime) per GB. TCG: absolute rates are the emulator's.
+#[test]
+#[ignore]
+fn bench_write_rate_against_wget_dd_in_qemu() {
+    let ramdisk = match prerequisites(false) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    if !have("ssh-keygen") || !have("ssh") {
+        eprintln!("skipped: needs ssh and ssh-keygen");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let size = 256 * MIB;
+    let raw: Vec<u8> = {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8 | 1
+            })
+            .collect()
+    };
+    let sha = hex(&Sha256::digest(&raw));
+    let (zeromap, stream) = zero_map_and_stream(&raw);
+    let disk = dir.path().join("disk.raw");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(512 * MIB)
+        .unwrap();
+    let key = dir.path().join("id_ed25519");
+    assert!(
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(&key)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let img_path = format!("/api/v1/agent/images/{sha}");
+    let run = Arc::new(Mutex::new(Run {
+        steps: Vec::new(),
+        finished: HashMap::new(),
+        failed: false,
+        reports: Vec::new(),
+        files: HashMap::from([
+            (img_path.clone(), stream),
+            (format!("{img_path}/zeromap"), zeromap),
+            ("/raw".to_string(), raw.clone()),
+        ]),
+    }));
+    let port = serve(run.clone(), "done");
+    let base = format!("http://10.0.2.2:{port}");
+    let disk_ref = json!({"name": "vda", "size_bytes": 512 * MIB, "serial": SERIAL});
+    run.lock().unwrap().steps = vec![
+        json!({"id": "9a4c0000-0000-4000-8000-0000000000b1", "index": 0, "kind": "write_image",
+               "status": "pending", "last_seq": 0,
+               "params": {"disk": disk_ref, "url": format!("{base}{img_path}"),
+                          "zeromap_url": format!("{base}{img_path}/zeromap"), "sha256": sha, "raw_size": size}}),
+        json!({"id": "9a4c0000-0000-4000-8000-0000000000b2", "index": 1, "kind": "rescue",
+               "status": "pending", "last_seq": 0, "params": {"ssh_keys": [public.trim()]}}),
+    ];
+    let fwd = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let vm = Qemu::start(&ramdisk, dir.path(), &disk, port, false, Some(fwd));
+    let started = Instant::now();
+    while !vm.log().contains("run succeeded: done") {
+        assert!(
+            started.elapsed() < Duration::from_secs(900) && !run.lock().unwrap().failed,
+            "{}",
+            vm.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let agent_secs = run.lock().unwrap().finished[&0]["result"]["elapsed_secs"]
+        .as_f64()
+        .unwrap();
+    let ssh = |cmd: &str| {
+        let out = Command::new("ssh")
+            .arg("-i")
+            .arg(&key)
+            .args([
+                "-p",
+                &fwd.to_string(),
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "BatchMode=yes", "root@127.0.0.1", cmd])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // PID 1's CPU time in clock ticks (USER_HZ = 100), fields 14 and 15.
+    let stat = ssh("cat /proc/1/stat");
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    let agent_cpu = (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / 100.0;
+    let out = ssh(&format!(
+        "s=$(cut -d' ' -f1 /proc/uptime); wget -q -O- http://10.0.2.2:{port}/raw --header 'Authorization: Bearer {TOKEN}' | dd of=/dev/vda bs=1M 2>/dev/null; sync; e=$(cut -d' ' -f1 /proc/uptime); echo $s $e"
+    ));
+    let t: Vec<f64> = out.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    let plain_secs = t[1] - t[0];
+    let gb = size as f64 / 1e9;
+    eprintln!(
+        "write_image {:.1} MB/s ({agent_secs:.1} s, sha256 verified) vs wget|dd {:.1} MB/s ({plain_secs:.1} s): {:.2}x; agent CPU {agent_cpu:.1} s for the whole boot = {:.1} core-s per GB",
+        size as f64 / 1e6 / agent_secs,
+        size as f64 / 1e6 / plain_secs,
+        plain_secs / agent_secs,
+        agent_cpu / gb
+    );
+}
