@@ -324,6 +324,21 @@ impl IpmiVm {
         std::fs::write(&path, kept.join("\n") + "\n").unwrap();
     }
 
+    /// Gives the next power-on's QEMU `mib` MiB of RAM instead of the
+    /// 1 GiB of [`IpmiVm::configure`] (the deployment benchmark's small-node
+    /// run). The machine must be off for it to matter.
+    pub fn set_memory_mib(&self, mib: u32) {
+        let path = self.dir.join("vm.args");
+        let mut args: Vec<String> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        let i = args.iter().position(|a| a == "-m").expect("vm.args has -m");
+        args[i + 1] = mib.to_string();
+        std::fs::write(&path, args.join("\n") + "\n").unwrap();
+    }
+
     fn wait_ready(&self, lab: &Lab) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
