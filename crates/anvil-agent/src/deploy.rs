@@ -285,17 +285,22 @@ fn overwrite(d: &Disk, progress: Progress<'_>) -> Result<u64, String> {
     Ok(size)
 }
 
-fn secure_erase(d: &Disk, allow_overwrite: bool, progress: Progress<'_>) -> Result<Value, String> {
+/// The secure erase method of one disk, asking the disk (`hdparm -I`) when
+/// it is not NVMe.
+fn plan_secure(d: &Disk, allow_overwrite: bool) -> Result<SecureMethod, String> {
     let nvme = d.name.starts_with("nvme");
-    let dev = d.dev.to_string_lossy().into_owned();
     let ata = if nvme || !disk::open_rw(&d.dev).is_ok_and(|f| disk::is_block(&f)) {
         None
     } else {
-        run("hdparm", &["-I", &dev])
+        run("hdparm", &["-I", &d.dev.to_string_lossy()])
             .ok()
             .and_then(|t| parse_ata_security(&t))
     };
-    let method = choose_secure(nvme, ata, allow_overwrite)?;
+    choose_secure(nvme, ata, allow_overwrite)
+}
+
+fn secure_erase(d: &Disk, method: SecureMethod, progress: Progress<'_>) -> Result<Value, String> {
+    let dev = d.dev.to_string_lossy().into_owned();
     progress(
         0,
         1,
@@ -349,6 +354,22 @@ pub fn erase(ctx: &Ctx, p: &EraseParams, progress: Progress<'_>) -> Outcome {
             Err(e) => return fail(format!("erase: {e}"), json!({"disks": []})),
         }
     }
+    // A secure erase knows every disk's method before it erases any: a disk
+    // that cannot be erased as asked fails the step with all disks intact.
+    let mut methods = Vec::new();
+    if p.mode == EraseMode::Secure {
+        for d in disks.iter().filter(|d| !d.read_only) {
+            match plan_secure(d, p.allow_overwrite) {
+                Ok(m) => methods.push((d.name.clone(), m)),
+                Err(e) => {
+                    return fail(
+                        format!("erase: {}: {e}", d.name),
+                        json!({"disks": [], "failed_disk": d.name}),
+                    );
+                }
+            }
+        }
+    }
     let mut results = Vec::new();
     let total = disks.len() as u64;
     for (i, d) in disks.iter().enumerate() {
@@ -370,7 +391,14 @@ pub fn erase(ctx: &Ctx, p: &EraseParams, progress: Progress<'_>) -> Outcome {
         }
         let r = match p.mode {
             EraseMode::Quick => quick_erase(d),
-            EraseMode::Secure => secure_erase(d, p.allow_overwrite, progress),
+            EraseMode::Secure => {
+                let method = methods
+                    .iter()
+                    .find(|(n, _)| *n == d.name)
+                    .map(|(_, m)| *m)
+                    .expect("planned above");
+                secure_erase(d, method, progress)
+            }
         };
         match r {
             Ok(v) => results.push(v),

@@ -314,6 +314,19 @@ impl Qemu {
         uefi: bool,
         hostfwd: Option<u16>,
     ) -> Qemu {
+        Qemu::start_with(ramdisk, dir, disk, port, uefi, hostfwd, &[])
+    }
+
+    /// [`Qemu::start`] with more QEMU arguments (other disks).
+    fn start_with(
+        ramdisk: &Path,
+        dir: &Path,
+        disk: &Path,
+        port: u16,
+        uefi: bool,
+        hostfwd: Option<u16>,
+        extra: &[String],
+    ) -> Qemu {
         let serial = dir.join("serial.log");
         let mut cmd = Command::new("qemu-system-x86_64");
         // TCG, as CI has no KVM (and nested KVM hangs this kernel here).
@@ -344,6 +357,7 @@ impl Qemu {
         if uefi {
             cmd.args(["-bios", OVMF]);
         }
+        cmd.args(extra);
         Qemu {
             child: cmd.spawn().unwrap(),
             serial,
@@ -907,4 +921,93 @@ fn bench_write_rate_against_wget_dd_in_qemu() {
         plain_secs / agent_secs,
         agent_cpu / gb
     );
+}
+
+/// A secure release on the disks QEMU can emulate: an NVMe namespace gets
+/// Format NVM with Secure Erase Setting 1 through the agent's admin ioctl
+/// (QEMU's controller zeroes the namespace), and a SATA disk on AHCI, which
+/// has no ATA security feature set in QEMU, is refused by `hdparm -I`'s
+/// answer (before any disk is erased) and, with `allow_overwrite`,
+/// overwritten with zeros.
+#[test]
+fn secure_erase_in_qemu_nvme_format_and_sata_overwrite() {
+    let ramdisk = match prerequisites(false) {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let size = 64 * MIB;
+    let (boot, nvme, sata) = (
+        dir.path().join("boot.raw"),
+        dir.path().join("nvme.raw"),
+        dir.path().join("sata.raw"),
+    );
+    std::fs::write(&boot, vec![0x11u8; (16 * MIB) as usize]).unwrap();
+    std::fs::write(&nvme, vec![0x5au8; size as usize]).unwrap();
+    std::fs::write(&sata, vec![0xa5u8; size as usize]).unwrap();
+    let extra: Vec<String> = [
+        "-drive".to_string(),
+        format!("if=none,id=n0,format=raw,file={}", nvme.display()),
+        "-device".into(),
+        "nvme,serial=NVME-ERASE-1,drive=n0".into(),
+        "-device".into(),
+        "ahci,id=ahci0".into(),
+        "-drive".into(),
+        format!("if=none,id=s0,format=raw,file={}", sata.display()),
+        "-device".into(),
+        "ide-hd,bus=ahci0.0,drive=s0,serial=SATA-ERASE-1".into(),
+    ]
+    .into();
+    let params = |allow: bool| {
+        json!({"disks": [{"name": "nvme0n1", "size_bytes": size, "serial": "NVME-ERASE-1"},
+                         {"name": "sda", "size_bytes": size}],
+               "mode": "secure", "allow_overwrite": allow})
+    };
+    // First without allow_overwrite: the SATA disk cannot be erased.
+    for allow in [false, true] {
+        let run = Arc::new(Mutex::new(Run {
+            steps: vec![
+                json!({"id": "9a4c0000-0000-4000-8000-0000000000c0", "index": 0,
+                "kind": "erase", "params": params(allow), "status": "pending", "last_seq": 0}),
+            ],
+            finished: HashMap::new(),
+            failed: false,
+            reports: Vec::new(),
+            files: HashMap::new(),
+        }));
+        let port = serve(run.clone(), "poweroff");
+        let mut vm = Qemu::start_with(&ramdisk, dir.path(), &boot, port, false, None, &extra);
+        let exited = vm.wait_exit(Duration::from_secs(300), || run.lock().unwrap().failed);
+        let log = vm.log();
+        let run = run.lock().unwrap();
+        let fin = run.finished.get(&0).cloned().unwrap_or(Value::Null);
+        if allow {
+            exited.unwrap_or_else(|e| panic!("{e}\n{log}\n{fin:#}"));
+            let disks = &fin["result"]["disks"];
+            assert_eq!(disks[0]["method"], "nvme-format", "{fin:#}");
+            assert_eq!(disks[1]["method"], "overwrite", "{fin:#}");
+            assert!(
+                std::fs::read(&nvme).unwrap().iter().all(|&b| b == 0),
+                "NVMe namespace zeroed"
+            );
+            assert!(
+                std::fs::read(&sata).unwrap().iter().all(|&b| b == 0),
+                "SATA disk overwritten"
+            );
+        } else {
+            assert_eq!(fin["status"], "failed", "{fin:#}\n{log}");
+            let msg = fin["message"].as_str().unwrap();
+            assert!(
+                msg.contains("sda") && msg.contains("allow_overwrite"),
+                "{msg}"
+            );
+            // Refused before anything was erased: the NVMe disk, listed
+            // first, is untouched too.
+            assert!(std::fs::read(&nvme).unwrap().iter().all(|&b| b == 0x5a));
+            assert!(std::fs::read(&sata).unwrap().iter().all(|&b| b == 0xa5));
+        }
+    }
 }
