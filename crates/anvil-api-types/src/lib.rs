@@ -7,6 +7,7 @@
 pub mod agent;
 pub mod deploy;
 pub mod images;
+pub mod installer;
 
 use anvil_types::{Architecture, BmcDriver, Firmware, MachineState};
 use serde::{Deserialize, Deserializer, Serialize};

@@ -419,6 +419,9 @@ impl App {
                 format!("no image named {name:?} (see anvil image list)"),
             )
         })?;
+        if image.kind == crate::installer::KIND {
+            return self.deploy_installer(by, m, image, req).await;
+        }
         if image.kind != "disk" {
             return Err(Error::invalid(
                 "image",

@@ -68,7 +68,7 @@ fn internal(context: &'static str) -> impl FnOnce(std::io::Error) -> Error {
 
 /// A name as the library accepts it: 1–64 of `A-Za-z0-9._-`, starting with
 /// a letter or digit.
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -87,7 +87,7 @@ fn check_name(name: &str) -> Result<()> {
     }
 }
 
-fn check_text(field: &str, value: &Option<String>) -> Result<()> {
+pub(crate) fn check_text(field: &str, value: &Option<String>) -> Result<()> {
     if let Some(v) = value
         && (v.is_empty() || v.len() > limits::MAX_TEXT || v.chars().any(char::is_control))
     {
@@ -217,7 +217,7 @@ pub fn guess_from_name(name: &str) -> Guess {
     g
 }
 
-fn to_api(r: ImageRecord, users: &[ImageUser]) -> Image {
+pub(crate) fn to_api(r: ImageRecord, users: &[ImageUser]) -> Image {
     Image {
         used_by: users
             .iter()
@@ -329,6 +329,11 @@ impl App {
         }
         // The row is gone first: a crash here leaves unreferenced files, never
         // a row without its image.
+        if record.kind == crate::installer::KIND {
+            self.remove_installer_files(record.id).await;
+            tracing::info!(image = name, "installer image deleted");
+            return Ok(());
+        }
         let library = ctl.library.clone();
         let sha = record.sha256.clone();
         tokio::task::spawn_blocking(move || library.remove(&sha))

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod deploy;
 mod error;
 pub mod images;
+pub mod installer;
 mod machines;
 pub mod netbox;
 pub mod power;
@@ -44,6 +45,7 @@ pub struct App {
     boot: std::sync::Arc<boot::BootState>,
     power: Option<std::sync::Arc<power::PowerCtl>>,
     images: Option<std::sync::Arc<images::ImageCtl>>,
+    installer: Option<std::sync::Arc<installer::InstallerConfig>>,
     commissioning: std::sync::Arc<commission::CommissioningConfig>,
     deploy: std::sync::Arc<deploy::DeployConfig>,
     netbox: Option<std::sync::Arc<netbox::NetboxCtl>>,
@@ -58,6 +60,7 @@ impl App {
             boot: std::sync::Arc::new(boot::BootState::new()),
             power: None,
             images: None,
+            installer: None,
             commissioning: Default::default(),
             deploy: Default::default(),
             netbox: None,

@@ -88,12 +88,12 @@ macro_rules! image_from_row {
     }};
 }
 
-fn to_i64(column: &'static str, v: u64) -> Result<i64> {
+pub(crate) fn to_i64(column: &'static str, v: u64) -> Result<i64> {
     i64::try_from(v).map_err(|e| corrupt(column, e))
 }
 
 /// Names the unique column an insert collided with.
-fn insert_err(e: sqlx::Error, image: &ImageRecord) -> StoreError {
+pub(crate) fn insert_err(e: sqlx::Error, image: &ImageRecord) -> StoreError {
     if let sqlx::Error::Database(db) = &e
         && db.is_unique_violation()
     {
