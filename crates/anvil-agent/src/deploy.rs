@@ -762,7 +762,7 @@ pub fn cloud_init(ctx: &Ctx, p: &CloudInitParams, progress: Progress<'_>) -> Out
             f.write_all(&buf[..got])
                 .map_err(|e| format!("write: {e}"))?;
         }
-        let sha = imagewrite_hex(&hasher.finalize());
+        let sha = hex(&hasher.finalize());
         if n != p.size_bytes {
             return Err(format!(
                 "the cloud-init image has {n} bytes, expected {}",
@@ -823,7 +823,7 @@ pub fn cloud_init(ctx: &Ctx, p: &CloudInitParams, progress: Progress<'_>) -> Out
     }
 }
 
-fn imagewrite_hex(b: &[u8]) -> String {
+fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
@@ -1282,7 +1282,7 @@ mod tests {
     }
 
     fn hex_sha(b: &[u8]) -> String {
-        imagewrite_hex(&Sha256::digest(b))
+        hex(&Sha256::digest(b))
     }
 
     struct Rig {
