@@ -8,6 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, ApiPath, ApiQuery, Auth};
 use anvil_api_types::Problem;
 use anvil_api_types::images::{Image, ImageList, ImageMeta, ImportImage};
+use anvil_api_types::installer::{ImageRequest, InstallerImageImport};
 use anvil_core::App;
 use axum::Router;
 use axum::extract::{FromRequest, Request, State};
@@ -25,7 +26,7 @@ pub fn router() -> Router<App> {
 #[derive(OpenApi)]
 #[openapi(
     paths(list_images, import_image, get_image, delete_image),
-    components(schemas(Image, ImageList, ImportImage)),
+    components(schemas(Image, ImageList, ImportImage, InstallerImageImport)),
     tags((name = "images", description = "OS images: import (raw, qcow2; gz, xz, zst), list, delete"))
 )]
 pub struct ImagesDoc;
@@ -44,7 +45,10 @@ async fn list_images(State(app): State<App>, Auth(p): Auth) -> ApiResult<axum::J
 /// `{"path": …}` for a file on the server. The image is converted once to a
 /// raw disk stored compressed, addressed by its sha256. Answers 201 with the
 /// new image, or 200 with the existing one when the library already holds
-/// the same raw disk (whatever name was asked for).
+/// the same raw disk (whatever name was asked for). A JSON body with
+/// `"kind": "installer"` (schema `InstallerImageImport`) registers an
+/// installer image instead: kernel, initrd and the source it installs from
+/// (`docs/deployment.md`, "Installer images").
 #[utoipa::path(post, path = "/images", tag = "images",
     params(ImageMeta),
     request_body(content(
@@ -78,8 +82,11 @@ async fn import_image(
                 "with a JSON body, give the name and metadata in the body, not the query string",
             ));
         }
-        let ApiJson(body) = ApiJson::<ImportImage>::from_request(req, &app).await?;
-        app.import_image(&p, body).await?
+        // `"kind": "installer"` registers an installer image (installer.rs).
+        match ApiJson::<ImageRequest>::from_request(req, &app).await?.0 {
+            ImageRequest::Import(body) => app.import_image(&p, body).await?,
+            ImageRequest::Installer(body) => app.register_installer_image(&p, body).await?,
+        }
     };
     let status = if created {
         StatusCode::CREATED

@@ -11,6 +11,7 @@ pub mod deploy;
 mod error;
 mod extract;
 pub mod images;
+pub mod installer;
 pub mod netbox;
 
 pub use error::{ApiError, chain};
@@ -74,6 +75,7 @@ pub fn router(app: App) -> Router {
         .merge(images::router())
         .merge(cloudinit::router())
         .merge(deploy::router())
+        .merge(installer::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -141,6 +143,7 @@ pub fn openapi_document() -> String {
     doc.merge(images::ImagesDoc::openapi());
     doc.merge(cloudinit::CloudInitDoc::openapi());
     doc.merge(deploy::DeployDoc::openapi());
+    doc.merge(installer::InstallerDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     let mut s = doc.to_pretty_json().unwrap_or_else(|_| "{}".to_string());
     s.push('\n');

@@ -125,6 +125,43 @@ async fn script(ctx: &Ctx, name: &str, headers: &HeaderMap) -> Response {
             }
         }
     }
+    // A deploy of an installer image boots the distribution's installer
+    // instead of the agent (anvil-core/src/installer.rs).
+    if let Some(k) = known
+        .as_ref()
+        .filter(|k| k.state == anvil_types::MachineState::Deploying)
+    {
+        match ctx
+            .app
+            .installer_boot_script(k.id, &k.hostname, mac, &server_url(headers))
+            .await
+        {
+            Ok(Some(body)) => {
+                ctx.app.record_boot(
+                    mac,
+                    "http.script",
+                    json!({ "stage": "installer", "state": k.state.as_str() }),
+                );
+                return (
+                    [(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    )],
+                    body,
+                )
+                    .into_response();
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(%mac, error = %anvil_core::error_chain(&e), "cannot render an installer iPXE script");
+                return (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "#!ipxe\necho Anvil: cannot render the installer script: see the server log\nshell\n",
+                )
+                    .into_response();
+            }
+        }
+    }
     let stage = decide(known.as_ref());
     // A per-boot token for the agent; minted here because only its hash is
     // stored (see docs/agent-protocol.md).

@@ -60,7 +60,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             limits,
         )
         .with_commissioning(cfg.commissioning.settings())
-        .with_deploy(cfg.deploy.settings());
+        .with_deploy(cfg.deploy.settings())
+        .with_installer(anvil_core::installer::InstallerConfig::in_data_dir(
+            &cfg.data_dir,
+        ));
     let app = app
         .with_images(cfg.images.library(&cfg.data_dir))
         .context("cannot open the image library")?;
