@@ -119,6 +119,10 @@ pub struct ReleaseParams {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RescueRunParams {
     pub return_to: MachineState,
+    /// Why the machine was `failed` (or `broken`) before rescue: it goes
+    /// back with the same reason (a machine is only `failed` with one).
+    #[serde(default)]
+    pub return_reason: Option<String>,
     pub ssh_keys: Vec<String>,
 }
 
@@ -641,6 +645,7 @@ impl App {
         }
         let params = RescueRunParams {
             return_to: m.state,
+            return_reason: m.state_reason.clone(),
             ssh_keys,
         };
         let steps = vec![StepSpec::Rescue(anvil_api_types::deploy::RescueParams {
@@ -680,10 +685,19 @@ impl App {
             .store
             .latest_run_of(m.id, AgentPurpose::Rescue.as_str())
             .await?;
-        let return_to = match &run {
-            Some(r) => run_params::<RescueRunParams>(r)?.return_to,
-            None => MachineState::Ready,
+        let (return_to, return_reason) = match &run {
+            Some(r) => {
+                let p = run_params::<RescueRunParams>(r)?;
+                (p.return_to, p.return_reason)
+            }
+            None => (MachineState::Ready, None),
         };
+        // Back to `failed` only with a reason: the one it had before.
+        let reason = (return_to == MachineState::Failed).then(|| {
+            return_reason
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| "failed before rescue".to_string())
+        });
         if m.state != MachineState::Rescue {
             return Err(Error::Transition {
                 current: m.state,
@@ -693,7 +707,12 @@ impl App {
                 },
             });
         }
-        transition(MachineState::Rescue, return_to)?;
+        MachineState::Rescue
+            .check_transition(return_to, reason.as_deref())
+            .map_err(|source| Error::Transition {
+                current: MachineState::Rescue,
+                source,
+            })?;
         let at = now();
         let job = Job {
             id: Uuid::now_v7(),
@@ -717,7 +736,11 @@ impl App {
                 self.end_run_to(
                     r.id,
                     RunState::Aborted,
-                    Some("the operator exited rescue".into()),
+                    Some(
+                        reason
+                            .clone()
+                            .unwrap_or_else(|| "the operator exited rescue".into()),
+                    ),
                     None,
                     &by.actor(),
                     Some(return_to),
@@ -740,7 +763,14 @@ impl App {
                 };
                 match self
                     .store
-                    .set_state(m.id, MachineState::Rescue, return_to, None, at, &ev)
+                    .set_state(
+                        m.id,
+                        MachineState::Rescue,
+                        return_to,
+                        reason.as_deref(),
+                        at,
+                        &ev,
+                    )
                     .await
                 {
                     Ok(()) => true,

@@ -76,8 +76,10 @@ impl MachineState {
             Deployed => &[Releasing, Rescue, Broken],
             Releasing => &[Ready, Failed, Broken],
             Rescue => &[Deployed, Ready, Broken, Failed],
-            Broken => &[Ready, New, Commissioning, Rescue],
-            Failed => &[Commissioning, Releasing, Ready, New, Broken],
+            // A broken or failed machine can be erased (released) or
+            // rescued to look at what went wrong, as MAAS allows.
+            Broken => &[Ready, New, Commissioning, Rescue, Releasing],
+            Failed => &[Commissioning, Releasing, Ready, New, Broken, Rescue],
         }
     }
 
@@ -163,6 +165,14 @@ mod tests {
         assert!(Deployed.can_move_to(Releasing));
         assert!(Releasing.can_move_to(Ready));
         assert!(Broken.can_move_to(Ready));
+        assert!(
+            Broken.can_move_to(Releasing),
+            "a broken machine can be erased"
+        );
+        assert!(
+            Failed.can_move_to(Rescue),
+            "a failed deployment can be rescued"
+        );
         assert!(!New.can_move_to(Deployed));
         assert!(!Deployed.can_move_to(Allocated));
         assert!(!Ready.can_move_to(Deployed));

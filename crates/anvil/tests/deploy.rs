@@ -766,6 +766,21 @@ async fn flow(s: Server) {
         json!({"action": "done", "run_state": "failed"})
     );
     assert!(!api.script(MAC).await.contains("anvil.token"));
+    let failed_reason = m["state_reason"].clone();
+    // A failed machine can be rescued to look at it; leaving rescue puts it
+    // back to `failed` with the reason it had.
+    let (st, rjob) = api
+        .post(
+            "/machines/dep-1/actions/rescue",
+            Some(json!({"ssh_keys": [KEY]})),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "rescue from failed: {rjob}");
+    assert_eq!(api.state("dep-1").await["state"], "rescue");
+    let (st, xjob) = api.post("/machines/dep-1/actions/exit-rescue", None).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{xjob}");
+    let m = api.wait_state("dep-1", "failed").await;
+    assert_eq!(m["state_reason"], failed_reason, "{m}");
     // Nothing uses the image any more: it can go.
     assert_eq!(api.delete("/images/deb-test").await, StatusCode::NO_CONTENT);
     let events = api.get("/machines/dep-1/events").await.1;
