@@ -1661,3 +1661,229 @@ mod image_conformance {
         assert_eq!(s.get_image_by_name("ubuntu-24.04").await.unwrap(), None);
     }
 }
+
+mod installer_conformance {
+    macro_rules! both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $( #[tokio::test] async fn $name() {
+                    let (s, _g) = super::super::sqlite_store().await.unwrap();
+                    super::$name(s).await;
+                } )*
+            }
+            mod postgres {
+                $( #[tokio::test] async fn $name() {
+                    let Some((s, _g)) = super::super::postgres_store().await else { return };
+                    super::$name(s).await;
+                } )*
+            }
+        };
+    }
+    both!(
+        installer_images_are_stored_with_their_image,
+        installer_runs_start_once_end_once_and_move_the_machine
+    );
+
+    use super::{ev, insert, machine, now};
+    use anvil_store::{
+        ImageDelete, ImageRecord, InstallerImageRecord, InstallerRunRecord, NewEvent, Store,
+        StoreError,
+    };
+    use anvil_types::MachineState;
+    use uuid::Uuid;
+
+    fn image(name: &str, digest: char) -> (ImageRecord, InstallerImageRecord) {
+        let id = Uuid::now_v7();
+        (
+            ImageRecord {
+                id,
+                name: name.into(),
+                kind: "installer".into(),
+                os: Some("rocky".into()),
+                release: Some("9".into()),
+                arch: Some("x86_64".into()),
+                firmware: Some("bios+uefi".into()),
+                login_user: Some("root".into()),
+                source_format: "installer".into(),
+                source_size: 90_000_000,
+                raw_size: 0,
+                stored_size: 90_000_000,
+                zero_bytes: 0,
+                sha256: std::iter::repeat_n(digest, 64).collect(),
+                created_at: now(),
+            },
+            InstallerImageRecord {
+                image_id: id,
+                os: "rocky".into(),
+                repo_url: Some("http://mirror.example/rocky/9/BaseOS/x86_64/os/".into()),
+                kernel_sha256: "1".repeat(64),
+                kernel_size: 13_000_000,
+                initrd_sha256: "2".repeat(64),
+                initrd_size: 3 << 31, // above 2^32 on both backends
+            },
+        )
+    }
+
+    fn event(kind: &str) -> NewEvent {
+        NewEvent {
+            time: now(),
+            actor: "test".into(),
+            machine_id: None,
+            kind: kind.into(),
+            message: String::new(),
+            data: serde_json::json!({}),
+        }
+    }
+
+    async fn installer_images_are_stored_with_their_image(s: Store) {
+        let (img, inst) = image("rocky-9", 'a');
+        s.insert_installer_image(&img, &inst, &event("image.import"))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get_image_by_name("rocky-9").await.unwrap(),
+            Some(img.clone())
+        );
+        assert_eq!(s.installer_image(img.id).await.unwrap(), Some(inst));
+        // A taken name writes neither row.
+        let (dup, dup_inst) = image("rocky-9", 'b');
+        assert!(matches!(
+            s.insert_installer_image(&dup, &dup_inst, &event("image.import"))
+                .await,
+            Err(StoreError::Duplicate { what: "name", .. })
+        ));
+        assert_eq!(s.installer_image(dup.id).await.unwrap(), None);
+        // Deleting the image deletes its installer row.
+        assert_eq!(
+            s.delete_image(img.id, &event("image.delete"))
+                .await
+                .unwrap(),
+            ImageDelete::Deleted
+        );
+        assert_eq!(s.installer_image(img.id).await.unwrap(), None);
+    }
+
+    async fn installer_runs_start_once_end_once_and_move_the_machine(s: Store) {
+        let (img, inst) = image("alma-9", 'c');
+        s.insert_installer_image(&img, &inst, &event("image.import"))
+            .await
+            .unwrap();
+        let mut m = machine("inst-1", 1);
+        m.state = MachineState::Ready;
+        insert(&s, &m).await;
+        let at = now();
+        let run = InstallerRunRecord {
+            id: Uuid::now_v7(),
+            machine_id: m.id,
+            image_id: img.id,
+            job_id: None,
+            state: "running".into(),
+            params: "{\"os\":\"alma\"}".into(),
+            failure_reason: None,
+            started_at: at,
+            deadline: at + time::Duration::minutes(40),
+            finished_at: None,
+        };
+        // From a state the machine is not in: nothing is written.
+        assert!(matches!(
+            s.start_installer_run(&run, MachineState::Allocated, &ev(&m, "deploy.start"))
+                .await,
+            Err(StoreError::Concurrent)
+        ));
+        assert_eq!(s.latest_installer_run(m.id).await.unwrap(), None);
+        s.start_installer_run(&run, MachineState::Ready, &ev(&m, "deploy.start"))
+            .await
+            .unwrap();
+        let got = s.get_machine(m.id).await.unwrap().unwrap();
+        assert_eq!(got.state, MachineState::Deploying);
+        assert_eq!(s.image_users(Some(img.id)).await.unwrap().len(), 1);
+        assert_eq!(s.installer_run(run.id).await.unwrap(), Some(run.clone()));
+        assert_eq!(
+            s.latest_installer_run(m.id).await.unwrap(),
+            Some(run.clone())
+        );
+
+        s.insert_installer_token("h1", run.id, now()).await.unwrap();
+        s.insert_installer_token("h2", run.id, now()).await.unwrap();
+        assert_eq!(s.count_installer_tokens(run.id).await.unwrap(), 2);
+        assert_eq!(s.installer_token_run("h2").await.unwrap(), Some(run.id));
+        assert_eq!(s.installer_token_run("nope").await.unwrap(), None);
+
+        // The machine moved away: the run's end with a machine move fails whole.
+        let done = (m.id, MachineState::Deploying, MachineState::Deployed);
+        s.set_state(
+            m.id,
+            MachineState::Deploying,
+            MachineState::Broken,
+            None,
+            now(),
+            &ev(&m, "machine.state"),
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.end_installer_run(
+                run.id,
+                "succeeded",
+                None,
+                Some(done),
+                now(),
+                &ev(&m, "deploy.succeeded")
+            )
+            .await,
+            Err(StoreError::Concurrent)
+        ));
+        assert_eq!(
+            s.installer_run(run.id).await.unwrap().unwrap().state,
+            "running"
+        );
+        s.set_state(
+            m.id,
+            MachineState::Broken,
+            MachineState::Deploying,
+            None,
+            now(),
+            &ev(&m, "machine.state"),
+        )
+        .await
+        .unwrap();
+        s.end_installer_run(
+            run.id,
+            "succeeded",
+            None,
+            Some(done),
+            now(),
+            &ev(&m, "deploy.succeeded"),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.get_machine(m.id).await.unwrap().unwrap().state,
+            MachineState::Deployed
+        );
+        let ended = s.installer_run(run.id).await.unwrap().unwrap();
+        assert_eq!(ended.state, "succeeded");
+        assert!(ended.finished_at.is_some());
+        // Once only.
+        assert!(matches!(
+            s.end_installer_run(
+                run.id,
+                "failed",
+                Some("late"),
+                None,
+                now(),
+                &ev(&m, "deploy.failed")
+            )
+            .await,
+            Err(StoreError::Concurrent)
+        ));
+        // Deleting the machine removes its runs and tokens.
+        assert!(
+            s.delete_machine(m.id, &ev(&m, "machine.delete"))
+                .await
+                .unwrap()
+        );
+        assert_eq!(s.installer_run(run.id).await.unwrap(), None);
+        assert_eq!(s.installer_token_run("h1").await.unwrap(), None);
+    }
+}
