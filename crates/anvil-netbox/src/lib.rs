@@ -18,6 +18,7 @@
 pub mod client;
 mod error;
 pub mod model;
+pub mod network;
 pub mod plan;
 pub mod report;
 mod tls;
@@ -26,6 +27,7 @@ pub mod webhook;
 pub use client::{ClientConfig, NetBoxClient, Scope, TokenKind};
 pub use error::{Error, Result};
 pub use model::{NbDevice, NbInterface, NbSnapshot};
+pub use network::{NbIpAddress, NbNetInterface, NbNetwork};
 pub use plan::{
     Conflict, ConflictKind, DevicePatch, InterfaceCreate, MacCreate, MachineImport, MachineUpdate,
     Mapping, NetBoxWrites, Plan, PlanInput, status_for_state,
