@@ -6,6 +6,9 @@
 //! The server converts the image once (raw or qcow2, plain or gz/xz/zst) and
 //! answers with the stored image; importing an image the library already
 //! holds prints the existing one (same sha256) and creates nothing.
+//! `anvil image import --installer OS --name N --kernel K --initrd I
+//! [--repo URL]` registers an installer image (kernel and initrd fetched by
+//! the server from a URL, or read from a path on the server).
 //! `anvil image list` lists them with the machines using each;
 //! `anvil image rm NAME` deletes one (exit 4 while machines use it).
 
@@ -14,6 +17,7 @@ use crate::client::{Client, parse_segment};
 use crate::error::CliError;
 use crate::output::{self, render};
 use anvil_api_types::images::{Image, ImageList, ImageMeta, ImportImage};
+use anvil_api_types::installer::InstallerImageImport;
 use clap::{Args, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets};
 use reqwest::Method;
@@ -41,7 +45,23 @@ pub enum ImageCmd {
 #[derive(Debug, Clone, PartialEq, Eq, Args)]
 pub struct ImageImportArgs {
     /// A local file (raw or qcow2, optionally .gz/.xz/.zst) or an http(s):// URL.
-    pub source: String,
+    #[arg(required_unless_present = "installer", conflicts_with = "installer")]
+    pub source: Option<String>,
+    /// Register an installer image instead of importing a disk: debian,
+    /// ubuntu, rocky or alma (with --name, --kernel and --initrd).
+    #[arg(long, value_name = "OS", requires_all = ["name", "kernel", "initrd"], conflicts_with = "os")]
+    pub installer: Option<String>,
+    /// With --installer: the installer's kernel, an http(s):// URL the
+    /// server fetches or an absolute path on the server (administrators).
+    #[arg(long, value_name = "URL|SERVER_PATH", requires = "installer")]
+    pub kernel: Option<String>,
+    /// With --installer: its initrd, as for --kernel.
+    #[arg(long, value_name = "URL|SERVER_PATH", requires = "installer")]
+    pub initrd: Option<String>,
+    /// With --installer: the Debian mirror (default deb.debian.org), the
+    /// Ubuntu live-server ISO, or the Rocky/Alma BaseOS repository URL.
+    #[arg(long, value_name = "URL", requires = "installer")]
+    pub repo: Option<String>,
     /// Image name (default: the file name without extensions).
     #[arg(long)]
     pub name: Option<String>,
@@ -88,11 +108,53 @@ pub async fn run_image(g: &GlobalOpts, cmd: ImageCmd) -> Result<(), CliError> {
     }
 }
 
-async fn import(client: &Client, args: ImageImportArgs) -> Result<Image, CliError> {
-    let is_url = args.source.starts_with("http://") || args.source.starts_with("https://");
+/// `--kernel`/`--initrd`: a URL for the server to fetch, else a path on
+/// the server.
+fn url_or_server_path(v: &str) -> (Option<String>, Option<String>) {
+    if v.starts_with("http://") || v.starts_with("https://") {
+        (Some(v.to_string()), None)
+    } else {
+        (None, Some(v.to_string()))
+    }
+}
+
+/// `--installer OS`: registers an installer image (`docs/deployment.md`).
+async fn register_installer(
+    client: &Client,
+    os: String,
+    args: ImageImportArgs,
+) -> Result<Image, CliError> {
+    let (kernel_url, kernel_path) = url_or_server_path(args.kernel.as_deref().unwrap_or(""));
+    let (initrd_url, initrd_path) = url_or_server_path(args.initrd.as_deref().unwrap_or(""));
+    let body = InstallerImageImport {
+        kind: "installer".into(),
+        name: args.name.unwrap_or_default(),
+        os,
+        release: args.release,
+        arch: args.arch,
+        kernel_url,
+        kernel_path,
+        initrd_url,
+        initrd_path,
+        repo_url: args.repo,
+    };
+    eprintln!("the server is fetching the installer's kernel and initrd …");
+    let req = client
+        .request(Method::POST, &["images"])
+        .timeout(IMPORT_TIMEOUT)
+        .json(&body);
+    client.json(req).await
+}
+
+async fn import(client: &Client, mut args: ImageImportArgs) -> Result<Image, CliError> {
+    if let Some(os) = args.installer.take() {
+        return register_installer(client, os, args).await;
+    }
+    let source = args.source.clone().unwrap_or_default();
+    let is_url = source.starts_with("http://") || source.starts_with("https://");
     if is_url {
         let body = ImportImage {
-            url: Some(args.source.clone()),
+            url: Some(source.clone()),
             path: None,
             name: args.name,
             os: args.os,
@@ -101,14 +163,14 @@ async fn import(client: &Client, args: ImageImportArgs) -> Result<Image, CliErro
             firmware: args.firmware,
             login_user: args.login_user,
         };
-        eprintln!("the server is fetching and converting {} …", args.source);
+        eprintln!("the server is fetching and converting {source} …");
         let req = client
             .request(Method::POST, &["images"])
             .timeout(IMPORT_TIMEOUT)
             .json(&body);
         return client.json(req).await;
     }
-    let path = PathBuf::from(&args.source);
+    let path = PathBuf::from(&source);
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|e| CliError::Usage(format!("cannot open {}: {e}", path.display())))?;

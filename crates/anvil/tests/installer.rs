@@ -541,3 +541,84 @@ async fn an_installer_that_never_calls_back_fails_at_the_deploy_timeout() {
     assert_eq!(st, StatusCode::CONFLICT, "{v}");
     assert_eq!(api.state("inst-2").await["state"], "failed");
 }
+
+/// `anvil image import --installer OS …` registers an installer image
+/// (the existing `anvil image import PATH|URL` form is unchanged), and an
+/// Ubuntu deploy serves its NoCloud `user-data` and `meta-data`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cli_registers_an_installer_and_ubuntu_gets_autoinstall_data() {
+    let s = Server::start();
+    let api = Api::new(&s);
+    let dir = tempfile::tempdir().unwrap();
+    let (kernel_path, initrd_path, _) = dummy_files(dir.path());
+    let iso = "http://mirror.example/ubuntu-24.04-live-server-amd64.iso";
+    let run = |args: &[&str]| common::anvil_cmd(&s).args(args).output().unwrap();
+    // Without a source and without --installer: a usage error.
+    let out = run(&["image", "import"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // --installer needs its kernel and initrd.
+    let out = run(&["image", "import", "--installer", "ubuntu", "--name", "u"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = run(&[
+        "image",
+        "import",
+        "--installer",
+        "ubuntu",
+        "--name",
+        "ubuntu-24.04",
+        "--release",
+        "24.04",
+        "--kernel",
+        &kernel_path,
+        "--initrd",
+        &initrd_path,
+        "--repo",
+        iso,
+        "-o",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let img: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            img["kind"].as_str(),
+            img["os"].as_str(),
+            img["login_user"].as_str()
+        ),
+        (Some("installer"), Some("ubuntu"), Some("ubuntu"))
+    );
+
+    api.ready_machine("inst-3").await;
+    let (st, job) = api
+        .post(
+            "/machines/inst-3/actions/deploy",
+            json!({"image": "ubuntu-24.04", "ssh_keys": [KEY]}),
+        )
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let (_, script) = api.script().await;
+    let k = kernel_line(&script);
+    assert_eq!(arg(k, "url="), iso);
+    assert!(k.split_whitespace().any(|w| w == "autoinstall"), "{k}");
+    let base = arg(k, "ds=nocloud-net;s=").to_string();
+    assert!(base.ends_with('/'), "{base}");
+    let (st, ud) = api.fetch(&format!("{base}user-data")).await;
+    assert_eq!(st, StatusCode::OK, "{ud}");
+    assert!(ud.starts_with("#cloud-config\n"), "{ud}");
+    // "smallest" (the default) resolved against the facts: vda, by serial.
+    assert!(ud.contains("match: {\"serial\":\"SMALL-1\"}"), "{ud}");
+    assert!(ud.contains(&format!("- \"{KEY}\"")), "{ud}");
+    assert!(ud.contains("- name: \"ubuntu\""), "{ud}");
+    let done = format!("{base}done");
+    assert!(ud.contains(&format!("curl -fsS -X POST '{done}'")), "{ud}");
+    let (st, md) = api.fetch(&format!("{base}meta-data")).await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(md.contains("local-hostname: inst-3\n"), "{md}");
+    let (st, v) = api.installer_post(&done).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
+    api.wait_state("inst-3", "deployed").await;
+}
