@@ -27,6 +27,8 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
 /// Import, list and delete OS images.
+// Parsed once per process: the size of the import variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum ImageCmd {
     /// Import an image file (uploaded) or an http(s) URL (fetched by the server).
