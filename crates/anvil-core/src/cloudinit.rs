@@ -6,8 +6,9 @@
 //! SSH keys and user data, the instance id of that deployment); any other
 //! machine shows the defaults a deployment would start from: the machine id
 //! and host name, DHCP on the NIC it network-boots from (named from its
-//! latest hardware facts), no keys, no user-data. NetBox addressing is not
-//! part of the rendered network yet (`docs/cloud-init.md`).
+//! latest hardware facts), no keys, no user-data. The network comes from
+//! `netconfig.rs`: NetBox's for a linked machine, else Anvil's own
+//! (`docs/cloud-init.md`).
 
 use crate::{App, Error, Result};
 use anvil_cloudinit::DeployContext;
@@ -44,7 +45,11 @@ impl App {
                 )
                 .await?
             }
-            None => base_context(&m, facts.as_ref())?,
+            None => {
+                let mut ctx = base_context(&m, facts.as_ref())?;
+                ctx.network = self.deploy_network(&m, facts.as_ref()).await?;
+                ctx
+            }
         };
         anvil_cloudinit::render_for_display(&ctx, flavor)
             .map_err(|e| Error::invalid("machine", e.to_string()))
@@ -62,6 +67,7 @@ impl App {
         run_id: Uuid,
     ) -> Result<DeployContext> {
         let mut ctx = base_context(m, facts)?;
+        ctx.network = self.deploy_network(m, facts).await?;
         ctx.ssh_keys = ssh_keys.to_vec();
         ctx.user_data = user_data.map(|u| u.as_bytes().to_vec());
         ctx.with_deployment(&run_id.simple().to_string())

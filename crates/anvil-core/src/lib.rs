@@ -15,6 +15,7 @@ pub mod images;
 pub mod installer;
 mod machines;
 pub mod netbox;
+pub mod netconfig;
 pub mod power;
 mod principals;
 

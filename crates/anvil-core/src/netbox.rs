@@ -138,6 +138,12 @@ impl App {
         self
     }
 
+    /// The NetBox client, when the sync is configured (`netconfig.rs` reads
+    /// a linked device's network with it).
+    pub(crate) fn netbox_client(&self) -> Option<&NetBoxClient> {
+        self.netbox.as_ref().map(|c| &c.settings.client)
+    }
+
     fn netbox_ctl(&self) -> Result<&Arc<NetboxCtl>> {
         self.netbox.as_ref().ok_or(Error::NetboxDisabled)
     }
