@@ -909,11 +909,8 @@ impl App {
                 continue;
             }
             if now() >= run.deadline {
-                let reason = format!(
-                    "the installer did not call back within {} minutes (deploy timeout)",
-                    self.deploy_config().timeout.as_secs() / 60
-                );
-                self.fail_installer_run(run_id, &m, &reason, "system").await;
+                self.fail_installer_run(run_id, &m, &self.timeout_reason(), "system")
+                    .await;
                 continue;
             }
             tokio::select! {
@@ -928,6 +925,62 @@ impl App {
         if let Err(e) = stored {
             tracing::warn!(job = %job_id, error = %e, "cannot record a job's outcome");
         }
+    }
+
+    /// Starts the watcher that fails installer runs past their deadline and
+    /// aborts those whose machine left `deploying`: the job that follows a
+    /// run does the same, but a server restart ends jobs, not runs.
+    pub fn start_installer_watcher(&self) {
+        let app = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(app.commissioning_config().watch_interval).await;
+                if let Err(e) = app.check_installer_runs().await {
+                    tracing::warn!(error = %e, "installer watcher");
+                }
+            }
+        });
+    }
+
+    /// One pass of the installer watcher.
+    pub async fn check_installer_runs(&self) -> Result<()> {
+        let at = now();
+        for run in self.store.running_installer_runs().await? {
+            let Some(m) = self.store.get_machine(run.machine_id).await? else {
+                continue;
+            };
+            if m.state != MachineState::Deploying {
+                let reason = "the machine left deploying before the installer called back";
+                let ev = NewEvent {
+                    time: at,
+                    actor: "system".into(),
+                    machine_id: Some(m.id),
+                    kind: "deploy.aborted".into(),
+                    message: reason.into(),
+                    data: json!({ "installer_run": run.id }),
+                };
+                match self
+                    .store
+                    .end_installer_run(run.id, "aborted", Some(reason), None, at, &ev)
+                    .await
+                {
+                    Ok(()) | Err(StoreError::Concurrent) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                INSTALLER_RUN_ENDED.notify_waiters();
+            } else if run.deadline <= at {
+                self.fail_installer_run(run.id, &m, &self.timeout_reason(), "system")
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    fn timeout_reason(&self) -> String {
+        format!(
+            "the installer did not call back within {} minutes (deploy timeout)",
+            self.deploy_config().timeout.as_secs().div_ceil(60)
+        )
     }
 
     async fn fail_installer_run(&self, run_id: Uuid, m: &Machine, reason: &str, actor: &str) {

@@ -270,6 +270,24 @@ impl Store {
         })
     }
 
+    /// Every installer run still running (for the watcher).
+    pub async fn running_installer_runs(&self) -> Result<Vec<InstallerRunRecord>> {
+        on_pool!(self, |p, _b| {
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM installer_runs WHERE state = 'running' ORDER BY started_at"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .fetch_all(p)
+                .await
+                .map_err(query_err("running installer runs"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.push(run_from_row!(row));
+            }
+            Ok(out)
+        })
+    }
+
     /// Ends a running installer run once: `running` → `state`
     /// (compare-and-set), and, when `machine` is given, moves the machine
     /// from its first state to its second with `reason` (compare-and-set

@@ -1798,6 +1798,7 @@ mod installer_conformance {
         assert_eq!(got.state, MachineState::Deploying);
         assert_eq!(s.image_users(Some(img.id)).await.unwrap().len(), 1);
         assert_eq!(s.installer_run(run.id).await.unwrap(), Some(run.clone()));
+        assert_eq!(s.running_installer_runs().await.unwrap(), vec![run.clone()]);
         assert_eq!(
             s.latest_installer_run(m.id).await.unwrap(),
             Some(run.clone())
@@ -1863,6 +1864,7 @@ mod installer_conformance {
         );
         let ended = s.installer_run(run.id).await.unwrap().unwrap();
         assert_eq!(ended.state, "succeeded");
+        assert!(s.running_installer_runs().await.unwrap().is_empty());
         assert!(ended.finished_at.is_some());
         // Once only.
         assert!(matches!(

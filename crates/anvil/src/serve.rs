@@ -99,6 +99,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
 
     app.start_background();
     app.start_commissioning_watcher();
+    app.start_installer_watcher();
     if cfg.power.poll_interval_secs > 0 {
         app.start_power_poller();
     }

@@ -622,3 +622,50 @@ async fn the_cli_registers_an_installer_and_ubuntu_gets_autoinstall_data() {
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     api.wait_state("inst-3", "deployed").await;
 }
+
+/// A server restart ends the deploy job but not the installer run: the
+/// watcher of the restarted server still fails it at its deadline.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_server_still_fails_an_installer_that_never_calls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("anvil.toml");
+    std::fs::write(&conf, "[deploy]\ntimeout_secs = 4\n").unwrap();
+    let args = ["--config", conf.to_str().unwrap()];
+    let mut s = Server::start_with(&args);
+    let (kernel_path, initrd_path, _) = dummy_files(dir.path());
+    {
+        let api = Api::new(&s);
+        let (st, img) = api
+            .post(
+                "/images",
+                json!({
+                    "kind": "installer", "name": "debian-12", "os": "debian",
+                    "kernel_path": kernel_path, "initrd_path": initrd_path,
+                }),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{img}");
+        api.ready_machine("inst-4").await;
+        let (st, job) = api
+            .post(
+                "/machines/inst-4/actions/deploy",
+                json!({"image": "debian-12", "ssh_keys": [KEY]}),
+            )
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    }
+    assert!(s.terminate().success());
+    let (child, url) = common::spawn_serve(s.data_path(), &args);
+    s.child = child;
+    s.url = url;
+    let api = Api::new(&s);
+    assert_eq!(api.state("inst-4").await["state"], "deploying");
+    let m = api.wait_state("inst-4", "failed").await;
+    assert!(
+        m["state_reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not call back"),
+        "{m}"
+    );
+}
