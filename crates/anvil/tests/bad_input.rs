@@ -286,6 +286,21 @@ fn routes(machine: &str, iface: &str, token: &str) -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/agent/cloud-init".into(), None, None, false),
+        // Installer deploys: the per-boot token is in the path (401 when unknown).
+        r(
+            Method::GET,
+            format!("/installer/{token}/preseed.cfg"),
+            None,
+            None,
+            false,
+        ),
+        r(
+            Method::POST,
+            format!("/installer/{token}/done"),
+            None,
+            None,
+            false,
+        ),
         // NetBox: the webhook is authenticated by its signature (401 without).
         r(Method::POST, "/netbox/webhook".into(), None, None, false),
         r(Method::GET, "/netbox/status".into(), None, None, false),
