@@ -77,22 +77,30 @@ struct BondSpec {
     primary: Option<String>,
 }
 
-/// The machine's NICs by normalised MAC → the name the ramdisk saw (from
-/// the hardware facts; empty when unknown).
+/// The machine's NICs by normalised MAC → the name the ramdisk saw. With
+/// hardware facts, the NICs commissioning found (what the machine really
+/// has: an imported machine's interfaces are NetBox's own claim); without,
+/// Anvil's interfaces, unnamed.
 fn machine_macs(ifaces: &[Interface], facts: Option<&HardwareFacts>) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for i in ifaces {
-        if let Ok(mac) = normalize_mac(&i.mac.to_string()) {
-            out.insert(mac, String::new());
+    match facts.filter(|f| !f.nics.is_empty()) {
+        Some(f) => {
+            for n in &f.nics {
+                for m in [Some(&n.mac), n.permanent_mac.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Ok(mac) = normalize_mac(m) {
+                        out.insert(mac, n.name.clone());
+                    }
+                }
+            }
         }
-    }
-    for n in facts.map(|f| f.nics.as_slice()).unwrap_or_default() {
-        for m in [Some(&n.mac), n.permanent_mac.as_ref()]
-            .into_iter()
-            .flatten()
-        {
-            if let Ok(mac) = normalize_mac(m) {
-                out.insert(mac, n.name.clone());
+        None => {
+            for i in ifaces {
+                if let Ok(mac) = normalize_mac(&i.mac.to_string()) {
+                    out.insert(mac, String::new());
+                }
             }
         }
     }
@@ -699,6 +707,16 @@ mod tests {
             e.contains("eth2") && e.contains("not one of the machine's NICs"),
             "{e}"
         );
+
+        // Anvil's interface list (for an imported machine, NetBox's own
+        // claim) does not count when commissioning saw other NICs.
+        let mut nb = netbox();
+        nb.interfaces[3].macs = vec!["02:99:00:00:00:02".into()];
+        nb.addresses.push(ip(9, "10.1.0.5/24", 13));
+        let mut ifaces = machine();
+        ifaces.push(iface("02:99:00:00:00:02", false, None));
+        let e = from_netbox(&ifaces, Some(&facts()), &nb).unwrap_err();
+        assert!(e.contains("not one of the machine's NICs"), "{e}");
 
         // A LAG member without a MAC in NetBox.
         let mut nb = netbox();
