@@ -627,6 +627,11 @@ impl App {
         transition(m.state, MachineState::Rescue)?;
         let mut ssh_keys = validate_keys(&req.ssh_keys)?;
         if ssh_keys.is_empty()
+            && let Some(keys) = self.newer_installer_keys(m.id).await?
+        {
+            ssh_keys = keys;
+        }
+        if ssh_keys.is_empty()
             && let Some(run) = self
                 .store
                 .latest_run_of(m.id, AgentPurpose::Deployment.as_str())
@@ -1088,7 +1093,8 @@ impl App {
             },
             _ => false,
         };
-        if !deployed_like {
+        // An installer deployment wrote no cloud-init partition.
+        if !deployed_like || self.newer_installer_keys(m.id).await?.is_some() {
             return Ok(None);
         }
         match self

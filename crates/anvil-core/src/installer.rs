@@ -1013,6 +1013,32 @@ impl App {
         }
     }
 
+    /// The SSH keys of the machine's latest installer deployment when it is
+    /// more recent than its latest agent deployment (so rescue takes the
+    /// keys of the system on the disk, and the cloud-init view shows no
+    /// stale partition); `None` otherwise.
+    pub(crate) async fn newer_installer_keys(
+        &self,
+        machine_id: Uuid,
+    ) -> Result<Option<Vec<String>>> {
+        let Some(run) = self.store.latest_installer_run(machine_id).await? else {
+            return Ok(None);
+        };
+        let agent = self
+            .store
+            .latest_run_of(
+                machine_id,
+                anvil_api_types::agent::AgentPurpose::Deployment.as_str(),
+            )
+            .await?;
+        if agent.is_some_and(|a| a.started_at > run.started_at) {
+            return Ok(None);
+        }
+        let params: InstallerParams =
+            serde_json::from_str(&run.params).map_err(|e| internal("installer run params", e))?;
+        Ok(Some(params.ssh_keys))
+    }
+
     /// The running installer run of a machine in `deploying`, if its
     /// deployment is an installer one.
     async fn running_installer_run(

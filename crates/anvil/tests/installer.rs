@@ -475,6 +475,17 @@ async fn flow(s: Server) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CONFLICT);
+    // Rescue without keys takes the installer deployment's keys; leaving it
+    // returns the machine to deployed.
+    let (st, v) = api.post("/machines/inst-1/actions/rescue", json!({})).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    let (_, runs) = api.get("/machines/inst-1/commissioning-runs").await;
+    assert!(runs.to_string().contains(KEY), "{runs}");
+    let (st, v) = api
+        .post("/machines/inst-1/actions/exit-rescue", json!({}))
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+    api.wait_state("inst-1", "deployed").await;
     let (_, events) = api.get("/machines/inst-1/events").await;
     let kinds = events.to_string();
     assert!(
