@@ -379,13 +379,20 @@ async fn finish(
     let ident = job
         .machine_id
         .map_or_else(|| target.to_string(), |id| id.to_string());
-    let Some(purpose) = action.purpose() else {
+    // An installer deploy has no agent run to follow: its job lasts until
+    // the installer's completion call (or the deploy timeout).
+    let installer = job.params.get("installer").is_some();
+    let Some(purpose) = action.purpose().filter(|_| !installer) else {
         let done = wait_for_job(client, &job).await?;
         output::print(&render(g.output, std::slice::from_ref(&done), job_table)?)?;
         return match done.status {
             JobStatus::Failed => Err(CliError::RunFailed {
                 hostname: target.to_string(),
-                what: "leaving rescue".into(),
+                what: if installer {
+                    "the installer deployment".into()
+                } else {
+                    "leaving rescue".into()
+                },
                 reason: done.error.unwrap_or_else(|| "the job failed".into()),
             }),
             _ => Ok(()),

@@ -604,13 +604,28 @@ async fn the_cli_registers_an_installer_and_ubuntu_gets_autoinstall_data() {
     );
 
     api.ready_machine("inst-3").await;
-    let (st, job) = api
-        .post(
-            "/machines/inst-3/actions/deploy",
-            json!({"image": "ubuntu-24.04", "ssh_keys": [KEY]}),
-        )
-        .await;
-    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    // `anvil machine deploy --wait` follows the job (there is no agent run)
+    // until the completion call below.
+    let key_file = dir.path().join("key.pub");
+    std::fs::write(&key_file, format!("{KEY}\n")).unwrap();
+    let mut deploy = common::anvil_cmd(&s)
+        .args([
+            "machine",
+            "deploy",
+            "inst-3",
+            "--image",
+            "ubuntu-24.04",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .arg("--ssh-key")
+        .arg(&key_file)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    api.wait_state("inst-3", "deploying").await;
     let (_, script) = api.script().await;
     let k = kernel_line(&script);
     assert_eq!(arg(k, "url="), iso);
@@ -632,6 +647,22 @@ async fn the_cli_registers_an_installer_and_ubuntu_gets_autoinstall_data() {
     let (st, v) = api.installer_post(&done).await;
     assert_eq!(st, StatusCode::NO_CONTENT, "{v}");
     api.wait_state("inst-3", "deployed").await;
+    // The CLI ends with the job, successfully; killed by its PID if it hangs.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = deploy.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = deploy.kill();
+            panic!("anvil machine deploy --wait did not end");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let out = deploy.wait_with_output().unwrap();
+    assert!(status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jobs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs[0]["status"], "succeeded", "{jobs}");
 }
 
 /// A server restart ends the deploy job but not the installer run: the
