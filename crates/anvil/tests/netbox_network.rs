@@ -289,7 +289,7 @@ fn cloud_init_root() -> Option<PathBuf> {
 }
 
 /// `cloud-init devel net-convert` to netplan and networkd; their output.
-fn net_convert(root: &Path, config: &[u8]) -> String {
+fn net_convert(root: &Path, config: &[u8], input_kind: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("network-config");
     std::fs::write(&input, config).unwrap();
@@ -303,7 +303,7 @@ fn net_convert(root: &Path, config: &[u8]) -> String {
             .arg(&input)
             .args([
                 "--kind",
-                "yaml",
+                input_kind,
                 "--distro",
                 "debian",
                 "--output-kind",
@@ -424,6 +424,39 @@ async fn network_config_from_netbox_lag_vlan_addresses_routes_dns() {
         .to_string();
     check_network_config(&serde_json::from_str(&shown).unwrap());
 
+    // The config-drive flavor carries the same network as network_data.json.
+    let (st, view) = api
+        .get("/machines/net-1/cloud-init?flavor=config-drive")
+        .await;
+    assert_eq!(st, StatusCode::OK, "{view}");
+    let network_data = view["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "openstack/latest/network_data.json")
+        .unwrap_or_else(|| panic!("no network_data.json in {view}"))["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let nd: Value = serde_json::from_str(&network_data).unwrap();
+    let text = nd.to_string();
+    for needle in [
+        "bond",
+        "802.3ad",
+        "vlan",
+        "10.64.0.10",
+        "192.168.100.10",
+        "10.64.0.53",
+    ] {
+        assert!(text.contains(needle), "{needle} in {nd}");
+    }
+    if let Some(root) = cloud_init_root() {
+        let rendered = net_convert(&root, network_data.as_bytes(), "network_data.json");
+        for needle in ["802.3ad", "192.168.100.10/24", "172.16.0.0/12"] {
+            assert!(rendered.contains(needle), "{needle} in\n{rendered}");
+        }
+    }
+
     // An image to deploy.
     let image = dir.path().join("tiny.raw");
     let mut disk = vec![0u8; 4 << 20];
@@ -524,7 +557,7 @@ async fn network_config_from_netbox_lag_vlan_addresses_routes_dns() {
 
     // Debian's cloud-init reads it into the bond, the VLAN and the routes.
     if let Some(root) = cloud_init_root() {
-        let rendered = net_convert(&root, &written);
+        let rendered = net_convert(&root, &written, "yaml");
         for needle in [
             "bond0",
             "802.3ad",
@@ -538,4 +571,10 @@ async fn network_config_from_netbox_lag_vlan_addresses_routes_dns() {
             assert!(rendered.contains(needle), "{needle} in\n{rendered}");
         }
     }
+
+    // NetBox gone: the view (rendered again from NetBox) says so, 502.
+    tokio::task::spawn_blocking(move || drop(nb)).await.unwrap();
+    let (st, v) = api.get("/machines/net-1/cloud-init").await;
+    assert_eq!(st, StatusCode::BAD_GATEWAY, "{v}");
+    assert_eq!(v["type"], "https://anvil.dev/problems/netbox", "{v}");
 }
