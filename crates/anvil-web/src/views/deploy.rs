@@ -407,7 +407,9 @@ pub(crate) fn deployment_view(
         );
     let images_choices = images
         .iter()
-        .filter(|i| i.kind == "disk")
+        // Disk images and installers (an installer deploy refuses user data
+        // and config-drive choices at their fields, as the API does).
+        .filter(|i| i.kind == "disk" || i.kind == "installer")
         .map(|i| {
             let mut label = i.name.clone();
             let os = [i.os.as_deref(), i.release.as_deref()]
@@ -418,7 +420,11 @@ pub(crate) fn deployment_view(
             let extra: Vec<String> = [
                 (!os.is_empty()).then_some(os),
                 i.firmware.clone(),
-                Some(fmt_bytes(i.raw_size)),
+                Some(if i.kind == "installer" {
+                    "installer".to_string()
+                } else {
+                    fmt_bytes(i.raw_size)
+                }),
             ]
             .into_iter()
             .flatten()
@@ -1117,7 +1123,17 @@ mod tests {
 
     #[test]
     fn a_ready_machine_offers_the_form_with_its_disks() {
-        let images = [image("debian-12", "aa"), image("rocky-9", "bb")];
+        let mut installer = image("debian-12-netinst", "cc");
+        installer.kind = "installer".into();
+        installer.firmware = None;
+        let mut other = image("not-deployable", "dd");
+        other.kind = "something-else".into();
+        let images = [
+            image("debian-12", "aa"),
+            image("rocky-9", "bb"),
+            installer,
+            other,
+        ];
         let fb = CardFeedback {
             form: Some(form("rocky-9", KEY, "", "serial=SER1", "config_drive")),
             ..Default::default()
@@ -1131,10 +1147,14 @@ mod tests {
             fb,
         );
         assert!(v.can_deploy && v.can_rescue && !v.can_release && !v.in_rescue && !v.polling);
-        assert_eq!(v.images.len(), 2);
+        assert_eq!(v.images.len(), 3);
         assert_eq!(
             v.images[0].label,
             "debian-12 (debian 12, bios+uefi, 64.0 MiB)"
+        );
+        assert_eq!(
+            v.images[2].label,
+            "debian-12-netinst (debian 12, installer)"
         );
         assert!(v.images[1].selected && !v.images[0].selected);
         let disks: Vec<(&str, bool)> = v
