@@ -35,6 +35,11 @@ impl App {
             None => None,
         };
         let ctx = match self.current_deployment(&m).await? {
+            // What the agent wrote, kept with the run: not rendered again
+            // from inventory or NetBox that may have changed since.
+            Some((_, p)) if kept_flavor(&p) == flavor && !p.cloud_init_files.is_empty() => {
+                return Ok(kept_for_display(&p.cloud_init_files));
+            }
             Some((run_id, p)) => {
                 self.deploy_context(
                     &m,
@@ -101,4 +106,31 @@ fn base_context(m: &Machine, facts: Option<&HardwareFacts>) -> Result<DeployCont
         other => other,
     }
     .map_err(|e| Error::invalid("machine", e.to_string()))
+}
+
+fn kept_flavor(p: &crate::deploy::DeploymentParams) -> Flavor {
+    match p.config_drive {
+        anvil_api_types::deploy::ConfigDriveKind::Nocloud => Flavor::NoCloud,
+        anvil_api_types::deploy::ConfigDriveKind::ConfigDrive => Flavor::ConfigDrive,
+    }
+}
+
+/// The kept files of a deployment, user-data secrets masked as in
+/// [`anvil_cloudinit::render_for_display`].
+fn kept_for_display(files: &[crate::deploy::StoredFile]) -> Vec<DisplayFile> {
+    files
+        .iter()
+        .map(|f| {
+            let file = anvil_cloudinit::RenderedFile {
+                path: f.path.clone(),
+                bytes: f.content.as_bytes().to_vec(),
+            };
+            let content = file.display_text();
+            DisplayFile {
+                masked: file.is_user_data() && content.as_bytes() != file.bytes.as_slice(),
+                path: file.path,
+                content,
+            }
+        })
+        .collect()
 }

@@ -572,9 +572,24 @@ async fn network_config_from_netbox_lag_vlan_addresses_routes_dns() {
         }
     }
 
-    // NetBox gone: the view (rendered again from NetBox) says so, 502.
+    // NetBox gone: the view of the deployment still shows what the agent
+    // got (kept with the run); another flavor would need NetBox: 502.
     tokio::task::spawn_blocking(move || drop(nb)).await.unwrap();
-    let (st, v) = api.get("/machines/net-1/cloud-init").await;
+    let (st, view) = api.get("/machines/net-1/cloud-init").await;
+    assert_eq!(st, StatusCode::OK, "{view}");
+    let kept = view["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "network-config")
+        .unwrap()["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), nc);
+    let (st, v) = api
+        .get("/machines/net-1/cloud-init?flavor=config-drive")
+        .await;
     assert_eq!(st, StatusCode::BAD_GATEWAY, "{v}");
     assert_eq!(v["type"], "https://anvil.dev/problems/netbox", "{v}");
 }
