@@ -692,6 +692,48 @@ mod tests {
         assert_eq!(net.bonds[0].primary.as_deref(), Some(SECOND));
     }
 
+    /// A VLAN straight on a NIC (not bonded): the NIC is listed without
+    /// addresses of its own; as the boot NIC it keeps DHCP (untagged). An
+    /// IP with NetBox status `dhcp` is DHCP on its device; a link-local
+    /// IPv6 gateway goes to the device with IPv6 addresses.
+    #[test]
+    fn vlan_on_a_nic_dhcp_status_and_link_local_gateway() {
+        let mut eth0 = nb_iface(1, "eth0", "1000base-t");
+        eth0.macs = vec![BOOT.into()];
+        eth0.mode = Some("tagged".into());
+        eth0.tagged_vlans = vec![30];
+        let mut eth1 = nb_iface(2, "eth1", "1000base-t");
+        eth1.macs = vec![SECOND.into()];
+        let mut sub = nb_iface(3, "eth0.30", "virtual");
+        sub.parent = Some(1);
+        sub.tagged_vlans = vec![30];
+        let mut dhcp = ip(2, "10.5.0.9/24", 2);
+        dhcp.status = "dhcp".into();
+        let mut reserved = ip(3, "10.5.0.10/24", 2);
+        reserved.status = "reserved".into();
+        let nb = NbNetwork {
+            device_id: 3,
+            interfaces: vec![eth0, eth1, sub],
+            addresses: vec![ip(1, "2001:db8:30::9/64", 3), dhcp, reserved],
+            config_context: json!({"anvil": {"gateway6": "fe80::1"}}),
+        };
+        let net = from_netbox(&machine(), Some(&facts()), &nb).unwrap();
+        let boot = net.ethernets.iter().find(|e| e.mac == BOOT).unwrap();
+        assert_eq!(boot.name, "enp1s0");
+        assert!(boot.ip.dhcp4 && boot.ip.addresses.is_empty());
+        let second = net.ethernets.iter().find(|e| e.mac == SECOND).unwrap();
+        assert!(
+            second.ip.dhcp4 && second.ip.addresses.is_empty(),
+            "{second:?}"
+        );
+        assert_eq!(net.vlans.len(), 1);
+        let v = &net.vlans[0];
+        assert_eq!((v.id, v.link.as_str()), (30, "enp1s0"));
+        assert_eq!(v.name.as_deref(), Some("eth0.30"));
+        assert_eq!(v.ip.gateway6, Some("fe80::1".parse().unwrap()));
+        anvil_cloudinit::network_config(&net).unwrap();
+    }
+
     fn err_of(nb: &NbNetwork) -> String {
         from_netbox(&machine(), Some(&facts()), nb).unwrap_err()
     }
