@@ -181,14 +181,16 @@ pub fn from_netbox(
             .address
             .parse()
             .map_err(|e| format!("NetBox IP address {} on {}: {e}", ip.address, iface.name))?;
+        // reserved, deprecated, slaac: nothing to configure on the host.
+        if !matches!(ip.status.as_str(), "active" | "dhcp") {
+            continue;
+        }
         let cfg = addrs.entry(iface.id).or_default();
-        match ip.status.as_str() {
-            "active" => cfg.addresses.push(cidr),
+        match (ip.status.as_str(), cidr.addr.is_ipv4()) {
+            ("active", _) => cfg.addresses.push(cidr),
             // NetBox records the address a DHCP server hands out.
-            "dhcp" if cidr.addr.is_ipv4() => cfg.dhcp4 = true,
-            "dhcp" => cfg.dhcp6 = true,
-            // reserved, deprecated, slaac: nothing to configure on the host.
-            _ => {}
+            (_, true) => cfg.dhcp4 = true,
+            (_, false) => cfg.dhcp6 = true,
         }
     }
     // The MAC of a physical interface Anvil's NICs have.
@@ -228,7 +230,9 @@ pub fn from_netbox(
             .copied()
             .collect();
         let ip = addrs.remove(&lag.id).unwrap_or_default();
-        let has_vlans = usable.values().any(|v| v.parent == Some(lag.id));
+        let has_vlans = usable
+            .values()
+            .any(|v| v.parent == Some(lag.id) && addrs.contains_key(&v.id));
         if members.is_empty() {
             if !ip.is_empty() || has_vlans {
                 return Err(format!(
@@ -687,6 +691,10 @@ mod tests {
         let mut nb = netbox();
         nb.config_context["anvil"]["bonds"] =
             json!({"bond0": {"mode": "active-backup", "primary": "eth1"}});
+        // A reserved address on a member configures nothing (no error).
+        let mut reserved = ip(9, "10.0.0.99/24", 12);
+        reserved.status = "reserved".into();
+        nb.addresses.push(reserved);
         let net = from_netbox(&machine(), Some(&facts()), &nb).unwrap();
         assert_eq!(net.bonds[0].mode, BondMode::ActiveBackup);
         assert_eq!(net.bonds[0].primary.as_deref(), Some(SECOND));
