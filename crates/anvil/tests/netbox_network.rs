@@ -410,8 +410,14 @@ async fn network_config_from_netbox_lag_vlan_addresses_routes_dns() {
         .await;
     api.wait_state("net-1", "ready").await;
 
-    // The operator's view already shows NetBox's network.
+    // The operator's view already shows NetBox's network (timed: it is
+    // mostly the three NetBox reads).
+    let started = Instant::now();
     let (st, view) = api.get("/machines/net-1/cloud-init").await;
+    eprintln!(
+        "cloud-init view with the NetBox network reads: {:?}",
+        started.elapsed()
+    );
     assert_eq!(st, StatusCode::OK, "{view}");
     let shown = view["files"]
         .as_array()
@@ -498,7 +504,9 @@ async fn network_config_from_netbox_lag_vlan_addresses_routes_dns() {
         .await
         .unwrap();
 
-    // Deploy; the test is the agent up to the cloud-init step.
+    // Deploy; the test is the agent up to the cloud-init step. The request
+    // includes the NetBox reads (timed for docs/cloud-init.md, not asserted).
+    let started = Instant::now();
     let (st, job) = api
         .post(
             "/machines/net-1/actions/deploy",
@@ -506,6 +514,10 @@ async fn network_config_from_netbox_lag_vlan_addresses_routes_dns() {
         )
         .await;
     assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    eprintln!(
+        "deploy request with the NetBox network reads: {:?}",
+        started.elapsed()
+    );
     let token = api.boot_token().await;
     let (_, reg) = api
         .agent(
