@@ -41,7 +41,7 @@ bash scripts/test-image/build.sh "$ANVIL_TEST_IMAGE_DIR"
 
 log=target/e2e-boot/deploy-bench.txt
 mkdir -p target/e2e-boot
-before=$(wc -l <"$log" 2>/dev/null || echo 0)
+before=$(wc -l 2>/dev/null <"$log" || echo 0)
 # Release build: importing a 2 GiB image (sha256, zstd) in a debug build
 # takes minutes of the run; the figures are the VM's either way.
 cargo test -q --release -p anvil --test deploy_bench --no-run

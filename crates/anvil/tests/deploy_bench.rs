@@ -613,19 +613,28 @@ fn deploy_bench_bios() {
         t.elapsed().as_secs_f64()
     ));
     let addr = rig.address();
+    let want_sha = test_image::run(Command::new("sha256sum").arg(dense_512))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // pipefail: a wget that stops early fails the command (busybox dd
+    // here prints records, not bytes). The disk is read back and hashed
+    // after the timed copy, outside the figure.
     let copy = ssh(
         &rig,
         &key_path,
         &addr,
         &format!(
-            "read t _ </proc/uptime; echo t0 $t; \
-             wget -q -O- {url} | dd of=/dev/vda bs=1M conv=fsync 2>/tmp/dd.err; \
-             read t _ </proc/uptime; echo t1 $t; cat /tmp/dd.err"
+            "set -o pipefail; read t _ </proc/uptime; echo t0 $t; \
+             wget -q -O- {url} | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null; \
+             read t _ </proc/uptime; echo t1 $t; \
+             head -c {dense_512_size} /dev/vda | sha256sum"
         ),
     );
     assert!(
-        copy.contains(&format!("{dense_512_size} bytes")),
-        "the plain copy did not move the whole image: {copy}"
+        copy.contains(&want_sha),
+        "the disk does not hold the image after the plain copy: {copy}"
     );
     let plain_secs = guest_secs(&copy);
     let hash = ssh(
@@ -633,11 +642,12 @@ fn deploy_bench_bios() {
         &key_path,
         &addr,
         &format!(
-            "read t _ </proc/uptime; echo t0 $t; \
+            "set -o pipefail; read t _ </proc/uptime; echo t0 $t; \
              wget -q -O- {url} | sha256sum; \
              read t _ </proc/uptime; echo t1 $t"
         ),
     );
+    assert!(hash.contains(&want_sha), "wget|sha256sum: {hash}");
     let hash_secs = guest_secs(&hash);
     let mb = dense_512_size as f64 / 1e6;
     record(&format!(
