@@ -300,9 +300,40 @@ fn serve(run: Arc<Mutex<Run>>, final_action: &'static str) -> u16 {
     port
 }
 
+/// TCG guests running at once. Each keeps a host core busy: with all five
+/// tests' VMs at once on CI's 2 cores a guest was starved long enough for
+/// an RCU stall in its virtio-net poll, and its poweroff never came.
+const MAX_PARALLEL_VMS: usize = 2;
+static VM_SLOTS: (Mutex<usize>, std::sync::Condvar) = (Mutex::new(0), std::sync::Condvar::new());
+
+/// One of the [`MAX_PARALLEL_VMS`] slots, given back when dropped.
+struct VmSlot;
+
+impl VmSlot {
+    fn take() -> VmSlot {
+        let (m, cv) = &VM_SLOTS;
+        let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= MAX_PARALLEL_VMS {
+            n = cv.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        VmSlot
+    }
+}
+
+impl Drop for VmSlot {
+    fn drop(&mut self) {
+        let (m, cv) = &VM_SLOTS;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        cv.notify_one();
+    }
+}
+
 struct Qemu {
     child: std::process::Child,
     serial: PathBuf,
+    /// Dropped after `Drop for Qemu` killed the VM: the slot is free then.
+    _slot: VmSlot,
 }
 
 impl Qemu {
@@ -327,6 +358,7 @@ impl Qemu {
         hostfwd: Option<u16>,
         extra: &[String],
     ) -> Qemu {
+        let slot = VmSlot::take();
         let serial = dir.join("serial.log");
         let mut cmd = Command::new("qemu-system-x86_64");
         // TCG, as CI has no KVM (and nested KVM hangs this kernel here).
@@ -361,6 +393,7 @@ impl Qemu {
         Qemu {
             child: cmd.spawn().unwrap(),
             serial,
+            _slot: slot,
         }
     }
 
