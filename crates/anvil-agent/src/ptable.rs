@@ -260,17 +260,18 @@ impl Gpt {
             return Err(TableError::Corrupt("GPT header CRC mismatch".into()));
         }
         let (count, esize) = (le32(&header, 80) as usize, le32(&header, 84) as usize);
-        if esize < 128 || esize % 8 != 0 || count == 0 || count > 4096 {
+        // The header comes from the disk (a previous tenant's, possibly
+        // damaged): bound what it asks us to read (at most 4096 entries of
+        // at most 4 KiB) and where, rather than allocate or overflow on it.
+        if esize < 128 || esize % 8 != 0 || esize > 4096 || count == 0 || count > 4096 {
             return Err(TableError::Corrupt(format!(
                 "GPT has {count} entries of {esize} bytes"
             )));
         }
-        let entries = read_at(
-            dev,
-            le64(&header, 72) * sector,
-            count * esize,
-            "reading the GPT entries",
-        )?;
+        let entries_at = le64(&header, 72).checked_mul(sector).ok_or_else(|| {
+            TableError::Corrupt(format!("GPT entries at LBA {}", le64(&header, 72)))
+        })?;
+        let entries = read_at(dev, entries_at, count * esize, "reading the GPT entries")?;
         if crc32(&entries) != le32(&header, 88) {
             return Err(TableError::Corrupt("GPT entry array CRC mismatch".into()));
         }
@@ -989,5 +990,27 @@ mod tests {
         build::mbr(&mut d, &[(0x83, MIB, 3 * MIB), (0x05, 3 * MIB, 6 * MIB)]);
         let e = grow_last(&mut d, 512, 8 * MIB, 0).unwrap_err();
         assert!(e.to_string().contains("extended"), "{e}");
+    }
+
+    /// A GPT header with a valid CRC but absurd fields (a damaged disk of a
+    /// previous tenant) is an error, never a huge allocation or an overflow.
+    #[test]
+    fn absurd_gpt_header_fields_are_refused() {
+        for (offset, value) in [(84usize, 1u64 << 20), (72, u64::MAX / 2)] {
+            let mut d = disk(8 * MIB);
+            build::gpt(&mut d, 8 * MIB, &[(LINUX, MIB, 4 * MIB)]);
+            let h = &mut d.get_mut()[512..1024];
+            if offset == 84 {
+                h[84..88].copy_from_slice(&(value as u32).to_le_bytes());
+            } else {
+                h[72..80].copy_from_slice(&value.to_le_bytes());
+            }
+            let size = u32::from_le_bytes(h[12..16].try_into().unwrap()) as usize;
+            h[16..20].fill(0);
+            let crc = crc32(&h[..size]);
+            h[16..20].copy_from_slice(&crc.to_le_bytes());
+            let e = read(&mut d, 512).unwrap_err();
+            assert!(matches!(e, TableError::Corrupt(_)), "{offset}: {e}");
+        }
     }
 }
