@@ -88,7 +88,9 @@ impl From<DisplayFile> for CloudInitFile {
               (status = 400, body = Problem, content_type = PROBLEM),
               (status = 404, body = Problem, content_type = PROBLEM),
               (status = 422, body = Problem, content_type = PROBLEM,
-               description = "the machine cannot be rendered (no interface, invalid host name)")))]
+               description = "the machine cannot be rendered (no interface, invalid host name, a NetBox network that contradicts the machine)"),
+              (status = 502, body = Problem, content_type = PROBLEM,
+               description = "the machine is linked to a NetBox device and NetBox did not answer its network reads")))]
 async fn cloud_init(
     State(app): State<App>,
     Auth(_caller): Auth,

@@ -65,7 +65,8 @@ fn accepted(job: Job) -> (StatusCode, HeaderMap, J<Job>) {
               (status = 404, body = Problem, content_type = PROBLEM),
               (status = 409, body = Problem, content_type = PROBLEM, description = "the machine's state does not allow deploying"),
               (status = 413, body = Problem, content_type = PROBLEM, description = "user data over 64 KiB"),
-              (status = 422, body = Problem, content_type = PROBLEM, description = "no such image, no hardware facts, no disk matches the root-disk hint, a bad SSH key")))]
+              (status = 422, body = Problem, content_type = PROBLEM, description = "no such image, no hardware facts, no disk matches the root-disk hint, a bad SSH key, a NetBox network that contradicts the machine"),
+              (status = 502, body = Problem, content_type = PROBLEM, description = "the machine is linked to a NetBox device and NetBox did not answer its network reads")))]
 async fn deploy(
     State(app): State<App>,
     Auth(p): Auth,

@@ -706,9 +706,9 @@ impl App {
         if m.state != MachineState::Rescue {
             return Err(Error::Transition {
                 current: m.state,
-                source: TransitionError::NotAllowed {
+                source: TransitionError::NotIn {
                     from: m.state,
-                    to: return_to,
+                    expected: MachineState::Rescue,
                 },
             });
         }

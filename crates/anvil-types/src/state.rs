@@ -137,6 +137,14 @@ pub enum TransitionError {
     },
     #[error("moving a machine to {to} needs a reason")]
     ReasonRequired { to: MachineState },
+    /// An action that only applies to one state (exit rescue: `rescue`)
+    /// asked of a machine in another; names both rather than a target state
+    /// the machine was never going to.
+    #[error("the machine is {from}, not {expected}")]
+    NotIn {
+        from: MachineState,
+        expected: MachineState,
+    },
 }
 
 #[cfg(test)]

@@ -595,6 +595,12 @@ async fn flow(s: Server) {
     // Rescue with the deployment's keys, then back to deployed.
     let (st, v) = api.post("/machines/dep-1/actions/exit-rescue", None).await;
     assert_eq!(st, StatusCode::CONFLICT, "not in rescue: {v}");
+    // The answer names the state the action needs, not a target state.
+    assert_eq!(
+        v["detail"], "the machine is deployed, not rescue",
+        "exit-rescue of a deployed machine: {v}"
+    );
+    assert_eq!(v["current_state"], "deployed", "{v}");
     let (st, rjob) = api.post("/machines/dep-1/actions/rescue", None).await;
     assert_eq!(st, StatusCode::ACCEPTED, "{rjob}");
     assert_eq!(api.state("dep-1").await["state"], "rescue");
