@@ -153,11 +153,39 @@ pub(crate) fn report_table(r: &SyncReport) -> String {
             );
         }
     }
+    cables_lines(&mut out, r);
     conflicts_table(&mut out, &r.conflicts);
     if let Some(e) = &r.error {
         let _ = writeln!(out, "\nERROR: {e}");
     }
     out
+}
+
+/// The LLDP cables: counts, then each cable created or planned.
+fn cables_lines(out: &mut String, r: &SyncReport) {
+    let c = &r.cables;
+    if c.created + c.unchanged + c.pending == 0 && c.skipped.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "LLDP cables: {} created, {} unchanged, {} planned",
+        c.created, c.unchanged, c.pending
+    );
+    for k in &c.cables {
+        let _ = writeln!(
+            out,
+            "  = device {} {} <-> {} {}",
+            k.device_id, k.interface, k.peer_device, k.peer_interface
+        );
+    }
+    for s in &c.skipped {
+        let _ = writeln!(
+            out,
+            "  . machine {} {}: {}",
+            s.machine_id, s.interface, s.reason
+        );
+    }
 }
 
 fn run_line(r: &SyncRunInfo) -> String {
@@ -271,5 +299,36 @@ mod tests {
         let t = report_table(&r);
         assert!(t.contains("dry run"));
         assert!(t.contains("+ n4 (device 4"), "{t}");
+        assert!(!t.contains("LLDP"), "no cables, no line: {t}");
+    }
+
+    #[test]
+    fn report_lists_lldp_cables() {
+        let r = SyncReport {
+            dry_run: true,
+            pending: 1,
+            cables: anvil_netbox::CableSummary {
+                unchanged: 2,
+                pending: 1,
+                cables: vec![anvil_netbox::CableCreate {
+                    machine_id: uuid::Uuid::nil(),
+                    device_id: 3,
+                    interface_id: 31,
+                    interface: "eth0".into(),
+                    peer_device_id: 9,
+                    peer_device: "leaf-1".into(),
+                    peer_interface_id: 91,
+                    peer_interface: "Ethernet1".into(),
+                }],
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let t = report_table(&r);
+        assert!(
+            t.contains("LLDP cables: 0 created, 2 unchanged, 1 planned"),
+            "{t}"
+        );
+        assert!(t.contains("device 3 eth0 <-> leaf-1 Ethernet1"), "{t}");
     }
 }

@@ -14,6 +14,8 @@
 //!   loop writes it back; while NetBox is down the entry stays, with its
 //!   error, and is retried with backoff.
 
+mod cables;
+
 use crate::error::{Error, Result};
 use crate::{App, Principal, now};
 use anvil_netbox::plan::{ImportInterface, MachineImport, MachineUpdate, plan};
@@ -243,7 +245,7 @@ impl App {
             pending: r.pending as i64,
             conflicts: r.conflicts.len() as i64,
         };
-        let body = json!({ "conflicts": r.conflicts, "plan": r.plan });
+        let body = json!({ "conflicts": r.conflicts, "plan": r.plan, "cables": r.cables });
         self.store
             .netbox_run_finish(run, now(), counts, r.error.as_deref(), &body)
             .await?;
@@ -280,6 +282,9 @@ impl App {
             report.updated = p.update.len() as u64;
             report.pending = p.netbox.len() as u64;
             report.plan = Some(p);
+            report.error = self
+                .reconcile_cables(ctl, &snapshot, &machines, true, &mut report)
+                .await;
             return report;
         }
         if snapshot.complete {
@@ -326,6 +331,13 @@ impl App {
                     errors.push(format!("NetBox write-back: {}", crate::error_chain(&e)));
                 }
             }
+        }
+        // After the writes above: interfaces they created can be cabled now.
+        if let Some(e) = self
+            .reconcile_cables(ctl, &snapshot, &machines, false, &mut report)
+            .await
+        {
+            errors.push(e);
         }
         if !errors.is_empty() {
             report.error = Some(errors.join("; "));

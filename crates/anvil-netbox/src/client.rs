@@ -24,9 +24,9 @@ pub const INTERFACE_FIELDS: &str = "id,name,device,mgmt_only,mac_addresses,prima
 /// Largest page NetBox serves by default (`MAX_PAGE_SIZE`).
 pub const MAX_PAGE: u32 = 1000;
 /// Device ids per interface query (keeps URLs short).
-const IDS_PER_QUERY: usize = 250;
+pub(crate) const IDS_PER_QUERY: usize = 250;
 /// Objects per bulk write request.
-const BULK_CHUNK: usize = 250;
+pub(crate) const BULK_CHUNK: usize = 250;
 
 /// How the token is sent: v2 tokens (`nbt_<key>.<secret>`) as `Bearer`,
 /// legacy 40-character v1 tokens as `Token`.
@@ -221,7 +221,7 @@ impl NetBoxClient {
     }
 
     /// One request with retries; the decoded JSON answer (`Null` for 204).
-    async fn send(
+    pub(crate) async fn send(
         &self,
         method: Method,
         path: &str,

@@ -15,6 +15,7 @@
 //!
 //! The application layer (`anvil_core::netbox`) joins them to the store.
 
+pub mod cables;
 pub mod client;
 mod error;
 pub mod model;
@@ -24,6 +25,7 @@ pub mod report;
 mod tls;
 pub mod webhook;
 
+pub use cables::{CableCreate, CablePlan, CableSkip, CableSummary};
 pub use client::{ClientConfig, NetBoxClient, Scope, TokenKind};
 pub use error::{Error, Result};
 pub use model::{NbDevice, NbInterface, NbSnapshot};

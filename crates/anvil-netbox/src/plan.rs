@@ -29,6 +29,8 @@ pub struct Mapping {
     /// The device interface that is the BMC (never imported as a boot
     /// interface; interfaces marked `mgmt_only` are skipped too).
     pub bmc_interface: String,
+    /// Write LLDP neighbours as cables (`cables.rs`).
+    pub lldp_cables: bool,
 }
 
 impl Default for Mapping {
@@ -36,6 +38,7 @@ impl Default for Mapping {
         Mapping {
             state_field: "anvil_state".into(),
             bmc_interface: "bmc".into(),
+            lldp_cables: true,
         }
     }
 }
@@ -201,6 +204,18 @@ pub enum ConflictKind {
     AmbiguousMatch,
     /// A linked device is no longer in NetBox (or no longer in scope).
     DeviceGone,
+    /// An LLDP neighbour names a switch NetBox does not have.
+    LldpUnknownDevice,
+    /// An LLDP neighbour names a port its NetBox device does not have.
+    LldpUnknownPort,
+    /// An LLDP neighbour matches several NetBox devices or ports, one NIC
+    /// hears several neighbours, or two NICs name one port.
+    LldpAmbiguous,
+    /// The machine's interface is cabled in NetBox to something other than
+    /// the port LLDP hears.
+    CableOnMachineInterface,
+    /// The port LLDP hears is cabled in NetBox to something else.
+    CableOnSwitchInterface,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -2,6 +2,7 @@
 //! `POST /api/v1/netbox/sync` and `GET /api/v1/netbox/status`, shared by the
 //! server and the CLI.
 
+use crate::cables::CableSummary;
 use crate::plan::{Conflict, Plan};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -28,6 +29,10 @@ pub struct SyncReport {
     /// Why the sync failed, if it did.
     pub error: Option<String>,
     pub duration_ms: u64,
+    /// LLDP neighbours as cables (`mapping.lldp_cables`). Cables are also
+    /// counted in `written` / `pending`, their conflicts in `conflicts`.
+    #[serde(default)]
+    pub cables: CableSummary,
 }
 
 /// One recorded sync.

@@ -89,6 +89,11 @@ pub struct MappingConfig {
     /// Credentials given to the BMCs of imported devices.
     #[serde(default)]
     pub bmc_credentials: BmcCredentialsConfig,
+    /// Write the LLDP neighbours commissioning heard as NetBox cables
+    /// between two interfaces that have none (existing cables are never
+    /// changed: a disagreement is a conflict). On by default.
+    #[serde(default = "yes")]
+    pub lldp_cables: bool,
 }
 
 fn default_state_field() -> String {
@@ -104,6 +109,7 @@ impl Default for MappingConfig {
             state_field: default_state_field(),
             bmc_interface: default_bmc_interface(),
             bmc_credentials: BmcCredentialsConfig::default(),
+            lldp_cables: true,
         }
     }
 }
@@ -244,6 +250,7 @@ impl NetboxConfig {
             mapping: Mapping {
                 state_field: self.mapping.state_field.clone(),
                 bmc_interface: self.mapping.bmc_interface.clone(),
+                lldp_cables: self.mapping.lldp_cables,
             },
             webhook_secret: secret(
                 "webhook_secret",

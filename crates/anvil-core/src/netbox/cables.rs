@@ -1,0 +1,211 @@
+//! LLDP neighbours written back to NetBox as cables (issue 6).
+//!
+//! Part of every reconcile (full, dry run, webhook, write-back) when
+//! `mapping.lldp_cables` is on: the linked machines among the reconciled
+//! devices, the LLDP neighbours and NICs of their latest hardware facts, a
+//! few NetBox reads (the devices the neighbours name, their interfaces with
+//! cables), the pure `anvil_netbox::cables::plan_cables`, then one bulk POST
+//! of the new cables. Nothing is read from NetBox when no machine heard a
+//! neighbour.
+
+use super::NetboxCtl;
+use crate::App;
+use crate::error::{Error, Result};
+use anvil_inventory::{LldpNeighbor, Nic};
+use anvil_netbox::cables::{
+    CableInput, CablePlan, MachineNeighbours, Neighbour, macs_to_find, names_to_find, plan_cables,
+};
+use anvil_netbox::{CableSummary, NbSnapshot, SyncReport};
+use anvil_types::{MacAddr, Machine};
+use serde::Deserialize;
+use std::collections::{HashMap, HashSet};
+use uuid::Uuid;
+
+/// The parts of a stored facts document cabling needs (the rest is skipped
+/// while parsing).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LldpFacts {
+    nics: Vec<Nic>,
+    lldp: Vec<LldpNeighbor>,
+}
+
+fn neighbour(n: LldpNeighbor) -> Neighbour {
+    Neighbour {
+        interface: n.interface,
+        chassis_id: n.chassis_id,
+        chassis_id_subtype: n.chassis_id_subtype,
+        port_id: n.port_id,
+        port_id_subtype: n.port_id_subtype,
+        port_description: n.port_description,
+        system_name: n.system_name,
+    }
+}
+
+fn nic_macs(n: &Nic) -> Vec<MacAddr> {
+    [Some(n.mac.as_str()), n.permanent_mac.as_deref()]
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m.parse().ok())
+        .collect()
+}
+
+impl App {
+    /// The linked machines among `devices` whose latest facts heard LLDP
+    /// neighbours.
+    async fn lldp_machines(
+        &self,
+        devices: &HashSet<u64>,
+        machines: &[Machine],
+    ) -> Result<Vec<MachineNeighbours>> {
+        let hostnames: HashMap<Uuid, &str> = machines
+            .iter()
+            .map(|m| (m.id, m.hostname.as_str()))
+            .collect();
+        let mut links: Vec<(Uuid, u64)> = self
+            .store
+            .netbox_links()
+            .await?
+            .into_iter()
+            .filter(|(_, d)| devices.contains(d))
+            .collect();
+        links.sort();
+        let mut out = Vec::new();
+        for (machine_id, device_id) in links {
+            let Some(rec) = self.store.hardware_facts(machine_id, None).await? else {
+                continue;
+            };
+            // Validated before it was stored; a document this build cannot
+            // read is skipped, not an error for the whole sync.
+            let facts: LldpFacts = match serde_json::from_str(&rec.facts) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(%machine_id, error = %e, "stored facts unreadable; no LLDP cables for this machine");
+                    continue;
+                }
+            };
+            if facts.lldp.is_empty() {
+                continue;
+            }
+            out.push(MachineNeighbours {
+                machine_id,
+                hostname: hostnames
+                    .get(&machine_id)
+                    .map_or_else(|| machine_id.to_string(), |h| h.to_string()),
+                device_id,
+                nics: facts
+                    .nics
+                    .iter()
+                    .map(|n| (n.name.clone(), nic_macs(n)))
+                    .collect(),
+                neighbours: facts.lldp.into_iter().map(neighbour).collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Reads what the plan needs from NetBox and plans the cables.
+    async fn plan_lldp_cables(
+        &self,
+        ctl: &NetboxCtl,
+        snapshot: &NbSnapshot,
+        machines: &[Machine],
+    ) -> Result<CablePlan> {
+        let devices: HashSet<u64> = snapshot.devices.iter().map(|d| d.id).collect();
+        let lldp = self.lldp_machines(&devices, machines).await?;
+        if lldp.is_empty() {
+            return Ok(CablePlan::default());
+        }
+        let client = &ctl.settings.client;
+        let nb = |e: anvil_netbox::Error| Error::Netbox(crate::error_chain(&e));
+        let names = names_to_find(&lldp);
+        let named = if names.is_empty() {
+            Vec::new()
+        } else {
+            client.devices_named(&names).await.map_err(nb)?
+        };
+        let macs = macs_to_find(&lldp, &named);
+        let by_mac = if macs.is_empty() {
+            Vec::new()
+        } else {
+            client.devices_with_macs(&macs).await.map_err(nb)?
+        };
+        let ids: Vec<u64> = lldp
+            .iter()
+            .map(|m| m.device_id)
+            .chain(named.iter().map(|d| d.id))
+            .chain(by_mac.iter().map(|(_, d)| d.id))
+            .collect();
+        let interfaces = client.cable_interfaces(&ids).await.map_err(nb)?;
+        Ok(plan_cables(&CableInput {
+            machines: &lldp,
+            named: &named,
+            by_mac: &by_mac,
+            interfaces: &interfaces,
+        }))
+    }
+
+    /// Plans the LLDP cables of a reconcile and, unless `dry_run`, creates
+    /// them; counts, cables and conflicts go into `report`. Returns the
+    /// error to add to the report's, if any.
+    pub(super) async fn reconcile_cables(
+        &self,
+        ctl: &NetboxCtl,
+        snapshot: &NbSnapshot,
+        machines: &[Machine],
+        dry_run: bool,
+        report: &mut SyncReport,
+    ) -> Option<String> {
+        if !ctl.settings.mapping.lldp_cables {
+            return None;
+        }
+        let plan = match self.plan_lldp_cables(ctl, snapshot, machines).await {
+            Ok(p) => p,
+            Err(e) => return Some(format!("LLDP cables: {e}")),
+        };
+        let planned = plan.create.len() as u64;
+        report.cables = CableSummary {
+            created: 0,
+            unchanged: plan.unchanged,
+            pending: planned,
+            cables: plan.create.clone(),
+            skipped: plan.skipped,
+        };
+        report.conflicts.extend(plan.conflicts.iter().cloned());
+        if dry_run {
+            report.pending += planned;
+            return None;
+        }
+        if snapshot.complete {
+            self.record_new_conflicts(&plan.conflicts).await;
+        } else {
+            self.record_conflicts(&plan.conflicts).await;
+        }
+        if plan.create.is_empty() {
+            return None;
+        }
+        match ctl.settings.client.create_cables(&plan.create).await {
+            Ok(n) => {
+                report.cables.created = n;
+                report.cables.pending = 0;
+                report.written += n;
+                for c in &plan.create {
+                    self.netbox_note(
+                        Some(c.machine_id),
+                        "netbox.cable_created",
+                        format!(
+                            "NetBox cable created from LLDP: device {} interface {} to {} {}",
+                            c.device_id, c.interface, c.peer_device, c.peer_interface
+                        ),
+                    )
+                    .await;
+                }
+                None
+            }
+            Err(e) => {
+                report.pending += planned;
+                Some(format!("LLDP cables: {}", crate::error_chain(&e)))
+            }
+        }
+    }
+}
