@@ -8,7 +8,7 @@
 #                      anvil-agent (PID 1 after /init), the kernel modules
 #                      real servers need, loaded by modalias at boot, and the
 #                      Debian tools the deploy steps run (resize2fs, e2fsck,
-#                      efibootmgr, dropbear, hdparm) with their libraries
+#                      efibootmgr, dropbear, hdparm, mdadm) with their libraries
 #   OUTDIR/SHA256SUMS  sha256 of both
 #   OUTDIR/stamp       the inputs the files were built from
 #
@@ -131,8 +131,10 @@ KVER_PKG=$(apt-cache policy "$KPKG" | awk '/Candidate:/ {print $2}')
 # their lib* Depends in the apt index, each pinned to its candidate version
 # (in the stamp); only the shared objects the binaries actually need end up
 # in the initramfs.
-TOOL_PKGS=(e2fsprogs efibootmgr dropbear-bin hdparm)
-TOOL_BINS=(resize2fs e2fsck efibootmgr dropbear dropbearkey hdparm)
+# mdadm (raid: software RAID 1 at deploy with metadata 1.0, whose
+# superblock the kernel's md ioctls do not write; libudev is its only library).
+TOOL_PKGS=(e2fsprogs efibootmgr dropbear-bin hdparm mdadm)
+TOOL_BINS=(resize2fs e2fsck efibootmgr dropbear dropbearkey hdparm mdadm)
 tool_closure() {
     local -A seen_pkg=()
     local todo=("${TOOL_PKGS[@]}") p d
@@ -319,10 +321,10 @@ cp -L "$TOOLS/$LIBDIR/ld-linux-x86-64.so.2" "$ROOT/$LIBDIR/ld-linux-x86-64.so.2"
 ln -s "../$LIBDIR/ld-linux-x86-64.so.2" "$ROOT/lib64/ld-linux-x86-64.so.2"
 # Each tool must start inside the ramdisk's own tree (no library missing).
 if [[ $(id -u) == 0 ]]; then
-    for b in resize2fs efibootmgr dropbearkey hdparm; do
+    for b in resize2fs efibootmgr dropbearkey hdparm mdadm; do
         case $b in
         resize2fs) args=(-h) ;; efibootmgr) args=(--version) ;; dropbearkey) args=(-h) ;;
-        hdparm) args=(-V) ;;
+        hdparm) args=(-V) ;; mdadm) args=(--version) ;;
         esac
         out=$(chroot "$ROOT" "/sbin/$b" "${args[@]}" 2>&1) || true
         if grep -qE "error while loading shared libraries|not found|No such file" <<<"$out"; then

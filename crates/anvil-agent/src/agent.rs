@@ -423,5 +423,7 @@ fn execute(
         StepSpec::CloudInit(p) => plain(deploy::cloud_init(ctx, p, progress)),
         StepSpec::BootEntry(p) => plain(deploy::boot_entry(ctx, p, progress)),
         StepSpec::Rescue(p) => plain(deploy::rescue(ctx, p, progress)),
+        StepSpec::Raid(p) => plain(crate::raid::build(ctx, p, progress)),
+        StepSpec::RaidSync(p) => plain(crate::raid::wait_sync(ctx, p, progress)),
     }
 }

@@ -36,7 +36,7 @@ pub struct Ctx {
     pub ssh_port: u16,
 }
 
-fn ok(message: String, result: Value) -> Outcome {
+pub(crate) fn ok(message: String, result: Value) -> Outcome {
     Outcome {
         ok: true,
         message,
@@ -44,7 +44,7 @@ fn ok(message: String, result: Value) -> Outcome {
     }
 }
 
-fn fail(message: String, result: Value) -> Outcome {
+pub(crate) fn fail(message: String, result: Value) -> Outcome {
     Outcome {
         ok: false,
         message,
@@ -73,7 +73,7 @@ impl Throttle {
 }
 
 /// Runs a program, returning its stdout; a failure carries its stderr.
-fn run(prog: &str, args: &[&str]) -> Result<String, String> {
+pub(crate) fn run(prog: &str, args: &[&str]) -> Result<String, String> {
     let out = Command::new(prog)
         .args(args)
         .stdin(Stdio::null())
@@ -389,6 +389,18 @@ pub fn erase(ctx: &Ctx, p: &EraseParams, progress: Progress<'_>) -> Outcome {
             );
             continue;
         }
+        // An assembled md array (a RAID 1 deployment's mirror) holds its
+        // members exclusively: stop it first; the quick erase's last MiB
+        // then removes its metadata-1.0 superblock.
+        let stopped = match crate::raid::stop_holders(&ctx.root, &d.name) {
+            Ok(v) => v,
+            Err(e) => {
+                return fail(
+                    format!("erase: {}: {e}", d.name),
+                    json!({"disks": results, "failed_disk": d.name}),
+                );
+            }
+        };
         let r = match p.mode {
             EraseMode::Quick => quick_erase(d),
             EraseMode::Secure => {
@@ -400,6 +412,12 @@ pub fn erase(ctx: &Ctx, p: &EraseParams, progress: Progress<'_>) -> Outcome {
                 secure_erase(d, method, progress)
             }
         };
+        let r = r.map(|mut v| {
+            if !stopped.is_empty() {
+                v["stopped_arrays"] = json!(stopped);
+            }
+            v
+        });
         match r {
             Ok(v) => results.push(v),
             Err(e) => {
@@ -413,11 +431,16 @@ pub fn erase(ctx: &Ctx, p: &EraseParams, progress: Progress<'_>) -> Outcome {
     let summary: Vec<String> = results
         .iter()
         .map(|r| {
-            format!(
+            let mut s = format!(
                 "{} {}",
                 r["disk"].as_str().unwrap_or("?"),
                 r["method"].as_str().unwrap_or("?")
-            )
+            );
+            if let Some(a) = r["stopped_arrays"].as_array() {
+                let names: Vec<&str> = a.iter().filter_map(Value::as_str).collect();
+                s.push_str(&format!(" (stopped {})", names.join(", ")));
+            }
+            s
         })
         .collect();
     ok(
@@ -429,7 +452,7 @@ pub fn erase(ctx: &Ctx, p: &EraseParams, progress: Progress<'_>) -> Outcome {
 // --- write_image ------------------------------------------------------------------------
 
 pub fn write_image(ctx: &Ctx, p: &WriteImageParams, progress: Progress<'_>) -> Outcome {
-    let d = match disk::resolve(&ctx.root, &p.disk) {
+    let d = match crate::raid::target(&ctx.root, &p.disk) {
         Ok(d) => d,
         Err(e) => return fail(format!("write_image: {e}"), json!({})),
     };
@@ -627,7 +650,7 @@ fn resize_ext(ctx: &Ctx, d: &Disk, number: u32) -> Result<String, String> {
 }
 
 pub fn grow_root(ctx: &Ctx, p: &GrowRootParams, progress: Progress<'_>) -> Outcome {
-    let d = match disk::resolve(&ctx.root, &p.disk) {
+    let d = match crate::raid::target(&ctx.root, &p.disk) {
         Ok(d) => d,
         Err(e) => return fail(format!("grow_root: {e}"), json!({})),
     };
@@ -707,7 +730,7 @@ pub fn grow_root(ctx: &Ctx, p: &GrowRootParams, progress: Progress<'_>) -> Outco
 const MAX_CLOUD_INIT_BYTES: u64 = 64 * MIB;
 
 pub fn cloud_init(ctx: &Ctx, p: &CloudInitParams, progress: Progress<'_>) -> Outcome {
-    let d = match disk::resolve(&ctx.root, &p.disk) {
+    let d = match crate::raid::target(&ctx.root, &p.disk) {
         Ok(d) => d,
         Err(e) => return fail(format!("cloud_init: {e}"), json!({})),
     };
@@ -972,10 +995,14 @@ pub fn boot_entry(ctx: &Ctx, p: &BootEntryParams, progress: Progress<'_>) -> Out
             json!({"firmware": "bios", "entry": null}),
         );
     }
-    let d = match disk::resolve(&ctx.root, &p.disk) {
+    let d = match crate::raid::target(&ctx.root, &p.disk) {
         Ok(d) => d,
         Err(e) => return fail(format!("boot_entry: {e}"), json!({})),
     };
+    // On a RAID 1 mirror (metadata 1.0) each member carries the same table
+    // and ESP at the same sectors: one entry per member, so the machine
+    // boots from either disk.
+    let boot_disks = crate::raid::boot_disks(&ctx.root, &d);
     let r = (|| {
         let mut f = File::open(&d.dev).map_err(|e| format!("opening {}: {e}", d.dev.display()))?;
         if !disk::is_block(&f) {
@@ -1009,27 +1036,38 @@ pub fn boot_entry(ctx: &Ctx, p: &BootEntryParams, progress: Progress<'_>) -> Out
             3,
             format!("boot_entry: loader {loader} on partition {}", esp.number),
         );
+        let labels: Vec<String> = (0..boot_disks.len())
+            .map(|i| member_label(&p.label, i))
+            .collect();
         let (_, before) = parse_efibootmgr(&run("efibootmgr", &["-v"])?);
         // One entry per label: a redeploy replaces the earlier one.
-        for e in before.iter().filter(|e| e.label == p.label) {
+        for e in before.iter().filter(|e| labels.contains(&e.label)) {
             run("efibootmgr", &["-q", "-b", &e.num, "-B"])?;
         }
-        let dev = d.dev.to_string_lossy().into_owned();
         let part = esp.number.to_string();
-        run(
-            "efibootmgr",
-            &[
-                "-q", "-c", "-d", &dev, "-p", &part, "-L", &p.label, "-l", &loader,
-            ],
-        )?;
+        for ((_, dev), label) in boot_disks.iter().zip(&labels) {
+            let dev = dev.to_string_lossy().into_owned();
+            run(
+                "efibootmgr",
+                &[
+                    "-q", "-c", "-d", &dev, "-p", &part, "-L", label, "-l", &loader,
+                ],
+            )?;
+        }
         let (order, entries) = parse_efibootmgr(&run("efibootmgr", &["-v"])?);
-        let ours = entries
-            .iter()
-            .find(|e| e.label == p.label)
-            .ok_or("efibootmgr created no entry with our label")?
-            .num
-            .clone();
-        let new_order = boot_order(&order, &entries, &ours);
+        let mut new_order = order.clone();
+        let mut ours = String::new();
+        // Inserted last member first, so the first member's entry ends up
+        // right after the network entries and the others follow it.
+        for label in labels.iter().rev() {
+            ours = entries
+                .iter()
+                .find(|e| &e.label == label)
+                .ok_or_else(|| format!("efibootmgr created no entry labelled {label:?}"))?
+                .num
+                .clone();
+            new_order = boot_order(&new_order, &entries, &ours);
+        }
         run("efibootmgr", &["-q", "-o", &new_order.join(",")])?;
         let network_first = entries
             .iter()
@@ -1050,12 +1088,23 @@ pub fn boot_entry(ctx: &Ctx, p: &BootEntryParams, progress: Progress<'_>) -> Out
                 }
             ),
             json!({"firmware": "uefi", "disk": d.name, "esp_partition": esp, "loader": loader,
-                   "entry": format!("Boot{ours}"), "boot_order": order, "network_first": network_first}),
+                   "entry": format!("Boot{ours}"), "boot_order": order, "network_first": network_first,
+                   "raid": crate::raid::describe(&ctx.root, &d)}),
         ),
         Err(e) => fail(
             format!("boot_entry: {}: {e}", d.name),
             json!({"disk": d.name}),
         ),
+    }
+}
+
+/// The boot entry's label on member `i` of a mirror (the first keeps the
+/// plain label).
+pub fn member_label(label: &str, i: usize) -> String {
+    if i == 0 {
+        label.to_string()
+    } else {
+        format!("{label} (disk {})", i + 1)
     }
 }
 

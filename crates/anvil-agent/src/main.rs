@@ -22,6 +22,7 @@ mod ledger;
 mod net;
 mod nvme;
 mod ptable;
+mod raid;
 mod system;
 
 use std::time::Duration;

@@ -249,6 +249,10 @@ pub enum StepSpec {
     CloudInit(crate::deploy::CloudInitParams),
     BootEntry(crate::deploy::BootEntryParams),
     Rescue(crate::deploy::RescueParams),
+    /// Deployment with software RAID: build the md mirror before the image.
+    Raid(crate::deploy::RaidParams),
+    /// Deployment with software RAID: wait for the mirror's initial resync.
+    RaidSync(crate::deploy::RaidSyncParams),
 }
 
 impl StepSpec {
@@ -264,6 +268,8 @@ impl StepSpec {
             StepSpec::CloudInit(_) => StepKind::CloudInit,
             StepSpec::BootEntry(_) => StepKind::BootEntry,
             StepSpec::Rescue(_) => StepKind::Rescue,
+            StepSpec::Raid(_) => StepKind::Raid,
+            StepSpec::RaidSync(_) => StepKind::RaidSync,
         }
     }
 }
@@ -282,10 +288,12 @@ pub enum StepKind {
     CloudInit,
     BootEntry,
     Rescue,
+    Raid,
+    RaidSync,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 10] = [
+    pub const ALL: [StepKind; 12] = [
         StepKind::Inventory,
         StepKind::CpuTest,
         StepKind::MemoryTest,
@@ -296,6 +304,8 @@ impl StepKind {
         StepKind::CloudInit,
         StepKind::BootEntry,
         StepKind::Rescue,
+        StepKind::Raid,
+        StepKind::RaidSync,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -309,6 +319,8 @@ impl StepKind {
             StepKind::CloudInit => "cloud_init",
             StepKind::BootEntry => "boot_entry",
             StepKind::Rescue => "rescue",
+            StepKind::Raid => "raid",
+            StepKind::RaidSync => "raid_sync",
         }
     }
     pub fn parse(s: &str) -> Option<StepKind> {

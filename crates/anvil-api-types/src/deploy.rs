@@ -34,6 +34,26 @@ pub struct DeployRequest {
     /// default) or an OpenStack config drive (`config-2`).
     #[serde(default)]
     pub config_drive: Option<ConfigDriveKind>,
+    /// Software RAID 1 across two disks: the image goes onto the mirror
+    /// (md, metadata 1.0) instead of one disk. `root_disk` is then ignored
+    /// in favour of `raid.disks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid: Option<RaidRequest>,
+}
+
+/// A software RAID request at deploy (`{"level": 1, "disks": ["serial=S1",
+/// "serial=S2"]}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RaidRequest {
+    /// RAID level; only 1 (a mirror of two disks) is supported.
+    #[schema(example = 1)]
+    pub level: u8,
+    /// Exactly two disk hints (as `root_disk`), or none: the two smallest
+    /// writable disks of equal-enough size (within 1%) that hold the image.
+    #[serde(default)]
+    #[schema(value_type = Vec<String>, example = json!(["serial=S1", "serial=S2"]))]
+    pub disks: Vec<RootDiskHint>,
 }
 
 /// Body of `POST /api/v1/machines/{id}/actions/release` (optional).
@@ -300,6 +320,32 @@ pub struct BootEntryParams {
     pub label: String,
 }
 
+/// `raid` step: erase both disks' metadata (stopping any array that holds
+/// them) and build a software RAID 1 over the whole disks with md metadata
+/// 1.0 (superblock at the end, data from sector 0, so each member boots
+/// alone as a plain disk). The steps after it name `disks[0]`; the agent
+/// targets the md array that disk belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RaidParams {
+    /// 1.
+    pub level: u8,
+    /// The two members.
+    pub disks: Vec<DiskRef>,
+    /// The array's name in its superblock (`mdadm --name`).
+    pub name: String,
+}
+
+/// `raid_sync` step: wait until the mirror built by `raid` has finished its
+/// initial resync, so both disks hold the same bytes before the machine
+/// reboots (an image without mdadm then boots either disk alone).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RaidSyncParams {
+    /// Any member of the array.
+    pub disk: DiskRef,
+}
+
 /// `rescue` step: start an SSH server for root with these keys, touching no
 /// disk; the step succeeds once it listens, and the agent stays up.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -348,6 +394,27 @@ mod tests {
         let e = serde_json::from_str::<DeployRequest>(r#"{"image":"x","root_disk":"huge"}"#)
             .unwrap_err();
         assert!(e.to_string().contains("root disk hint"), "{e}");
+        let raid: DeployRequest = serde_json::from_str(
+            r#"{"image":"x","raid":{"level":1,"disks":["serial=S1","name=sdb"]}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            raid.raid,
+            Some(RaidRequest {
+                level: 1,
+                disks: vec![
+                    RootDiskHint::Serial("S1".into()),
+                    RootDiskHint::Name("sdb".into())
+                ]
+            })
+        );
+        let plain: DeployRequest = serde_json::from_str(r#"{"image":"x"}"#).unwrap();
+        assert_eq!(plain.raid, None);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("raid"));
+        assert!(
+            serde_json::from_str::<DeployRequest>(r#"{"image":"x","raid":{"level":1,"chunk":64}}"#)
+                .is_err()
+        );
         let r: ReleaseRequest = serde_json::from_str("{}").unwrap();
         assert_eq!(r.erase, EraseMode::Quick);
     }

@@ -19,7 +19,8 @@ use anvil_api_types::agent::{
     AgentPurpose, CommissioningRun, CommissioningRunList, RunState, StepKind, StepStatus,
 };
 use anvil_api_types::deploy::{
-    ConfigDriveKind, DeployRequest, EraseMode, ReleaseRequest, RescueRequest, RootDiskHint,
+    ConfigDriveKind, DeployRequest, EraseMode, RaidRequest, ReleaseRequest, RescueRequest,
+    RootDiskHint,
 };
 use anvil_api_types::{Job, JobStatus, Machine};
 use anvil_types::MachineState;
@@ -69,6 +70,14 @@ pub struct DeployArgs {
     /// default) or config-drive (OpenStack `config-2`).
     #[arg(long, value_name = "KIND", value_parser = parse_config_drive)]
     pub config_drive: Option<ConfigDriveKind>,
+    /// Software RAID 1: mirror the image over two disks (md metadata 1.0,
+    /// each disk boots alone). Without --raid-disk, the two smallest disks
+    /// of nearly equal size that hold the image.
+    #[arg(long)]
+    pub raid1: bool,
+    /// With --raid1: a member disk, as a --root-disk hint; give it twice.
+    #[arg(long = "raid-disk", value_name = "HINT", value_parser = RootDiskHint::parse, requires = "raid1")]
+    pub raid_disks: Vec<RootDiskHint>,
     /// Follow the deployment with progress bars until the machine is
     /// deployed; exit 8 if it fails.
     #[arg(long)]
@@ -209,12 +218,27 @@ pub(crate) fn read_user_data(path: &Path) -> Result<String, CliError> {
 impl DeployArgs {
     /// The request body, after reading and checking the files.
     pub(crate) fn body(&self) -> Result<DeployRequest, CliError> {
+        if !self.raid_disks.is_empty() && self.raid_disks.len() != 2 {
+            return Err(CliError::Usage(format!(
+                "--raid-disk takes exactly two disks (one per mirror member), got {}",
+                self.raid_disks.len()
+            )));
+        }
+        if self.raid1 && self.root_disk.is_some() {
+            return Err(CliError::Usage(
+                "--root-disk does not apply with --raid1; name the members with --raid-disk HINT --raid-disk HINT".into(),
+            ));
+        }
         Ok(DeployRequest {
             image: self.image.clone(),
             ssh_keys: read_ssh_keys(&self.ssh_keys)?,
             user_data: self.user_data.as_deref().map(read_user_data).transpose()?,
             root_disk: self.root_disk.clone(),
             config_drive: self.config_drive,
+            raid: self.raid1.then(|| RaidRequest {
+                level: 1,
+                disks: self.raid_disks.clone(),
+            }),
         })
     }
 }
@@ -865,6 +889,49 @@ mod tests {
     }
 
     #[test]
+    fn raid1_flags_become_the_raid_request() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["t", "node-01", "--image", "deb"];
+            args.extend_from_slice(extra);
+            Deploy::try_parse_from(args).map(|c| c.a.body())
+        };
+        let body = parse(&["--raid1"]).unwrap().unwrap();
+        assert_eq!(
+            body.raid,
+            Some(RaidRequest {
+                level: 1,
+                disks: vec![]
+            })
+        );
+        let body = parse(&[
+            "--raid1",
+            "--raid-disk",
+            "serial=S1",
+            "--raid-disk",
+            "name=sdb",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&body).unwrap()["raid"],
+            serde_json::json!({"level": 1, "disks": ["serial=S1", "name=sdb"]})
+        );
+        assert_eq!(parse(&[]).unwrap().unwrap().raid, None);
+        // One member only, a root disk beside the mirror: exit 2 locally.
+        let e = parse(&["--raid1", "--raid-disk", "serial=S1"])
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("exactly two"), "{e}");
+        let e = parse(&["--raid1", "--root-disk", "largest"])
+            .unwrap()
+            .unwrap_err();
+        assert!(e.to_string().contains("--raid-disk"), "{e}");
+        // --raid-disk without --raid1 and a bad hint: clap refuses.
+        assert!(parse(&["--raid-disk", "serial=S1"]).is_err());
+        assert!(parse(&["--raid1", "--raid-disk", "huge"]).is_err());
+    }
+
+    #[test]
     fn deploy_builds_the_request_from_files() {
         let keys = file(format!("# ops\n\n{ED25519}\n{ED25519}\n").as_bytes());
         let ud = file(b"#cloud-config\npackages: [htop]\n");
@@ -896,6 +963,7 @@ mod tests {
                 user_data: Some("#cloud-config\npackages: [htop]\n".into()),
                 root_disk: Some(RootDiskHint::MinSize(480_000_000_000)),
                 config_drive: Some(ConfigDriveKind::ConfigDrive),
+                raid: None,
             }
         );
         // The wire form is what the server's DeployRequest reads.

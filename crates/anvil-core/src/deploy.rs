@@ -33,6 +33,8 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use uuid::Uuid;
 
+pub mod raid;
+
 /// The image stream of a deployment: `len` bytes in `chunks`.
 pub struct ImageStream {
     pub len: u64,
@@ -105,6 +107,9 @@ pub struct DeploymentParams {
     pub cloud_init_files: Vec<StoredFile>,
     pub cloud_init_sha256: String,
     pub cloud_init_size: u64,
+    /// Software RAID 1: `root_disk` is then the first member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raid: Option<raid::RaidPlan>,
 }
 
 /// What a release run keeps.
@@ -323,7 +328,7 @@ pub fn release_disks(disks: &[anvil_inventory::Disk]) -> Vec<DiskRef> {
 /// The steps of a deployment, in order.
 pub fn plan_deploy_steps(p: &DeploymentParams) -> Vec<StepSpec> {
     let disk = p.root_disk.clone();
-    vec![
+    let steps = vec![
         StepSpec::Erase(EraseParams {
             disks: vec![disk.clone()],
             mode: EraseMode::Quick,
@@ -352,7 +357,11 @@ pub fn plan_deploy_steps(p: &DeploymentParams) -> Vec<StepSpec> {
             firmware: p.firmware,
             label: format!("anvil {}", p.image),
         }),
-    ]
+    ];
+    match &p.raid {
+        Some(r) => raid::with_raid(steps, r),
+        None => steps,
+    }
 }
 
 /// The FAT image of the cloud-init partition, from the files kept with the
@@ -459,8 +468,17 @@ impl App {
         }
         let facts = self.facts_or_commission_first(&m).await?;
         let hint = req.root_disk.clone().unwrap_or_default();
-        let root_disk =
-            resolve_root_disk(&hint, &facts.disks).map_err(|e| Error::invalid("root_disk", e))?;
+        let raid = raid::plan(
+            req.raid.as_ref(),
+            &facts.disks,
+            image.raw_size + RESERVE_END_BYTES,
+        )
+        .map_err(|e| Error::invalid("raid", e))?;
+        let root_disk = match &raid {
+            Some(r) => r.disks[0].clone(),
+            None => resolve_root_disk(&hint, &facts.disks)
+                .map_err(|e| Error::invalid("root_disk", e))?,
+        };
         let needed = image.raw_size + RESERVE_END_BYTES;
         if root_disk.size_bytes < needed {
             return Err(Error::invalid(
@@ -518,13 +536,26 @@ impl App {
             cloud_init_sha256: sha256_bytes(&fat),
             cloud_init_size: fat.len() as u64,
             cloud_init_files: files,
+            raid,
         };
         let steps = plan_deploy_steps(&params);
+        let target = match &params.raid {
+            Some(r) => format!(
+                "RAID {} of {}",
+                r.level,
+                r.disks
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join("+")
+            ),
+            None => params.root_disk.name.clone(),
+        };
         let message = format!(
             "{} → deploying with image {} on {}{}",
             m.state,
             image.name,
-            params.root_disk.name,
+            target,
             if m.state == MachineState::Ready {
                 " (allocated)"
             } else {
@@ -540,6 +571,7 @@ impl App {
             "config_drive": config_drive,
             "ssh_keys": params.ssh_keys.len(),
             "user_data_bytes": params.user_data.as_ref().map(|u| u.len()),
+            "raid": params.raid.as_ref().map(|r| json!({"level": r.level, "disks": r.disks})),
         });
         let job_params = json!({
             "image": image.name,
@@ -1240,7 +1272,7 @@ mod tests {
         }
     }
 
-    fn params() -> DeploymentParams {
+    pub(super) fn params() -> DeploymentParams {
         DeploymentParams {
             image: "deb".into(),
             image_id: Uuid::nil(),
@@ -1258,6 +1290,7 @@ mod tests {
             }],
             cloud_init_sha256: "cd".repeat(32),
             cloud_init_size: CIDATA_SIZE,
+            raid: None,
         }
     }
 

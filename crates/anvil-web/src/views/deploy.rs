@@ -16,7 +16,8 @@ use crate::error::PageError;
 use crate::views::Layout;
 use anvil_api_types::agent::{AgentPurpose, CommissioningRun, RunState, StepKind, StepStatus};
 use anvil_api_types::deploy::{
-    ConfigDriveKind, DeployRequest, EraseMode, ReleaseRequest, RescueRequest, RootDiskHint,
+    ConfigDriveKind, DeployRequest, EraseMode, RaidRequest, ReleaseRequest, RescueRequest,
+    RootDiskHint,
 };
 use anvil_api_types::images::Image;
 use anvil_core::cloudinit::Flavor;
@@ -56,6 +57,8 @@ pub(crate) struct DeployForm {
     pub(crate) root_disk: String,
     /// `nocloud` or `config_drive`; "" for the default.
     pub(crate) config_drive: String,
+    /// The RAID 1 checkbox: "on" when ticked, absent otherwise.
+    pub(crate) raid1: String,
 }
 
 impl HasCsrfToken for DeployForm {
@@ -72,6 +75,7 @@ pub(crate) struct DeployErrors {
     pub(crate) user_data: Option<String>,
     pub(crate) root_disk: Option<String>,
     pub(crate) config_drive: Option<String>,
+    pub(crate) raid: Option<String>,
 }
 
 impl DeployErrors {
@@ -89,6 +93,7 @@ impl DeployErrors {
             "user_data" => &mut self.user_data,
             "root_disk" => &mut self.root_disk,
             "config_drive" => &mut self.config_drive,
+            "raid" => &mut self.raid,
             _ => return false,
         };
         *slot = Some(message);
@@ -149,6 +154,8 @@ pub(crate) struct DeploymentView {
     /// Whether the machine has hardware facts to choose a disk from.
     pub(crate) has_disks: bool,
     pub(crate) config_drives: Vec<Choice>,
+    /// The RAID 1 checkbox is ticked (kept after a refusal).
+    pub(crate) raid1: bool,
     pub(crate) ssh_keys: String,
     pub(crate) user_data: String,
     pub(crate) errors: DeployErrors,
@@ -161,6 +168,9 @@ pub(crate) struct DeploymentView {
 
 /// The deploy request from the form, or the messages for its fields.
 /// Checks what can be checked without the store; the server checks again.
+// One message slot per field, built once per form post: boxing it would
+// only add noise at every caller.
+#[allow(clippy::result_large_err)]
 pub(crate) fn parse_deploy(f: &DeployForm) -> Result<DeployRequest, DeployErrors> {
     let mut errors = DeployErrors::default();
     let image = f.image.trim().to_string();
@@ -229,12 +239,20 @@ pub(crate) fn parse_deploy(f: &DeployForm) -> Result<DeployRequest, DeployErrors
     if !errors.is_empty() {
         return Err(errors);
     }
+    // A mirror picks its own two disks (the two smallest of equal size);
+    // the root-disk choice does not apply to it.
+    let raid = (!f.raid1.trim().is_empty()).then(|| RaidRequest {
+        level: 1,
+        disks: Vec::new(),
+    });
+    let root_disk = if raid.is_some() { None } else { root_disk };
     Ok(DeployRequest {
         image,
         ssh_keys,
         user_data,
         root_disk,
         config_drive,
+        raid,
     })
 }
 
@@ -275,6 +293,8 @@ fn step_label(k: StepKind) -> &'static str {
         StepKind::CloudInit => "cloud-init data",
         StepKind::BootEntry => "Boot entry",
         StepKind::Rescue => "Rescue system",
+        StepKind::Raid => "Build RAID 1",
+        StepKind::RaidSync => "RAID 1 resync",
         other => other.as_str(),
     }
 }
@@ -283,7 +303,7 @@ fn step_label(k: StepKind) -> &'static str {
 fn counts_bytes(k: StepKind) -> bool {
     matches!(
         k,
-        StepKind::WriteImage | StepKind::CloudInit | StepKind::Erase
+        StepKind::WriteImage | StepKind::CloudInit | StepKind::Erase | StepKind::RaidSync
     )
 }
 
@@ -506,6 +526,7 @@ pub(crate) fn deployment_view(
         disks,
         has_disks,
         config_drives,
+        raid1: !form.raid1.trim().is_empty(),
         ssh_keys: form.ssh_keys,
         user_data: form.user_data,
         errors: fb.errors,
@@ -923,7 +944,31 @@ mod tests {
             user_data: user_data.into(),
             root_disk: disk.into(),
             config_drive: drive.into(),
+            raid1: String::new(),
         }
+    }
+
+    #[test]
+    fn the_raid1_checkbox_asks_for_a_mirror_and_drops_the_root_disk() {
+        let mut f = form("img", "", "", "serial=S1", "");
+        f.raid1 = "on".into();
+        let req = parse_deploy(&f).unwrap();
+        assert_eq!(
+            req.raid,
+            Some(RaidRequest {
+                level: 1,
+                disks: vec![]
+            })
+        );
+        assert_eq!(req.root_disk, None);
+        assert_eq!(
+            parse_deploy(&form("img", "", "", "", "")).unwrap().raid,
+            None
+        );
+        // The server's refusal of the mirror lands at the checkbox.
+        let mut e = DeployErrors::default();
+        assert!(e.set("raid", "RAID 1 needs two writable disks".into()));
+        assert_eq!(e.raid.as_deref(), Some("RAID 1 needs two writable disks"));
     }
 
     #[test]
@@ -945,6 +990,7 @@ mod tests {
                 user_data: Some("#cloud-config\nruncmd: [echo hi]\n".into()),
                 root_disk: Some(RootDiskHint::Serial("S64HNE0R".into())),
                 config_drive: Some(ConfigDriveKind::ConfigDrive),
+                raid: None,
             }
         );
         let bare = parse_deploy(&form("img", "", "  \r\n", "", "")).unwrap();
