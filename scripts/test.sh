@@ -39,6 +39,8 @@ PACKAGES+=(python3-yaml python3-jsonschema python3-configobj python3-jinja2
 PACKAGES+=(syslinux syslinux-common mtools fdisk e2fsprogs systemd-boot-efi)
 # dropbear-bin                      the agent's rescue step test runs the real dropbear
 PACKAGES+=(dropbear-bin)
+# mdadm                             the RAID 1 deploy test examines its disks' md superblocks
+PACKAGES+=(mdadm)
 need=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
