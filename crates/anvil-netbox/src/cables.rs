@@ -112,9 +112,9 @@ impl CableCreate {
     }
 }
 
-/// An LLDP neighbour that cannot become a cable yet, without a conflict:
-/// the machine's own interface is not in NetBox (the sync creates it; the
-/// next run cables it), or the neighbour carries nothing to match on.
+/// An LLDP neighbour that does not become a cable, without a conflict: the
+/// machine's own interface is not in NetBox yet (the sync creates it; the
+/// next run cables it), or the neighbour is that interface itself.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct CableSkip {
     pub machine_id: Uuid,
