@@ -42,6 +42,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} changed while it was being imported; import it again once it is complete")]
+    SourceChanged { path: PathBuf },
     #[error("image is empty")]
     Empty,
     #[error("image {sha256} is not in the library")]

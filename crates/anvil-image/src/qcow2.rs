@@ -336,6 +336,24 @@ impl<R: ReadAt + Sync> Qcow2Reader<R> {
         &self.header
     }
 
+    /// Whether any guest cluster is stored compressed. Walks the L2 tables
+    /// only (no data is read; a few KiB of tables per GiB of disk), with the
+    /// same checks as reading, so a damaged table is the same error earlier.
+    /// The importer uses it to choose between decoding once (compressed
+    /// clusters: inflating is the dear part) and reading the file twice.
+    pub fn has_compressed_clusters(&mut self) -> Result<bool> {
+        let size = self.header.virtual_size;
+        let mut pos = 0;
+        while pos < size {
+            let (unit, len) = self.classify(pos)?;
+            if matches!(unit, Unit::Compressed { .. }) {
+                return Ok(true);
+            }
+            pos += len;
+        }
+        Ok(false)
+    }
+
     fn l2_entries_bits(&self) -> u32 {
         self.header.cluster_bits - if self.header.extended_l2 { 4 } else { 3 }
     }
@@ -754,10 +772,9 @@ mod tests {
         assert!(out[131072..].iter().all(|&b| b == 0));
     }
 
-    /// Regression: host-adjacent clusters separated in the guest by a
-    /// compressed cluster were merged into one read and overwrote it.
-    #[test]
-    fn host_adjacent_clusters_around_a_compressed_one() {
+    /// Guest clusters 0 and 2 plain (0xa1, 0xa3), between them cluster 1
+    /// compressed (0xc7), at host offsets where the two plain ones are adjacent.
+    fn image_with_a_compressed_cluster() -> Vec<u8> {
         let mut img = header_v3(3 * 65536, 1);
         img[0x10000..0x10008].copy_from_slice(&0x20000u64.to_be_bytes());
         img[0x20000..0x20008].copy_from_slice(&0x30000u64.to_be_bytes());
@@ -775,10 +792,56 @@ mod tests {
         img[0x30000..0x40000].fill(0xa1);
         img[0x40000..0x50000].fill(0xa3);
         img[0x50000..0x50000 + packed.len()].copy_from_slice(&packed);
-        let out = read_all(img).unwrap();
+        img
+    }
+
+    /// Regression: host-adjacent clusters separated in the guest by a
+    /// compressed cluster were merged into one read and overwrote it.
+    #[test]
+    fn host_adjacent_clusters_around_a_compressed_one() {
+        let out = read_all(image_with_a_compressed_cluster()).unwrap();
         assert!(out[..65536].iter().all(|&b| b == 0xa1));
         assert!(out[65536..131072].iter().all(|&b| b == 0xc7));
         assert!(out[131072..].iter().all(|&b| b == 0xa3));
+    }
+
+    #[test]
+    fn finds_compressed_clusters_without_disturbing_the_read() {
+        let mut r = Qcow2Reader::open(image_with_a_compressed_cluster()).unwrap();
+        assert!(r.has_compressed_clusters().unwrap());
+        let mut buf = Vec::new();
+        assert_eq!(r.next_piece(&mut buf, 1 << 20).unwrap(), Some(Piece::Data));
+        assert_eq!(buf.len(), 3 * 65536);
+        assert!(buf[65536..131072].iter().all(|&b| b == 0xc7));
+
+        let mut plain = header_v3(3 * 65536 + 10, 1);
+        plain[0x10000..0x10008].copy_from_slice(&0x20000u64.to_be_bytes());
+        plain[0x20008..0x20010].copy_from_slice(&0x30000u64.to_be_bytes());
+        plain.resize(0x40000, 0x5a);
+        assert!(
+            !Qcow2Reader::open(plain)
+                .unwrap()
+                .has_compressed_clusters()
+                .unwrap()
+        );
+        assert!(
+            !Qcow2Reader::open(header_v3(1 << 30, 2))
+                .unwrap()
+                .has_compressed_clusters()
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn compressed_cluster_scan_reports_damaged_tables() {
+        // L1 points at an L2 table beyond the end of the file.
+        let mut img = header_v3(1 << 20, 1);
+        img[0x10000..0x10008].copy_from_slice(&0x100000u64.to_be_bytes());
+        let err = Qcow2Reader::open(img)
+            .unwrap()
+            .has_compressed_clusters()
+            .unwrap_err();
+        assert!(err.to_string().contains("truncated"), "{err}");
     }
 
     #[test]
