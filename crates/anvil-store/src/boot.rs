@@ -5,6 +5,7 @@ use crate::ts::Ts;
 use crate::{Store, on_pool};
 use sqlx::types::Json;
 use sqlx::{QueryBuilder, Row};
+use std::collections::HashMap;
 use time::OffsetDateTime;
 
 /// A DHCP lease as stored: one row per address.
@@ -66,70 +67,159 @@ macro_rules! lease_from_row {
     }};
 }
 
+/// Writes runs of lease changes (see `commit_leases`) inside an open
+/// transaction `$tx`; the same SQL on both backends.
+macro_rules! write_lease_runs {
+    ($tx:expr, $runs:expr) => {{
+        for run in $runs {
+            match run {
+                Ok(leases) => {
+                    let mut qb = QueryBuilder::new(
+                        "INSERT INTO leases (ip, mac, network, state, hostname, client_id, expires_at, updated_at) ",
+                    );
+                    qb.push_values(leases.iter(), |mut b, l| {
+                        b.push_bind(l.ip.clone())
+                            .push_bind(l.mac.clone())
+                            .push_bind(l.network.clone())
+                            .push_bind(l.state.clone())
+                            .push_bind(l.hostname.clone())
+                            .push_bind(l.client_id.clone())
+                            .push_bind(Ts(l.expires_at))
+                            .push_bind(Ts(l.updated_at));
+                    });
+                    qb.push(
+                        " ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, network = excluded.network,
+                           state = excluded.state, hostname = excluded.hostname, client_id = excluded.client_id,
+                           expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+                    );
+                    qb.build()
+                        .execute(&mut *$tx)
+                        .await
+                        .map_err(query_err("write leases"))?;
+                }
+                Err(ip) => {
+                    sqlx::query("DELETE FROM leases WHERE ip = $1")
+                        .bind(*ip)
+                        .execute(&mut *$tx)
+                        .await
+                        .map_err(query_err("remove lease"))?;
+                }
+            }
+        }
+    }};
+}
+
+/// Page cache of the lease connection: a lease row and its index entries
+/// take ~150 bytes, so 32 MiB keeps ~200,000 leases' pages in memory. SQLite
+/// allocates it only as pages are read.
+const LEASE_CACHE_KIB: i64 = 32 * 1024;
+
+/// Groups a batch into runs: consecutive upserts form one multi-row
+/// statement (one round trip instead of one per lease), a removal is a run of
+/// its own, and order between upserts and removals is kept. Within one
+/// statement an address may appear once (PostgreSQL refuses ON CONFLICT
+/// touching a row twice), so a later upsert of the same address replaces an
+/// earlier one of the same run.
+fn lease_runs(batch: &[LeaseWrite]) -> Vec<std::result::Result<Vec<&LeaseRecord>, &str>> {
+    let mut runs: Vec<std::result::Result<Vec<&LeaseRecord>, &str>> = Vec::new();
+    // Position of each address in the current run of upserts.
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for w in batch {
+        match w {
+            LeaseWrite::Upsert(l) => match runs.last_mut() {
+                Some(Ok(run)) => match at.get(l.ip.as_str()) {
+                    Some(&i) => run[i] = l,
+                    None => {
+                        at.insert(&l.ip, run.len());
+                        run.push(l);
+                    }
+                },
+                _ => {
+                    at.clear();
+                    at.insert(&l.ip, 0);
+                    runs.push(Ok(vec![l]));
+                }
+            },
+            LeaseWrite::Remove { ip } => runs.push(Err(ip.as_str())),
+        }
+    }
+    runs
+}
+
+/// Takes a connection out of the pool for lease batches (see
+/// `Store::commit_leases`), with its own cache size and in-memory statement
+/// journals.
+async fn open_lease_conn(pool: &sqlx::SqlitePool) -> Result<sqlx::SqliteConnection> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(query_err("open the lease connection"))?
+        .detach();
+    sqlx::query("PRAGMA temp_store = MEMORY")
+        .execute(&mut conn)
+        .await
+        .map_err(query_err("lease connection: temp_store"))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "PRAGMA cache_size = -{LEASE_CACHE_KIB}"
+    )))
+    .execute(&mut conn)
+    .await
+    .map_err(query_err("lease connection: cache_size"))?;
+    Ok(conn)
+}
+
+async fn commit_lease_runs_sqlite(
+    conn: &mut sqlx::SqliteConnection,
+    runs: &[std::result::Result<Vec<&LeaseRecord>, &str>],
+) -> Result<()> {
+    use sqlx::Connection;
+    let mut tx = conn
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(query_err("begin"))?;
+    write_lease_runs!(tx, runs);
+    tx.commit().await.map_err(query_err("commit leases"))?;
+    Ok(())
+}
+
 impl Store {
     /// Applies a batch of lease changes in one transaction: one commit (one
     /// fsync) makes the whole batch durable, which is how DHCP stays both
     /// durable and fast.
+    ///
+    /// On SQLite the batches go through one connection kept for them. In WAL
+    /// mode a connection drops its whole page cache whenever another
+    /// connection wrote since its last transaction, and the pool hands out its
+    /// connections in turn: every commit started cold and re-read the lease
+    /// table's and indexes' pages (`pread`) it was about to modify. The kept
+    /// connection also holds statement journals in memory (`temp_store`): a
+    /// multi-row upsert journals the pages it changes in case it must be
+    /// rolled back on its own, and past 64 KiB SQLite spilled that journal to
+    /// a temporary file it created, wrote and unlinked on every other commit.
     pub async fn commit_leases(&self, batch: &[LeaseWrite]) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
         let _serialised = self.write_guard().await;
-        // Consecutive upserts go out as one multi-row statement (one round
-        // trip to the database instead of one per lease); order between
-        // upserts and removals is kept. Within one statement an address may
-        // appear once (PostgreSQL refuses ON CONFLICT touching a row twice),
-        // so a later upsert of the same address replaces an earlier one.
-        let mut runs: Vec<Result<Vec<&LeaseRecord>, &str>> = Vec::new();
-        for w in batch {
-            match w {
-                LeaseWrite::Upsert(l) => match runs.last_mut() {
-                    Some(Ok(run)) => {
-                        run.retain(|x| x.ip != l.ip);
-                        run.push(l);
-                    }
-                    _ => runs.push(Ok(vec![l])),
-                },
-                LeaseWrite::Remove { ip } => runs.push(Err(ip.as_str())),
+        let runs = lease_runs(batch);
+        if let (crate::Pool::Sqlite(pool), Some(slot)) = (&self.pool, &self.lease_conn) {
+            let mut slot = slot.lock().await;
+            let conn = match slot.as_mut() {
+                Some(c) => c,
+                None => slot.insert(open_lease_conn(pool).await?),
+            };
+            let res = commit_lease_runs_sqlite(conn, &runs).await;
+            if res.is_err() {
+                // Whatever state the failure left the connection in (an open
+                // transaction, a broken file handle), the next batch starts
+                // on a fresh one.
+                *slot = None;
             }
+            return res;
         }
         on_pool!(self, |p, begin| {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
-            for run in &runs {
-                match run {
-                    Ok(leases) => {
-                        let mut qb = QueryBuilder::new(
-                            "INSERT INTO leases (ip, mac, network, state, hostname, client_id, expires_at, updated_at) ",
-                        );
-                        qb.push_values(leases.iter(), |mut b, l| {
-                            b.push_bind(l.ip.clone())
-                                .push_bind(l.mac.clone())
-                                .push_bind(l.network.clone())
-                                .push_bind(l.state.clone())
-                                .push_bind(l.hostname.clone())
-                                .push_bind(l.client_id.clone())
-                                .push_bind(Ts(l.expires_at))
-                                .push_bind(Ts(l.updated_at));
-                        });
-                        qb.push(
-                            " ON CONFLICT (ip) DO UPDATE SET mac = excluded.mac, network = excluded.network,
-                               state = excluded.state, hostname = excluded.hostname, client_id = excluded.client_id,
-                               expires_at = excluded.expires_at, updated_at = excluded.updated_at",
-                        );
-                        qb.build()
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(query_err("write leases"))?;
-                    }
-                    Err(ip) => {
-                        sqlx::query("DELETE FROM leases WHERE ip = $1")
-                            .bind(*ip)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(query_err("remove lease"))?;
-                    }
-                }
-            }
+            write_lease_runs!(tx, &runs);
             tx.commit().await.map_err(query_err("commit leases"))?;
         });
         Ok(())
@@ -255,4 +345,61 @@ pub struct InterfaceIndexRow {
     pub machine_id: uuid::Uuid,
     pub hostname: String,
     pub state: anvil_types::MachineState,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(ip: &str, state: &str) -> LeaseWrite {
+        LeaseWrite::Upsert(LeaseRecord {
+            ip: ip.into(),
+            mac: "52:54:00:00:00:01".into(),
+            network: "n".into(),
+            state: state.into(),
+            hostname: None,
+            client_id: None,
+            expires_at: OffsetDateTime::UNIX_EPOCH,
+            updated_at: OffsetDateTime::UNIX_EPOCH,
+        })
+    }
+
+    fn shape(batch: &[LeaseWrite]) -> Vec<Result<Vec<(String, String)>, String>> {
+        lease_runs(batch)
+            .into_iter()
+            .map(|r| match r {
+                Ok(ls) => Ok(ls
+                    .into_iter()
+                    .map(|l| (l.ip.clone(), l.state.clone()))
+                    .collect()),
+                Err(ip) => Err(ip.to_string()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn lease_runs_keep_order_and_the_last_upsert_per_address() {
+        let rm = |ip: &str| LeaseWrite::Remove { ip: ip.into() };
+        let p = |ip: &str, st: &str| (ip.to_string(), st.to_string());
+        let batch = [
+            up("10.0.0.1", "offered"),
+            up("10.0.0.2", "bound"),
+            up("10.0.0.1", "bound"),
+            rm("10.0.0.2"),
+            up("10.0.0.2", "bound"),
+            up("10.0.0.3", "bound"),
+            up("10.0.0.2", "released"),
+        ];
+        assert_eq!(
+            shape(&batch),
+            vec![
+                Ok(vec![p("10.0.0.1", "bound"), p("10.0.0.2", "bound")]),
+                Err("10.0.0.2".into()),
+                // A new run after a removal: 10.0.0.1 of the first run does
+                // not leak into this one's positions.
+                Ok(vec![p("10.0.0.2", "released"), p("10.0.0.3", "bound")]),
+            ]
+        );
+        assert!(lease_runs(&[]).is_empty());
+    }
 }

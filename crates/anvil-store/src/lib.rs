@@ -52,6 +52,9 @@ pub struct Store {
     /// SQLite's busy-handler sleeps (1–100 ms each), which dominated write
     /// latency under concurrency. `None` for PostgreSQL.
     writers: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// SQLite: the connection DHCP lease batches are committed on (see
+    /// `boot.rs`), opened on first use. `None` for PostgreSQL.
+    lease_conn: Option<Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>>,
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool, once per backend.

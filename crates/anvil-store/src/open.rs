@@ -103,6 +103,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             _lock: lock,
             writers: Some(Arc::new(tokio::sync::Mutex::new(()))),
+            lease_conn: Some(Arc::new(tokio::sync::Mutex::new(None))),
         })
     }
 
@@ -132,6 +133,7 @@ impl Store {
             pool: Pool::Postgres(pool),
             _lock: None,
             writers: None,
+            lease_conn: None,
         })
     }
 }
