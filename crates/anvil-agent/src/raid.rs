@@ -386,6 +386,13 @@ mod tests {
         fixture::virtio_disk(root, "vda", 4, 64 * MIB, Some("A"));
         fixture::virtio_disk(root, "vdb", 5, 64 * MIB, Some("B"));
         if array {
+            // As the kernel shows an array: a virtual block device.
+            std::fs::create_dir_all(root.join("sys/devices/virtual/block/md127")).unwrap();
+            std::os::unix::fs::symlink(
+                "../devices/virtual/block/md127",
+                root.join("sys/block/md127"),
+            )
+            .unwrap();
             for m in ["vda", "vdb"] {
                 std::fs::create_dir_all(root.join("sys/block").join(m).join("holders/md127"))
                     .unwrap();
@@ -417,6 +424,13 @@ mod tests {
         assert_eq!(describe(t.path(), &plain), Value::Null);
 
         let (t, r) = rig(true);
+        // Commissioning lists the members, never the array, as disks.
+        let listed: Vec<String> = disk::disks(t.path())
+            .unwrap()
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        assert_eq!(listed, ["vda", "vdb"]);
         let md = target(t.path(), &r).unwrap();
         assert_eq!(md.name, "md127");
         assert_eq!(md.dev, t.path().join("dev/md127"));
