@@ -327,8 +327,9 @@ async fn lldp_neighbours_become_cables_conflicts_are_reported() {
     assert_eq!(api.get("/machines/leaf-1").await.0, StatusCode::NOT_FOUND);
     assert!(cables_of(&nb, seeded.device).await.is_empty());
 
-    // Commissioning hears the neighbours; the write-back that follows the
-    // machine's change to `ready` cables the first NIC within seconds.
+    // Commissioning hears the neighbours; the next reconcile (the write-back
+    // that follows the machine's change to `ready`, or the start-up one if
+    // it is still running) cables the first NIC within seconds.
     api.commission().await;
     let cable = eventually(60, "the LLDP cable in NetBox", || async {
         cables_of(&nb, seeded.device).await.into_iter().next()
@@ -371,7 +372,10 @@ async fn lldp_neighbours_become_cables_conflicts_are_reported() {
         .unwrap();
     let msg = on_switch["message"].as_str().unwrap();
     assert!(
-        msg.contains("eth1") && msg.contains("Ethernet2") && msg.contains("patch-1"),
+        msg.contains("lldp-1")
+            && msg.contains("eth1")
+            && msg.contains("Ethernet2")
+            && msg.contains("patch-1"),
         "{msg}"
     );
     assert_eq!(on_switch["device_id"], seeded.device);
@@ -427,10 +431,22 @@ async fn lldp_neighbours_become_cables_conflicts_are_reported() {
         "{status}"
     );
 
-    // Again: still nothing to write.
+    // Again: still nothing to write, and the conflicts, still reported, are
+    // not recorded as events a second time.
     let again = api.sync(false);
     assert_eq!(again["written"], 0, "{again}");
     assert_eq!(again["cables"]["unchanged"], 1, "{again}");
+    assert_eq!(kinds(&again), kinds(&report), "{again}");
+    let (_, events) = api.get("/events?limit=1000").await;
+    let spine_events = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["kind"] == "netbox.conflict" && e["message"].as_str().unwrap().contains("spine-9")
+        })
+        .count();
+    assert_eq!(spine_events, 1, "{events}");
 
     // The operator deletes the cable in NetBox. A dry run plans it again
     // and writes nothing.

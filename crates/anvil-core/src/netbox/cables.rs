@@ -15,10 +15,13 @@ use anvil_inventory::{LldpNeighbor, Nic};
 use anvil_netbox::cables::{
     CableInput, CablePlan, MachineNeighbours, Neighbour, macs_to_find, names_to_find, plan_cables,
 };
-use anvil_netbox::{CableSummary, NbSnapshot, SyncReport};
+use anvil_netbox::{CableSummary, Conflict, NbSnapshot, SyncReport};
+use anvil_store::EventFilter;
 use anvil_types::{MacAddr, Machine};
 use serde::Deserialize;
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
+use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// The parts of a stored facts document cabling needs (the rest is skipped
@@ -57,7 +60,7 @@ impl App {
         &self,
         devices: &HashSet<u64>,
         machines: &[Machine],
-    ) -> Result<Vec<MachineNeighbours>> {
+    ) -> Result<Vec<(MachineNeighbours, OffsetDateTime)>> {
         let hostnames: HashMap<Uuid, &str> = machines
             .iter()
             .map(|m| (m.id, m.hostname.as_str()))
@@ -87,21 +90,80 @@ impl App {
             if facts.lldp.is_empty() {
                 continue;
             }
-            out.push(MachineNeighbours {
-                machine_id,
-                hostname: hostnames
-                    .get(&machine_id)
-                    .map_or_else(|| machine_id.to_string(), |h| h.to_string()),
-                device_id,
-                nics: facts
-                    .nics
-                    .iter()
-                    .map(|n| (n.name.clone(), nic_macs(n)))
-                    .collect(),
-                neighbours: facts.lldp.into_iter().map(neighbour).collect(),
-            });
+            // Machines imported by this very reconcile are not in `machines`
+            // (read before it); conflicts name machines by hostname.
+            let hostname = match hostnames.get(&machine_id) {
+                Some(h) => h.to_string(),
+                None => match self.store.get_machine(machine_id).await? {
+                    Some(m) => m.hostname,
+                    None => continue,
+                },
+            };
+            out.push((
+                MachineNeighbours {
+                    machine_id,
+                    hostname,
+                    device_id,
+                    nics: facts
+                        .nics
+                        .iter()
+                        .map(|n| (n.name.clone(), nic_macs(n)))
+                        .collect(),
+                    neighbours: facts.lldp.into_iter().map(neighbour).collect(),
+                },
+                rec.collected_at,
+            ));
         }
         Ok(out)
+    }
+
+    /// Records each cable conflict once per machine and facts: LLDP
+    /// conflicts last as long as the facts they come from, and every
+    /// write-back of a machine re-plans its cables, so one already recorded
+    /// for this machine since its facts were collected is not repeated (the
+    /// report and `anvil netbox status` still list it at every run).
+    async fn record_cable_conflicts(
+        &self,
+        conflicts: &[Conflict],
+        facts_at: &HashMap<Uuid, OffsetDateTime>,
+    ) {
+        let mut fresh = Vec::new();
+        let mut seen: HashMap<Uuid, HashSet<String>> = HashMap::new();
+        for c in conflicts {
+            let (Some(m), Some(since)) =
+                (c.machine_id, c.machine_id.and_then(|m| facts_at.get(&m)))
+            else {
+                fresh.push(c.clone());
+                continue;
+            };
+            let known = match seen.entry(m) {
+                Entry::Occupied(o) => o.into_mut(),
+                Entry::Vacant(v) => {
+                    let recorded = self
+                        .store
+                        .list_events(&EventFilter {
+                            machine_id: Some(m),
+                            since: Some(*since),
+                            limit: 1000,
+                            ..Default::default()
+                        })
+                        .await
+                        .map(|events| {
+                            events
+                                .into_iter()
+                                .filter(|e| e.kind == "netbox.conflict")
+                                .map(|e| e.message)
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    v.insert(recorded)
+                }
+            };
+            if known.insert(c.message.clone()) {
+                fresh.push(c.clone());
+            }
+        }
+        self.record_conflicts(&fresh).await;
     }
 
     /// Reads what the plan needs from NetBox and plans the cables.
@@ -110,11 +172,19 @@ impl App {
         ctl: &NetboxCtl,
         snapshot: &NbSnapshot,
         machines: &[Machine],
-    ) -> Result<CablePlan> {
+    ) -> Result<(CablePlan, HashMap<Uuid, OffsetDateTime>)> {
         let devices: HashSet<u64> = snapshot.devices.iter().map(|d| d.id).collect();
-        let lldp = self.lldp_machines(&devices, machines).await?;
+        let (lldp, facts_at): (Vec<MachineNeighbours>, HashMap<Uuid, OffsetDateTime>) = self
+            .lldp_machines(&devices, machines)
+            .await?
+            .into_iter()
+            .map(|(m, at)| {
+                let id = m.machine_id;
+                (m, (id, at))
+            })
+            .unzip();
         if lldp.is_empty() {
-            return Ok(CablePlan::default());
+            return Ok((CablePlan::default(), facts_at));
         }
         let client = &ctl.settings.client;
         let nb = |e: anvil_netbox::Error| Error::Netbox(crate::error_chain(&e));
@@ -137,12 +207,13 @@ impl App {
             .chain(by_mac.iter().map(|(_, d)| d.id))
             .collect();
         let interfaces = client.cable_interfaces(&ids).await.map_err(nb)?;
-        Ok(plan_cables(&CableInput {
+        let plan = plan_cables(&CableInput {
             machines: &lldp,
             named: &named,
             by_mac: &by_mac,
             interfaces: &interfaces,
-        }))
+        });
+        Ok((plan, facts_at))
     }
 
     /// Plans the LLDP cables of a reconcile and, unless `dry_run`, creates
@@ -159,7 +230,7 @@ impl App {
         if !ctl.settings.mapping.lldp_cables {
             return None;
         }
-        let plan = match self.plan_lldp_cables(ctl, snapshot, machines).await {
+        let (plan, facts_at) = match self.plan_lldp_cables(ctl, snapshot, machines).await {
             Ok(p) => p,
             Err(e) => return Some(format!("LLDP cables: {e}")),
         };
@@ -176,11 +247,8 @@ impl App {
             report.pending += planned;
             return None;
         }
-        if snapshot.complete {
-            self.record_new_conflicts(&plan.conflicts).await;
-        } else {
-            self.record_conflicts(&plan.conflicts).await;
-        }
+        self.record_cable_conflicts(&plan.conflicts, &facts_at)
+            .await;
         if plan.create.is_empty() {
             return None;
         }
