@@ -4,7 +4,9 @@
 # disk holding ~600 MiB of real files (this machine's /usr, the kind of bytes
 # an OS image carries) spread in runs over mostly empty space, stored as plain
 # and as compressed (-c) qcow2. Both sides read the same warm file and write
-# to the same filesystem; each side runs RUNS times, the median is printed.
+# to the same filesystem; each side runs RUNS times, alternating which goes
+# first; per run the load, wall and CPU seconds and the ratio are printed,
+# then the medians.
 # Usage: scripts/bench/image-import.sh [RUNS] [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -55,25 +57,39 @@ PY
 fi
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-now() { date +%s.%N; }
+# Wall, user+sys CPU seconds of a command (bash's `time` counts its children).
+timed() {
+    local TIMEFORMAT='%R %U %S' out
+    out=$({ time "$@" > /dev/null; } 2>&1 | tail -1)
+    awk '{printf "%.3f %.3f\n", $1, $2 + $3}' <<< "$out"
+}
+qemu_side() { qemu-img convert -O raw "$1" "$WORK/out.raw" && sync -f "$WORK"; }
 
+# The machine is shared: the load is printed with every run, the two sides
+# alternate which goes first, and the ratio is taken per run (same load)
+# before the median. CPU seconds do not depend on the load as wall time does.
 echo "Image import vs qemu-img convert -O raw; $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for img in disk.qcow2 disk-c.qcow2; do
     src=$WORK/$img
     cat "$src" > /dev/null
-    q=() o=()
-    for _ in $(seq 1 "$RUNS"); do
-        rm -f "$WORK/out.raw"
-        t0=$(now); qemu-img convert -O raw "$src" "$WORK/out.raw"; sync -f "$WORK"; t1=$(now)
-        q+=("$(echo "$t1 - $t0" | bc)")
-        rm -f "$WORK/out.raw"
-        rm -rf "$WORK/lib"
-        t0=$(now); line=$("$IMPORT" "$src" "$WORK/lib"); t1=$(now)
-        o+=("$(echo "$t1 - $t0" | bc)")
+    ratios=() qw=() ow=() qc=() oc=()
+    for run in $(seq 1 "$RUNS"); do
+        load=$(cut -d' ' -f1 /proc/loadavg)
+        rm -rf "$WORK/out.raw" "$WORK/lib"
+        if (( run % 2 )); then
+            read -r qwall qcpu < <(timed qemu_side "$src")
+            read -r owall ocpu < <(timed "$IMPORT" "$src" "$WORK/lib")
+        else
+            read -r owall ocpu < <(timed "$IMPORT" "$src" "$WORK/lib")
+            read -r qwall qcpu < <(timed qemu_side "$src")
+        fi
+        ratio=$(echo "scale=2; $owall / $qwall" | bc)
+        echo "  $img run $run: load $load; qemu-img ${qwall}s (cpu ${qcpu}s), anvil ${owall}s (cpu ${ocpu}s), ratio $ratio"
+        ratios+=("$ratio") qw+=("$qwall") ow+=("$owall") qc+=("$qcpu") oc+=("$ocpu")
     done
-    qm=$(printf '%s\n' "${q[@]}" | median)
-    om=$(printf '%s\n' "${o[@]}" | median)
-    echo "$img ($(du -m "$src" | cut -f1) MiB file): qemu-img convert ${qm}s, anvil import ${om}s, ratio $(echo "scale=2; $om / $qm" | bc)"
+    line=$("$IMPORT" "$src" "$WORK/lib")
+    med() { printf '%s\n' "$@" | median; }
+    echo "$img ($(du -m "$src" | cut -f1) MiB file): median qemu-img convert $(med "${qw[@]}")s (cpu $(med "${qc[@]}")s), anvil import $(med "${ow[@]}")s (cpu $(med "${oc[@]}")s), median ratio $(med "${ratios[@]}")"
     echo "  $line"
 done
 rm -rf "$WORK/lib" "$WORK/out.raw"
