@@ -17,6 +17,7 @@ mod machines;
 pub mod netbox;
 pub mod netconfig;
 pub mod power;
+mod power_writer;
 mod principals;
 
 pub use crypto::{KeyError, SecretBox};

@@ -24,6 +24,7 @@ pub use commission::{AgentTokenRecord, FactsRecord, RunEnd, RunRecord, StepRecor
 pub use error::{Result, StoreError};
 pub use images::{ImageDelete, ImageRecord, ImageUser};
 pub use installer::{InstallerImageRecord, InstallerRunRecord};
+pub use jobs::JobUpdate;
 pub use machines::{EventFilter, MachineFilter, MachineWrite, NewEvent, SecretUpdate, SortKey};
 pub use netbox::{NetboxRun, NetboxRunCounts, OutboxEntry};
 pub use open::{Access, Backend, redact_url};

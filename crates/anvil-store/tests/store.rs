@@ -1889,3 +1889,166 @@ mod installer_conformance {
         assert_eq!(s.installer_token_run("h1").await.unwrap(), None);
     }
 }
+
+// ---------------------------------------------------------------------------
+// Power jobs' group commit (`Store::apply_job_updates`).
+
+mod job_updates_conformance {
+    macro_rules! both {
+        ($($name:ident),* $(,)?) => {
+            mod sqlite {
+                $( #[tokio::test] async fn $name() {
+                    let (s, _g) = super::super::sqlite_store().await.unwrap();
+                    super::$name(s).await;
+                } )*
+            }
+            mod postgres {
+                $( #[tokio::test] async fn $name() {
+                    let Some((s, _g)) = super::super::postgres_store().await else { return };
+                    super::$name(s).await;
+                } )*
+            }
+        };
+    }
+    both!(job_updates_of_many_jobs_land_in_one_call_in_order);
+
+    use super::{insert, machine, now};
+    use anvil_store::{EventFilter, JobUpdate, NewEvent, Store};
+    use anvil_types::{Job, JobStatus};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    async fn job_updates_of_many_jobs_land_in_one_call_in_order(s: Store) {
+        let at = now();
+        let (m1, m2) = (machine("ju1", 71), machine("ju2", 72));
+        insert(&s, &m1).await;
+        insert(&s, &m2).await;
+        let queued = |m: Uuid, i: i64| Job {
+            id: Uuid::now_v7(),
+            kind: "pxe-boot".into(),
+            machine_id: Some(m),
+            status: JobStatus::Queued,
+            actor: "test".into(),
+            params: json!({}),
+            result: None,
+            error: None,
+            created_at: at + time::Duration::milliseconds(i),
+            started_at: None,
+            finished_at: None,
+        };
+        let (ok, bad, later) = (queued(m1.id, 0), queued(m2.id, 1), queued(m2.id, 2));
+        s.insert_jobs(&[ok.clone(), bad.clone(), later.clone()])
+            .await
+            .unwrap();
+        let cursor = s
+            .list_events(&EventFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .last()
+            .map(|e| e.id);
+        let done = at + time::Duration::seconds(3);
+        let event = |m: Uuid, job: Uuid, kind: &str| NewEvent {
+            time: done,
+            actor: "test".into(),
+            machine_id: Some(m),
+            kind: kind.into(),
+            message: format!("{kind} message"),
+            data: json!({ "job": job }),
+        };
+        // Starts and finishes of several jobs, interleaved, in one call;
+        // a start of a job that is no longer queued changes nothing.
+        s.apply_job_updates(&[
+            JobUpdate::Started { id: ok.id, at },
+            JobUpdate::Started { id: bad.id, at },
+            JobUpdate::Started { id: later.id, at },
+            JobUpdate::Finished {
+                id: ok.id,
+                outcome: Ok(json!({"power_state": "on"})),
+                at: done,
+                power_state: Some((m1.id, "on".into())),
+                event: Some(event(m1.id, ok.id, "power.pxe-boot")),
+            },
+            JobUpdate::Finished {
+                id: bad.id,
+                outcome: Err("the BMC at x did not answer".into()),
+                at: done,
+                power_state: None,
+                event: Some(event(m2.id, bad.id, "power.pxe-boot.failed")),
+            },
+            JobUpdate::Started {
+                id: ok.id,
+                at: done + time::Duration::seconds(1),
+            },
+        ])
+        .await
+        .unwrap();
+        let got = s.get_job(ok.id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                got.status,
+                got.result,
+                got.error,
+                got.started_at,
+                got.finished_at
+            ),
+            (
+                JobStatus::Succeeded,
+                Some(json!({"power_state": "on"})),
+                None,
+                Some(at),
+                Some(done)
+            )
+        );
+        let got = s.get_job(bad.id).await.unwrap().unwrap();
+        assert_eq!(
+            (
+                got.status,
+                got.result,
+                got.error.as_deref(),
+                got.finished_at
+            ),
+            (
+                JobStatus::Failed,
+                None,
+                Some("the BMC at x did not answer"),
+                Some(done)
+            )
+        );
+        let got = s.get_job(later.id).await.unwrap().unwrap();
+        assert_eq!((got.status, got.started_at), (JobStatus::Running, Some(at)));
+        // The power state only where the job read one; polling is no edit.
+        let (g1, g2) = (
+            s.get_machine(m1.id).await.unwrap().unwrap(),
+            s.get_machine(m2.id).await.unwrap().unwrap(),
+        );
+        assert_eq!(
+            (g1.power_state.as_deref(), g1.power_checked_at),
+            (Some("on"), Some(done))
+        );
+        assert_eq!(g1.updated_at, m1.updated_at);
+        assert_eq!(g2.power_state, None);
+        // The events, in the order of the updates.
+        let events = s
+            .list_events(&EventFilter {
+                after_id: cursor,
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            events
+                .iter()
+                .map(|e| (e.kind.as_str(), e.data["job"].as_str().unwrap_or("")))
+                .collect::<Vec<_>>(),
+            [
+                ("power.pxe-boot", ok.id.to_string().as_str()),
+                ("power.pxe-boot.failed", bad.id.to_string().as_str())
+            ]
+        );
+        s.apply_job_updates(&[]).await.unwrap();
+    }
+}
