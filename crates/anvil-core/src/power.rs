@@ -8,11 +8,12 @@
 //! its own slot.
 
 use crate::error::{Error, Result};
+use crate::power_writer::JobWriter;
 use crate::{App, Principal, now};
 use anvil_api_types::{BulkSelector, EnrollRequest, EnrollResult, InterfaceInput, MachineCreate};
 use anvil_power::{
-    BmcCredentials, BootDevice, BootOverride, Inventory, PowerAction, PowerDriver, PowerError,
-    PowerState,
+    BmcCredentials, BootDevice, BootOverride, Inventory, PollSchedule, PowerAction, PowerDriver,
+    PowerError, PowerState,
 };
 use anvil_types::{BmcDriver, Job, JobStatus, MacAddr, Machine};
 use serde_json::json;
@@ -59,6 +60,9 @@ pub(crate) struct PowerCtl {
     factory: Arc<dyn DriverFactory>,
     pub(crate) limits: PowerLimits,
     slots: Arc<Semaphore>,
+    /// Started by the first action, on its runtime (`with_power` may run
+    /// outside one).
+    writer: std::sync::OnceLock<JobWriter>,
 }
 
 /// A power action on a machine, as the API names it.
@@ -116,6 +120,7 @@ impl App {
             factory,
             slots: Arc::new(Semaphore::new(limits.concurrency.max(1))),
             limits,
+            writer: std::sync::OnceLock::new(),
         }));
         self
     }
@@ -446,7 +451,11 @@ impl App {
         let Some(ctl) = self.power.clone() else {
             return;
         };
-        let _ = self.store.start_job(job_id, now()).await;
+        let writer = ctl
+            .writer
+            .get_or_init(|| JobWriter::spawn(self.store.clone()))
+            .clone();
+        writer.started(job_id, now());
         let outcome =
             match tokio::time::timeout(ctl.limits.action_timeout, self.perform(&m, action, &ctl))
                 .await
@@ -459,48 +468,42 @@ impl App {
                 )),
             };
         let at = now();
-        let (kind, message, result) = match &outcome {
-            Ok(state) => {
-                let _ = self
-                    .store
-                    .set_power_state(m.id, Some(state_str(*state)), at)
-                    .await;
-                (
-                    format!("power.{}", action.as_str()),
-                    format!("{} succeeded: power {}", action.as_str(), state_str(*state)),
-                    Ok(json!({ "power_state": state_str(*state) })),
-                )
-            }
+        let (kind, message, result, power_state) = match &outcome {
+            Ok(state) => (
+                format!("power.{}", action.as_str()),
+                format!("{} succeeded: power {}", action.as_str(), state_str(*state)),
+                Ok(json!({ "power_state": state_str(*state) })),
+                Some((m.id, state_str(*state).to_string())),
+            ),
             Err(e) => (
                 format!("power.{}.failed", action.as_str()),
                 format!("{} failed: {e}", action.as_str()),
                 Err(e.clone()),
+                None,
             ),
         };
-        let stored = match &result {
-            Ok(v) => self.store.finish_job(job_id, Ok(v), at).await,
-            Err(e) => self.store.finish_job(job_id, Err(e), at).await,
-        };
-        if let Err(e) = stored {
-            tracing::warn!(job = %job_id, error = %e, "cannot record a job's outcome");
-        }
-        let _ = self
-            .store
-            .append_event(&anvil_store::NewEvent {
-                time: at,
-                actor,
-                machine_id: Some(m.id),
-                kind,
-                message,
-                data: json!({ "job": job_id }),
+        // The outcome, the power state and the event in one group commit
+        // (`power_writer.rs`): visible together, durable before this returns.
+        writer
+            .finished(anvil_store::JobUpdate::Finished {
+                id: job_id,
+                outcome: result,
+                at,
+                power_state,
+                event: Some(anvil_store::NewEvent {
+                    time: at,
+                    actor,
+                    machine_id: Some(m.id),
+                    kind,
+                    message,
+                    data: json!({ "job": job_id }),
+                }),
             })
             .await;
         metrics::counter!("anvil_power_actions_total", "action" => action.as_str(), "result" => if outcome.is_ok() { "ok" } else { "error" })
             .increment(1);
     }
 
-    /// The BMC calls of an action. Errors are strings already safe to show
-    /// (drivers never put a password in an error).
     /// The BMC calls of an action. A concurrency slot is held only while a
     /// call is in flight, not while the BMC takes its seconds to apply a
     /// power change: waiting machines must not keep others from starting.
@@ -560,20 +563,15 @@ impl App {
                 }
             }
         };
-        // Poll with a slot per read and a short backoff (250 ms to 1 s), so
-        // the state is seen soon after the BMC reaches it.
-        let start = tokio::time::Instant::now();
-        let mut delay = Duration::from_millis(250);
+        // Poll a second after the BMC's acceptance and a second after each
+        // answer (anvil_power::PollSchedule), with a slot per read only,
+        // until the first read that shows the target.
+        let schedule = PollSchedule::STEADY;
+        let accepted = tokio::time::Instant::now();
+        let mut reads = 0;
         loop {
-            tokio::time::sleep(delay).await;
-            let state = {
-                let _slot = ctl.slots.acquire().await.map_err(|e| e.to_string())?;
-                d.power_state().await.map_err(err)?
-            };
-            if state == target {
-                return Ok(target);
-            }
-            if start.elapsed() + delay > ctl.limits.action_timeout {
+            let pause = schedule.pause(reads);
+            if accepted.elapsed() + pause > ctl.limits.action_timeout {
                 return Err(PowerError::NotConverged {
                     address,
                     wanted: target,
@@ -581,7 +579,15 @@ impl App {
                 }
                 .to_string());
             }
-            delay = (delay * 2).min(Duration::from_secs(1));
+            tokio::time::sleep(pause).await;
+            reads += 1;
+            let state = {
+                let _slot = ctl.slots.acquire().await.map_err(|e| e.to_string())?;
+                d.power_state().await.map_err(err)?
+            };
+            if state == target {
+                return Ok(target);
+            }
         }
     }
 

@@ -28,6 +28,7 @@ const OFF_SYSTEM: &str = "0c0a0011-0000-4000-8000-000000000011";
 const ON_SYSTEM: &str = "0c0a0012-0000-4000-8000-000000000012";
 const STALE_SYSTEM: &str = "0c0a0013-0000-4000-8000-000000000013";
 const NO_CACHE_SYSTEM: &str = "0c0a0014-0000-4000-8000-000000000014";
+const POLL_SYSTEM: &str = "0c0a0015-0000-4000-8000-000000000015";
 /// sushy applies a power change 1 to 11 s after the request.
 const CONVERGE: Duration = Duration::from_secs(40);
 
@@ -44,6 +45,7 @@ fn systems() -> Vec<FakeSystem> {
         system(ON_SYSTEM, "count-on", true),
         system(STALE_SYSTEM, "count-stale", false),
         system(NO_CACHE_SYSTEM, "count-nocache", false),
+        system(POLL_SYSTEM, "count-poll", false),
     ]
 }
 
@@ -298,4 +300,43 @@ async fn a_stale_or_outdated_document_is_read_again() {
         ["GET", "GET", "PATCH", "GET", "POST"]
     );
     uncached.close().await;
+}
+
+/// Waiting for a power change reads a second after the acceptance and a
+/// second after each answer, and stops at the first read that shows it:
+/// nothing in the first second (sushy, like real BMCs, never applies a
+/// change that fast; the old backoff read at 0.25 s and 0.75 s for
+/// nothing), then about one read per second.
+#[tokio::test]
+async fn waiting_for_power_on_reads_once_a_second() {
+    if sushy::skipped() {
+        return;
+    }
+    let sushy = Sushy::start(&systems(), &[(USER, PASSWORD)]);
+    let proxy = CountingProxy::start(&sushy.address()).await;
+    let d = driver(
+        &proxy,
+        POLL_SYSTEM,
+        RedfishOptions::default().system_cache_ttl,
+    );
+    d.system_uri().await.unwrap();
+    d.power(PowerAction::On).await.unwrap();
+    proxy.take();
+    let accepted = std::time::Instant::now();
+    wait_for_state(&d, d.address(), PowerState::On, CONVERGE)
+        .await
+        .unwrap();
+    let waited = accepted.elapsed();
+    let sent = proxy.take();
+    assert!(sent.iter().all(|r| r.starts_with("GET ")), "{sent:?}");
+    assert!(!sent.is_empty());
+    // k reads take k seconds of pauses plus k answers: at most one read
+    // per whole second waited (the old backoff made one or two more).
+    assert!(
+        sent.len() as u64 <= waited.as_secs(),
+        "{} reads in {waited:?}: {sent:?}",
+        sent.len()
+    );
+    assert!(waited >= Duration::from_secs(1), "{waited:?}");
+    d.close().await;
 }

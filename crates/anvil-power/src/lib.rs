@@ -162,31 +162,75 @@ pub trait PowerDriver: Send + Sync {
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory, PowerError>>;
 }
 
-/// Polls `power_state` until it equals `wanted`, with exponential backoff
-/// from 250 ms to 2 s, for at most `timeout`. BMCs apply power changes
-/// asynchronously (seconds later), so every action that must take effect
-/// before the next step waits here.
+/// When to read the power state while waiting for a change the BMC
+/// accepted. BMCs apply power changes seconds later (sushy-tools 1-11 s,
+/// servers typically 1-10 s): reads before the first second almost never
+/// see the change and cost a request each (a new TCP connection on BMCs
+/// that close every connection), while reading every second finds the
+/// change about half a second after it happened.
+///
+/// The pause is counted from the previous answer, not on a fixed grid: a
+/// BMC (or a concurrency limit) that answers slowly is read less often, so
+/// many waiting machines back off by themselves instead of piling reads on
+/// the busy ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollSchedule {
+    /// From the acceptance to the first read.
+    pub first: Duration,
+    /// From an answer that did not show the change to the next read.
+    pub every: Duration,
+}
+
+impl PollSchedule {
+    /// One second after the acceptance, then one second after each answer.
+    pub const STEADY: PollSchedule = PollSchedule {
+        first: Duration::from_secs(1),
+        every: Duration::from_secs(1),
+    };
+
+    /// The pause before the next read, after `reads` reads.
+    pub fn pause(&self, reads: u32) -> Duration {
+        if reads == 0 { self.first } else { self.every }
+    }
+}
+
+/// Polls `power_state` on [`PollSchedule::STEADY`] until it equals
+/// `wanted`, for at most `timeout` (counted from the call, which should
+/// follow the BMC's acceptance of the request). Stops at the first read
+/// that shows `wanted`.
 pub async fn wait_for_state(
     driver: &dyn PowerDriver,
     address: &str,
     wanted: PowerState,
     timeout: Duration,
 ) -> Result<(), PowerError> {
-    let start = tokio::time::Instant::now();
-    let mut delay = Duration::from_millis(250);
+    wait_for_state_with(driver, address, wanted, timeout, PollSchedule::STEADY).await
+}
+
+/// [`wait_for_state`] with another schedule.
+pub async fn wait_for_state_with(
+    driver: &dyn PowerDriver,
+    address: &str,
+    wanted: PowerState,
+    timeout: Duration,
+    schedule: PollSchedule,
+) -> Result<(), PowerError> {
+    let accepted = tokio::time::Instant::now();
+    let mut reads = 0;
     loop {
-        if driver.power_state().await? == wanted {
-            return Ok(());
-        }
-        if start.elapsed() + delay > timeout {
+        let pause = schedule.pause(reads);
+        if accepted.elapsed() + pause > timeout {
             return Err(PowerError::NotConverged {
                 address: address.to_string(),
                 wanted,
                 after: timeout,
             });
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(pause).await;
+        reads += 1;
+        if driver.power_state().await? == wanted {
+            return Ok(());
+        }
     }
 }
 
@@ -200,7 +244,8 @@ pub struct FakeBmc {
 #[derive(Default)]
 struct FakeState {
     on: bool,
-    pending: Option<(bool, std::time::Instant)>,
+    /// Uses tokio's clock, so tests with paused time see changes apply.
+    pending: Option<(bool, tokio::time::Instant)>,
     boot: Option<BootOverride>,
     inventory: Inventory,
     delay: Duration,
@@ -250,7 +295,7 @@ impl FakeBmc {
             });
         }
         if let Some((on, at)) = s.pending
-            && at <= std::time::Instant::now()
+            && at <= tokio::time::Instant::now()
         {
             s.on = on;
             s.pending = None;
@@ -274,7 +319,7 @@ impl PowerDriver for FakeBmc {
     fn power(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>> {
         let r = self.with(format!("power {action:?}"), |s| {
             let target = !matches!(action, PowerAction::ForceOff | PowerAction::SoftOff);
-            s.pending = Some((target, std::time::Instant::now() + s.delay));
+            s.pending = Some((target, tokio::time::Instant::now() + s.delay));
         });
         Box::pin(async move { r })
     }
@@ -342,5 +387,42 @@ mod tests {
         assert!(matches!(e, PowerError::NotConverged { .. }), "{e}");
         bmc.fail_with("boom");
         assert!(bmc.power_state().await.is_err());
+    }
+
+    #[test]
+    fn poll_schedule_waits_a_second_first_and_between_reads() {
+        let s = PollSchedule::STEADY;
+        assert_eq!(s.pause(0), Duration::from_secs(1));
+        assert_eq!(s.pause(1), Duration::from_secs(1));
+        assert_eq!(s.pause(7), Duration::from_secs(1));
+        let quick = PollSchedule {
+            first: Duration::ZERO,
+            every: Duration::from_millis(300),
+        };
+        assert_eq!(quick.pause(0), Duration::ZERO);
+        assert_eq!(quick.pause(1), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_reads_once_a_second_and_stops_at_the_first_match() {
+        let bmc = FakeBmc::new(Inventory::default(), Duration::from_millis(3500));
+        bmc.power(PowerAction::On).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        wait_for_state(&bmc, "fake", PowerState::On, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let reads = bmc.calls().iter().filter(|c| *c == "power_state").count();
+        // Reads at 1, 2, 3 (still off) and 4 s (on): four, none after.
+        assert_eq!(reads, 4, "{:?}", bmc.calls());
+        assert_eq!(t0.elapsed(), Duration::from_secs(4));
+        // A change that comes too late (3.5 s, timeout 2.5 s): reads at 1
+        // and 2 s, then gives up without sleeping past the timeout.
+        bmc.power(PowerAction::ForceOff).await.unwrap();
+        let t0 = tokio::time::Instant::now();
+        let e = wait_for_state(&bmc, "fake", PowerState::Off, Duration::from_millis(2500))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, PowerError::NotConverged { .. }), "{e}");
+        assert_eq!(t0.elapsed(), Duration::from_secs(2));
     }
 }
