@@ -83,6 +83,11 @@ struct Args {
     /// Keep the work directory (logs of Anvil and the emulators).
     #[arg(long)]
     keep: bool,
+    /// Profile Anvil during each timed action with `perf record
+    /// --call-graph dwarf` (perf must be installed), writing
+    /// `PREFIX.c<concurrency>.data`; read with `perf report -i …`.
+    #[arg(long, value_name = "PREFIX")]
+    perf: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -877,6 +882,49 @@ impl Serve {
     }
 }
 
+/// `perf record` attached to Anvil for the timed action only.
+struct Profiler {
+    child: Child,
+    pid: u32,
+    out: PathBuf,
+}
+
+impl Profiler {
+    async fn start(prefix: &Path, concurrency: usize, anvil_pid: u32) -> Result<Profiler> {
+        let mut out = prefix.as_os_str().to_owned();
+        out.push(format!(".c{concurrency}.data"));
+        let out = PathBuf::from(out);
+        let child = Command::new("perf")
+            .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-o"])
+            .arg(&out)
+            .args(["-p", &anvil_pid.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start perf record (is perf installed?)")?;
+        let pid = child.id().context("perf record exited at once")?;
+        // perf needs a moment to attach before the action starts.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Profiler { child, pid, out })
+    }
+
+    /// SIGINT by PID: perf writes its file and exits.
+    async fn stop(mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", &self.pid.to_string()])
+            .status();
+        if tokio::time::timeout(Duration::from_secs(120), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+        log(format!("profile written to {}", self.out.display()));
+    }
+}
+
 fn scrub(cmd: &mut Command) {
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("ANVIL_") {
@@ -984,6 +1032,10 @@ async fn anvil_run(
     }
 
     // The timed action.
+    let profiler = match &args.perf {
+        Some(prefix) => Some(Profiler::start(prefix, concurrency, serve.pid).await?),
+        None => None,
+    };
     let emu0 = emus.cpu_ticks();
     let offsets = emus.log_offsets();
     let cpu0 = procfs::cpu_ticks(serve.pid)?;
@@ -1054,6 +1106,9 @@ async fn anvil_run(
     let wall = t0.elapsed();
     let cpu = ticks(procfs::cpu_ticks(serve.pid)?.saturating_sub(cpu0), clk_tck);
     let emulator_cpu = ticks(emus.cpu_ticks().saturating_sub(emu0), clk_tck);
+    if let Some(p) = profiler {
+        p.stop().await;
+    }
     // Give Werkzeug a moment to write its last log lines.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let requests = emus.requests_since(&offsets);
