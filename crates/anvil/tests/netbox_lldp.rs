@@ -486,3 +486,217 @@ async fn lldp_neighbours_become_cables_conflicts_are_reported() {
     assert_eq!(e3["cable"], Value::Null);
     tokio::task::spawn_blocking(move || drop(nb)).await.unwrap();
 }
+
+/// How many machines the by-hand measurement commissions (default 200).
+fn bench_machines() -> usize {
+    std::env::var("ANVIL_LLDP_BENCH_MACHINES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// What the LLDP cables cost a reconcile (run by hand, figures in
+/// docs/netbox-sync.md):
+///
+/// ```text
+/// eval "$(scripts/netbox/setup.sh)"
+/// cargo test --release -p anvil --test netbox_lldp -- --ignored --nocapture
+/// ```
+///
+/// N servers (one NIC each) commissioned with one LLDP neighbour each, a
+/// leaf with N ports created afterwards; then the sync that creates the N
+/// cables, and no-change reconciles, against NetBox answering the reads the
+/// cable step sends (devices by name, interfaces with cables) and those of
+/// the rest of the reconcile, with the bare client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement: run by hand, see the doc comment"]
+async fn measure_lldp_cables() {
+    let Some(nb) = tokio::task::spawn_blocking(NetBox::start).await.unwrap() else {
+        return;
+    };
+    let n = bench_machines();
+    let basics = nb.seed_basics("dc1").await.unwrap();
+    let t = Instant::now();
+    let devices: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"name": format!("srv-{i:04}"), "status": "active", "site": basics.site,
+                   "device_type": basics.device_type, "role": basics.role})
+        })
+        .collect();
+    let created = nb
+        .post("/api/dcim/devices/", &Value::Array(devices))
+        .await
+        .unwrap();
+    let ids: Vec<u64> = created.as_array().unwrap().iter().map(id).collect();
+    let mac = |i: usize| format!("02:00:00:16:{:02x}:{:02x}", i / 256, i % 256);
+    let ifaces: Vec<Value> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, d)| json!({"device": d, "name": "eth0", "type": "10gbase-x-sfpp", "mac_address": mac(i)}))
+        .collect();
+    nb.post("/api/dcim/interfaces/", &Value::Array(ifaces))
+        .await
+        .unwrap();
+    eprintln!("seeded {n} servers in {:.1?}", t.elapsed());
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &nb.url, &nb.token_v2);
+    let api = Api {
+        c: client(),
+        s: Server::start_with(&["--config", cfg.to_str().unwrap()]),
+    };
+    eventually(300, "the import", || async {
+        let (_, st) = api.get("/netbox/status").await;
+        (st["last_sync"]["status"] == "succeeded").then_some(())
+    })
+    .await;
+    let t = Instant::now();
+    for i in 0..n {
+        let host = format!("srv-{i:04}");
+        let m = mac(i);
+        let (st, v) = api
+            .send(
+                api.c
+                    .post(api.s.api(&format!("/machines/{host}/actions/commission")))
+                    .json(&json!({})),
+                &api.s.token,
+            )
+            .await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{v}");
+        let script = api
+            .c
+            .get(format!("{}/boot/{m}.ipxe", api.s.url))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let token = script
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("anvil.token="))
+            .unwrap()
+            .to_string();
+        api.agent(
+            &token,
+            "/register",
+            Some(json!({"mac": m, "agent_version": "0.1.0"})),
+        )
+        .await;
+        let next = api.agent(&token, "/next", None).await;
+        let step = next["step"].clone();
+        api.report(&token, &step, 1, "started").await;
+        let mut f = facts();
+        f["nics"] = json!([{"name": "enp1s0", "mac": m, "link_up": true}]);
+        f["lldp"] = json!([{"interface": "enp1s0", "chassis_id": LEAF_CHASSIS,
+            "chassis_id_subtype": "mac_address", "port_id": format!("Ethernet{}", i + 1),
+            "port_id_subtype": "interface_name", "system_name": "leaf-1.dc1.example.net", "ttl": 120}]);
+        api.agent(
+            &token,
+            "/facts",
+            Some(json!({"step_id": step["id"], "facts": f})),
+        )
+        .await;
+        api.report(&token, &step, 2, "succeeded").await;
+    }
+    eprintln!("commissioned {n} machines in {:.1?}", t.elapsed());
+    // The write-backs (the leaf is not in NetBox yet: no cables, conflicts):
+    // changes are queued from the event log every 2 s, so settled means
+    // nothing pending and no new run for 6 s.
+    let settled = || async {
+        let (_, st) = api.get("/netbox/status").await;
+        (st["pending_write_backs"] == 0).then(|| st["recent"][0]["id"].clone())
+    };
+    loop {
+        let before = eventually(600, "the write-backs", settled).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        if settled().await == Some(before) {
+            break;
+        }
+    }
+
+    // Now the leaf appears in NetBox, with a port per server.
+    let net_site = nb.create_site("dc1-net").await.unwrap();
+    let leaf_role = nb.create_role("leaf").await.unwrap();
+    let leaf = id(&nb
+        .post(
+            "/api/dcim/devices/",
+            &json!({"name": "leaf-1", "status": "active", "site": net_site,
+                    "device_type": basics.device_type, "role": leaf_role}),
+        )
+        .await
+        .unwrap());
+    let ports: Vec<Value> = (0..n)
+        .map(|i| json!({"device": leaf, "name": format!("Ethernet{}", i + 1), "type": "10gbase-x-sfpp"}))
+        .collect();
+    nb.post("/api/dcim/interfaces/", &Value::Array(ports))
+        .await
+        .unwrap();
+
+    let load = || {
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let t = Instant::now();
+    let first = api.sync(false);
+    let first_took = t.elapsed();
+    assert_eq!(first["cables"]["created"], n, "{}", first["error"]);
+    eprintln!(
+        "sync creating {n} cables: {:.2} s through the CLI ({} ms inside the server); load {}",
+        first_took.as_secs_f64(),
+        first["duration_ms"],
+        load()
+    );
+
+    let bare = anvil_netbox::NetBoxClient::new(anvil_netbox::ClientConfig::new(
+        nb.url.clone(),
+        nb.token_v2.clone(),
+    ))
+    .unwrap();
+    let scope = anvil_netbox::Scope {
+        site: Some("dc1".into()),
+        ..Default::default()
+    };
+    let mapping = anvil_netbox::Mapping::default();
+    let (mut with, mut main_reads, mut cable_reads) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let t = Instant::now();
+        let snap = bare.snapshot(&scope, &mapping).await.unwrap();
+        main_reads.push(t.elapsed());
+        let t = Instant::now();
+        let named = bare
+            .devices_named(&["leaf-1".into(), "leaf-1.dc1.example.net".into()])
+            .await
+            .unwrap();
+        let mut devs: Vec<u64> = snap.devices.iter().map(|d| d.id).collect();
+        devs.extend(named.iter().map(|d| d.id));
+        let ifs = bare.cable_interfaces(&devs).await.unwrap();
+        cable_reads.push(t.elapsed());
+        assert_eq!(ifs.len(), 2 * n);
+        let r = api.sync(false);
+        assert_eq!(r["cables"]["unchanged"], n, "{r}");
+        assert_eq!(r["written"], 0, "{r}");
+        with.push(Duration::from_millis(r["duration_ms"].as_u64().unwrap()));
+    }
+    let (with, main_reads, cable_reads) = (median(with), median(main_reads), median(cable_reads));
+    eprintln!(
+        "no-change reconcile of {n} machines with {n} LLDP cables: {:.2} s inside the server; \
+         NetBox's reads: {:.2} s for the devices and interfaces, {:.2} s for the cable step; \
+         ratio reconcile / all reads {:.2}; load {}",
+        with.as_secs_f64(),
+        main_reads.as_secs_f64(),
+        cable_reads.as_secs_f64(),
+        with.as_secs_f64() / (main_reads + cable_reads).as_secs_f64(),
+        load()
+    );
+    tokio::task::spawn_blocking(move || drop(nb)).await.unwrap();
+}
