@@ -35,7 +35,7 @@ use anvil_power::{
 };
 use anvil_types::MacAddr;
 use futures::future::BoxFuture;
-use http::{Limits, Transport, odata_id};
+use http::{Keep, Limits, Transport, odata_id};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,6 +45,19 @@ use tracing::{debug, warn};
 /// Collections are paged with `Members@odata.nextLink`; a BMC that never
 /// stops paging is broken.
 const MAX_PAGES: usize = 64;
+
+/// What the power and boot steps read of a ComputerSystem (the state, the
+/// override and its allowed values, the reset action, the settings object,
+/// the ETag); the rest of the document is skipped while parsing. The
+/// inventory reads the whole document.
+const STEP_MEMBERS: &[&str] = &[
+    "@odata.id",
+    "@odata.etag",
+    "PowerState",
+    "Boot",
+    "Actions",
+    "@Redfish.Settings",
+];
 
 /// How the driver behaves towards its BMC.
 #[derive(Debug, Clone)]
@@ -405,10 +418,24 @@ impl RedfishDriver {
         }
     }
 
-    /// GETs the ComputerSystem and remembers the answer.
+    /// GETs the ComputerSystem (the members the power and boot steps use)
+    /// and remembers the answer.
     async fn read_system(&self, d: &Discovery) -> Result<Arc<SystemSnapshot>, PowerError> {
+        self.read_system_keeping(d, Keep::Only(STEP_MEMBERS)).await
+    }
+
+    async fn read_system_keeping(
+        &self,
+        d: &Discovery,
+        keep: Keep,
+    ) -> Result<Arc<SystemSnapshot>, PowerError> {
         let generation = self.cache().generation;
-        let r = self.get(&d.system).await?;
+        let path = &d.system;
+        let r = self
+            .http
+            .send_keeping(Method::GET, path, None, None, keep)
+            .await?
+            .ok(&self.http, &format!("GET {path}"))?;
         let snapshot = Arc::new(SystemSnapshot {
             body: r.body,
             etag: r.etag,
@@ -761,7 +788,7 @@ impl RedfishDriver {
 
     async fn do_inventory(&self) -> Result<Inventory, PowerError> {
         let d = self.discover().await?;
-        let sys = self.read_system(d).await?.body.clone();
+        let sys = self.read_system_keeping(d, Keep::All).await?.body.clone();
         let mut inv = Inventory {
             manufacturer: text(&sys, "Manufacturer"),
             model: text(&sys, "Model"),
