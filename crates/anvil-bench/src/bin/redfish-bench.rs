@@ -273,6 +273,10 @@ async fn run(args: Args) -> Result<bool> {
     for (conc, d, a) in &rounds {
         println!("concurrency {conc}:");
         println!(
+            "  load average: emulators alone {} → {}; Anvil {} → {}",
+            d.load.0, d.load.1, a.load.0, a.load.1
+        );
+        println!(
             "  emulators alone: boot+reset requests sent in {:.1} s, all On after {:.1} s ({} PowerState reads in {} rounds); emulators' CPU {:.1} s; client CPU {:.1} s; errors {}",
             d.issued.as_secs_f64(),
             d.converged.as_secs_f64(),
@@ -637,6 +641,9 @@ async fn redfish(
 // --- the emulators alone --------------------------------------------------------
 
 struct DirectFigures {
+    /// /proc/loadavg when the timed part started and ended: the machine is
+    /// shared, and the two phases of a round may not see the same load.
+    load: (String, String),
     issued: Duration,
     converged: Duration,
     reads: usize,
@@ -659,6 +666,7 @@ async fn direct_run(
     let me = std::process::id();
     let (emu0, me0) = (emus.cpu_ticks(), procfs::cpu_ticks(me)?);
     let offsets = emus.log_offsets();
+    let load_before = procfs::loadavg();
     let t0 = Instant::now();
     let mut set = tokio::task::JoinSet::new();
     for s in all {
@@ -716,6 +724,7 @@ async fn direct_run(
     }
     let converged = t0.elapsed();
     Ok(DirectFigures {
+        load: (load_before, procfs::loadavg()),
         issued,
         converged,
         reads,
@@ -730,6 +739,8 @@ async fn direct_run(
 // --- through Anvil ------------------------------------------------------------
 
 struct AnvilFigures {
+    /// /proc/loadavg when the timed action started and ended.
+    load: (String, String),
     enroll_wall: Duration,
     enroll_cpu: Duration,
     enroll_errors: usize,
@@ -1038,6 +1049,7 @@ async fn anvil_run(
     };
     let emu0 = emus.cpu_ticks();
     let offsets = emus.log_offsets();
+    let load_before = procfs::loadavg();
     let cpu0 = procfs::cpu_ticks(serve.pid)?;
     let t0 = Instant::now();
     let (st, jobs) = serve
@@ -1105,6 +1117,7 @@ async fn anvil_run(
     }
     let wall = t0.elapsed();
     let cpu = ticks(procfs::cpu_ticks(serve.pid)?.saturating_sub(cpu0), clk_tck);
+    let load = (load_before, procfs::loadavg());
     let emulator_cpu = ticks(emus.cpu_ticks().saturating_sub(emu0), clk_tck);
     if let Some(p) = profiler {
         p.stop().await;
@@ -1224,6 +1237,7 @@ async fn anvil_run(
         Err(_) => bail!("the server handle is still shared"),
     }
     Ok(AnvilFigures {
+        load,
         enroll_wall,
         enroll_cpu,
         enroll_errors: enroll_errors.len(),
