@@ -68,8 +68,6 @@ pub enum DropReason {
     Late,
     /// The lease commit failed, so the ACK was not sent.
     CommitFailed,
-    /// The receive queue was full.
-    Overload,
     /// The kernel refused to send the reply.
     SendFailed,
 }
@@ -101,7 +99,6 @@ impl DropReason {
             DropReason::ReplyTooLarge => "reply_too_large",
             DropReason::Late => "late",
             DropReason::CommitFailed => "commit_failed",
-            DropReason::Overload => "overload",
             DropReason::SendFailed => "send_failed",
         }
     }

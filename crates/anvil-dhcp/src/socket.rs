@@ -10,6 +10,10 @@ use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::fd::{AsRawFd, RawFd};
 
+/// Receive buffer asked for (each queued datagram costs its size plus ~1 KiB
+/// of kernel bookkeeping).
+const RECV_BUFFER_BYTES: usize = 4 << 20;
+
 /// Opens a UDP socket for a DHCP or PXE port.
 pub(crate) fn open(
     addr: SocketAddrV4,
@@ -31,6 +35,12 @@ pub(crate) fn open(
         s.bind_device(Some(d.as_bytes()))
             .map_err(|e| DhcpError::socket(what("SO_BINDTODEVICE"), e))?;
     }
+    // The socket buffer is the only queue in front of the decision loop:
+    // ask for room for a few thousand requests, so a rack powering on at
+    // once waits there instead of being dropped. The kernel caps the request
+    // at net.core.rmem_max without failing.
+    s.set_recv_buffer_size(RECV_BUFFER_BYTES)
+        .map_err(|e| DhcpError::socket(what("SO_RCVBUF"), e))?;
     set_pktinfo(s.as_raw_fd()).map_err(|e| DhcpError::socket(what("IP_PKTINFO"), e))?;
     s.set_nonblocking(true)
         .map_err(|e| DhcpError::socket(what("O_NONBLOCK"), e))?;

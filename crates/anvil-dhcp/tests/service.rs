@@ -355,3 +355,82 @@ fn options_reach_the_relay_intact() {
     assert_eq!(offer.siaddr(), Ipv4Addr::LOCALHOST);
     server.stop().expect("stop");
 }
+
+/// Two listening sockets, each sent a burst larger than what the loop reads
+/// from one socket per wake-up: every DISCOVER on both gets its OFFER, with
+/// distinct addresses, from the one loop that reads both sockets.
+#[test]
+fn bursts_on_two_sockets_are_all_answered() {
+    let (port_a, port_b) = (free_udp_port(), free_udp_port());
+    let toml = format!(
+        r#"
+        listen = ["127.0.0.1:{port_a}", "127.0.0.1:{port_b}"]
+        reply_timeout_ms = 5000
+        [[network]]
+        name = "rack-a"
+        subnet = "127.77.8.0/24"
+        relay = true
+        range_start = "127.77.8.10"
+        range_end = "127.77.8.250"
+        server_address = "127.0.0.1"
+        [[network]]
+        name = "rack-b"
+        subnet = "127.77.9.0/24"
+        relay = true
+        range_start = "127.77.9.10"
+        range_end = "127.77.9.250"
+        server_address = "127.0.0.1"
+        "#
+    );
+    let cfg: DhcpConfig = toml::from_str(&toml).expect("config");
+    let server = Server::start(
+        None,
+        cfg,
+        Arc::new(MemoryLeaseStore::new()),
+        Arc::new(StaticBootFacts::new()),
+        Arc::new(CollectingObserver::new()),
+    );
+    // More than one burst (64) per socket.
+    const N: u32 = 100;
+    let relays = [
+        Relay::new(Ipv4Addr::new(127, 77, 8, 1), port_a),
+        Relay::new(Ipv4Addr::new(127, 77, 9, 1), port_b),
+    ];
+    // Read while sending, so the relays' own socket buffers never overflow.
+    let readers: Vec<_> = relays
+        .iter()
+        .map(|r| {
+            let sock = r.sock.try_clone().expect("clone relay socket");
+            std::thread::spawn(move || {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1500];
+                while got.len() < N as usize {
+                    let Ok((n, _)) = sock.recv_from(&mut buf) else {
+                        break;
+                    };
+                    let m = decode(&buf[..n]);
+                    assert_eq!(msg_type(&m), MessageType::Offer);
+                    got.push(m.yiaddr());
+                }
+                got
+            })
+        })
+        .collect();
+    for i in 0..N {
+        for (k, r) in relays.iter().enumerate() {
+            r.send(Pkt::new(
+                MessageType::Discover,
+                mac(0x1000 * (k as u32 + 1) + i),
+            ));
+        }
+    }
+    for (k, reader) in readers.into_iter().enumerate() {
+        let offers = reader.join().expect("reader");
+        assert_eq!(offers.len(), N as usize, "socket {k}: offers missing");
+        let distinct: std::collections::HashSet<_> = offers.iter().collect();
+        assert_eq!(distinct.len(), N as usize, "socket {k}: duplicate offers");
+        let net = [8, 9][k];
+        assert!(offers.iter().all(|a| a.octets()[..3] == [127, 77, net]));
+    }
+    server.stop().expect("stop");
+}
