@@ -7,7 +7,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use sha2::{Digest, Sha256};
@@ -239,7 +239,7 @@ impl ImageLibrary {
         };
         let (digest, written) = match hash_input {
             HashInput::Pipeline => std::thread::scope(|scope| {
-                scope.spawn(move || produce(source, decoded_tx, empty_rx));
+                scope.spawn(move || produce(source, decoded_tx, empty_rx, None));
                 let hasher = scope.spawn(move || hash(decoded_rx, hashed_tx));
                 let written = write(
                     hashed_rx, empty_tx, data_out, &data_path, map_out, &map_path,
@@ -249,9 +249,14 @@ impl ImageLibrary {
             HashInput::Separate(second, file) => {
                 drop((hashed_tx, hashed_rx));
                 let stop = AtomicBool::new(false);
+                let pipeline_read = AtomicU64::new(0);
                 let (digest, written) = std::thread::scope(|scope| {
-                    scope.spawn(move || produce(source, decoded_tx, empty_rx));
-                    let hasher = scope.spawn(|| hash_source(second, &stop));
+                    scope.spawn(|| {
+                        produce(source, decoded_tx, empty_rx, Some(&pipeline_read));
+                        pipeline_read.store(u64::MAX, Ordering::Relaxed);
+                    });
+                    let hasher =
+                        scope.spawn(|| hash_source(second, &stop, &pipeline_read, HASH_LEAD));
                     let written = write(
                         decoded_rx, empty_tx, data_out, &data_path, map_out, &map_path,
                     );
@@ -380,17 +385,24 @@ enum Msg {
     Zero(u64),
 }
 
+/// Reads `source` into buffers from `empty` and sends them on; counts the
+/// data bytes read in `read` (for the hash's separate reading to keep near).
 fn produce<S: RawSource>(
     mut source: S,
     decoded: SyncSender<Result<Msg>>,
     empty: Receiver<Vec<u8>>,
+    read: Option<&AtomicU64>,
 ) {
     let mut spare = None;
     loop {
         let Some(mut buf) = spare.take().or_else(|| empty.recv().ok()) else {
             return;
         };
-        let msg = match source.next_piece(&mut buf, CHUNK) {
+        let piece = source.next_piece(&mut buf, CHUNK);
+        if let (Some(read), Ok(Some(Piece::Data))) = (read, &piece) {
+            read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        }
+        let msg = match piece {
             Ok(None) => return,
             // Whole zero buffers of a raw stream travel as holes: cheaper to
             // hash, and stored as zstd RLE blocks without compressing.
@@ -513,17 +525,41 @@ fn hash(decoded: Receiver<Result<Msg>>, hashed: SyncSender<Result<Msg>>) -> [u8;
     hasher.finalize().into()
 }
 
+/// How far (in data bytes read from the file) the hash's reading may run
+/// ahead of the pipeline's. Zeros do not count, so the hash still runs
+/// through a disk's empty tail while the compressor works; the bound keeps
+/// the pipeline's second reading in the page cache, not on the disk, for a
+/// dense image larger than memory.
+const HASH_LEAD: u64 = 256 << 20;
+
 /// The sha256 of a whole raw disk read from its own source, and its size;
-/// gives up early (with a meaningless result) once `stop` is set.
-fn hash_source(mut source: Box<dyn RawSource>, stop: &AtomicBool) -> Result<([u8; 32], u64)> {
+/// gives up early (with a meaningless result) once `stop` is set. Waits
+/// while its data reading is more than `lead` bytes ahead of
+/// `pipeline_read` (set to `u64::MAX` when the pipeline has read all).
+fn hash_source(
+    mut source: Box<dyn RawSource>,
+    stop: &AtomicBool,
+    pipeline_read: &AtomicU64,
+    lead: u64,
+) -> Result<([u8; 32], u64)> {
     let mut hasher = Sha256::new();
     let mut buf = Vec::with_capacity(CHUNK + (2 << 20));
     let mut size = 0u64;
-    while let Some(piece) = source.next_piece(&mut buf, CHUNK)? {
+    let mut data_read = 0u64;
+    loop {
+        while data_read > pipeline_read.load(Ordering::Relaxed).saturating_add(lead)
+            && !stop.load(Ordering::Relaxed)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let Some(piece) = source.next_piece(&mut buf, CHUNK)? else {
+            break;
+        };
         match piece {
             Piece::Data => {
                 hasher.update(&buf);
                 size += buf.len() as u64;
+                data_read += buf.len() as u64;
             }
             Piece::Zero(n) => {
                 hash_zeros(&mut hasher, n);
@@ -857,6 +893,24 @@ mod tests {
             fs::read_dir(dir.path().join("images/tmp")).unwrap().count(),
             0
         );
+    }
+
+    #[test]
+    fn separate_hash_waits_for_the_pipeline_to_read_its_data() {
+        let bytes: Vec<u8> = (0..3 * CHUNK as u32).map(|i| (i % 253) as u8).collect();
+        let source = StreamSource::new(io::Cursor::new(bytes.clone()), None);
+        let stop = AtomicBool::new(false);
+        let pipeline_read = AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            let hasher = scope.spawn(|| hash_source(Box::new(source), &stop, &pipeline_read, 1));
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            // One chunk read, then held back: the pipeline has read nothing.
+            assert!(!hasher.is_finished());
+            pipeline_read.store(u64::MAX, Ordering::Relaxed);
+            let (digest, size) = hasher.join().unwrap().unwrap();
+            assert_eq!(size, bytes.len() as u64);
+            assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(&bytes)));
+        });
     }
 
     #[test]
