@@ -26,7 +26,7 @@ pub const MAX_PAGE: u32 = 1000;
 /// Device ids per interface query (keeps URLs short).
 pub(crate) const IDS_PER_QUERY: usize = 250;
 /// Objects per bulk write request.
-pub(crate) const BULK_CHUNK: usize = 250;
+const BULK_CHUNK: usize = 250;
 
 /// How the token is sent: v2 tokens (`nbt_<key>.<secret>`) as `Bearer`,
 /// legacy 40-character v1 tokens as `Token`.

@@ -13,7 +13,8 @@ use crate::App;
 use crate::error::{Error, Result};
 use anvil_inventory::{LldpNeighbor, Nic};
 use anvil_netbox::cables::{
-    CableInput, CablePlan, MachineNeighbours, Neighbour, macs_to_find, names_to_find, plan_cables,
+    CABLES_PER_REQUEST, CableInput, CablePlan, MachineNeighbours, Neighbour, macs_to_find,
+    names_to_find, plan_cables,
 };
 use anvil_netbox::{CableSummary, Conflict, NbSnapshot, SyncReport};
 use anvil_store::EventFilter;
@@ -252,28 +253,30 @@ impl App {
         if plan.create.is_empty() {
             return None;
         }
-        match ctl.settings.client.create_cables(&plan.create).await {
-            Ok(n) => {
-                report.cables.created = n;
-                report.cables.pending = 0;
-                report.written += n;
-                for c in &plan.create {
-                    self.netbox_note(
-                        Some(c.machine_id),
-                        "netbox.cable_created",
-                        format!(
-                            "NetBox cable created from LLDP: device {} interface {} to {} {}",
-                            c.device_id, c.interface, c.peer_device, c.peer_interface
-                        ),
-                    )
-                    .await;
-                }
-                None
+        // Chunk by chunk, so a failure still counts what was created.
+        let mut error = None;
+        for chunk in plan.create.chunks(CABLES_PER_REQUEST) {
+            if let Err(e) = ctl.settings.client.create_cables(chunk).await {
+                error = Some(format!("LLDP cables: {}", crate::error_chain(&e)));
+                break;
             }
-            Err(e) => {
-                report.pending += planned;
-                Some(format!("LLDP cables: {}", crate::error_chain(&e)))
+            let n = chunk.len() as u64;
+            report.cables.created += n;
+            report.written += n;
+            for c in chunk {
+                self.netbox_note(
+                    Some(c.machine_id),
+                    "netbox.cable_created",
+                    format!(
+                        "NetBox cable created from LLDP: device {} interface {} to {} {}",
+                        c.device_id, c.interface, c.peer_device, c.peer_interface
+                    ),
+                )
+                .await;
             }
         }
+        report.cables.pending = planned - report.cables.created;
+        report.pending += report.cables.pending;
+        error
     }
 }
