@@ -433,6 +433,16 @@ impl App {
             )
         })?;
         if image.kind == crate::installer::KIND {
+            if req.raid.is_some() {
+                // The installer partitions the disks itself from its answer
+                // file; silently deploying without the mirror would be worse.
+                return Err(Error::invalid(
+                    "raid",
+                    format!(
+                        "image {name:?} is an installer: software RAID is built by the agent for disk images only"
+                    ),
+                ));
+            }
             return self.deploy_installer(by, m, image, req).await;
         }
         if image.kind != "disk" {
