@@ -947,6 +947,33 @@ pub fn boot_order(order: &[String], entries: &[BootEntry], ours: &str) -> Vec<St
     v
 }
 
+/// The boot order with the network entries first, then the entries with
+/// `labels` in that order (one per member of a mirror; one for a plain
+/// disk), then the rest; and those entries' numbers.
+pub fn members_boot_order(
+    order: &[String],
+    entries: &[BootEntry],
+    labels: &[String],
+) -> Result<(Vec<String>, Vec<String>), String> {
+    let nums = labels
+        .iter()
+        .map(|label| {
+            entries
+                .iter()
+                .find(|e| &e.label == label)
+                .map(|e| e.num.clone())
+                .ok_or_else(|| format!("efibootmgr created no entry labelled {label:?}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // Inserted last first: each goes right after the network entries, so
+    // the first member's ends up first and the others follow it in order.
+    let mut v = order.to_vec();
+    for n in nums.iter().rev() {
+        v = boot_order(&v, entries, n);
+    }
+    Ok((v, nums))
+}
+
 struct Mount(PathBuf);
 
 impl Drop for Mount {
@@ -1055,29 +1082,18 @@ pub fn boot_entry(ctx: &Ctx, p: &BootEntryParams, progress: Progress<'_>) -> Out
             )?;
         }
         let (order, entries) = parse_efibootmgr(&run("efibootmgr", &["-v"])?);
-        let mut new_order = order.clone();
-        let mut ours = String::new();
-        // Inserted last member first, so the first member's entry ends up
-        // right after the network entries and the others follow it.
-        for label in labels.iter().rev() {
-            ours = entries
-                .iter()
-                .find(|e| &e.label == label)
-                .ok_or_else(|| format!("efibootmgr created no entry labelled {label:?}"))?
-                .num
-                .clone();
-            new_order = boot_order(&new_order, &entries, &ours);
-        }
+        let (new_order, nums) = members_boot_order(&order, &entries, &labels)?;
         run("efibootmgr", &["-q", "-o", &new_order.join(",")])?;
         let network_first = entries
             .iter()
             .any(|e| e.network && new_order.first() == Some(&e.num));
-        Ok::<_, String>((esp.number, loader, ours, new_order, network_first))
+        Ok::<_, String>((esp.number, loader, nums, new_order, network_first))
     })();
     match r {
-        Ok((esp, loader, ours, order, network_first)) => ok(
+        Ok((esp, loader, nums, order, network_first)) => ok(
             format!(
-                "Boot{ours} \"{}\" → {loader} on {} partition {esp}; BootOrder {}{}",
+                "Boot{} \"{}\" → {loader} on {} partition {esp}; BootOrder {}{}",
+                nums.join("+Boot"),
                 p.label,
                 d.name,
                 order.join(","),
@@ -1088,7 +1104,9 @@ pub fn boot_entry(ctx: &Ctx, p: &BootEntryParams, progress: Progress<'_>) -> Out
                 }
             ),
             json!({"firmware": "uefi", "disk": d.name, "esp_partition": esp, "loader": loader,
-                   "entry": format!("Boot{ours}"), "boot_order": order, "network_first": network_first,
+                   "entry": format!("Boot{}", nums[0]),
+                   "entries": nums.iter().map(|n| format!("Boot{n}")).collect::<Vec<_>>(),
+                   "boot_order": order, "network_first": network_first,
                    "raid": crate::raid::describe(&ctx.root, &d)}),
         ),
         Err(e) => fail(
@@ -1888,6 +1906,31 @@ mod tests {
             boot_order(&order, &entries, "0004"),
             ["0001", "0004", "0000", "0002", "0003"]
         );
+    }
+
+    #[test]
+    fn a_mirror_gets_one_entry_per_member_right_after_the_network() {
+        let (order, mut entries) = parse_efibootmgr(EFIBOOTMGR);
+        // The second member's entry, as efibootmgr -c would add it.
+        let mut second = entries[4].clone();
+        second.num = "0005".into();
+        second.label = member_label("anvil debian-12", 1);
+        entries.push(second);
+        let order: Vec<String> = order.into_iter().chain(["0005".to_string()]).collect();
+        let labels = [
+            member_label("anvil debian-12", 0),
+            member_label("anvil debian-12", 1),
+        ];
+        assert_eq!(labels[1], "anvil debian-12 (disk 2)");
+        let (new, nums) = members_boot_order(&order, &entries, &labels).unwrap();
+        assert_eq!(nums, ["0004", "0005"]);
+        assert_eq!(new, ["0001", "0004", "0005", "0000", "0002", "0003"]);
+        // A plain disk: one label, as before.
+        let (one, nums) = members_boot_order(&order, &entries, &labels[..1]).unwrap();
+        assert_eq!(nums, ["0004"]);
+        assert_eq!(one[..2], ["0001", "0004"]);
+        let e = members_boot_order(&order, &entries, &["gone".to_string()]).unwrap_err();
+        assert!(e.contains("gone"), "{e}");
     }
 
     #[test]

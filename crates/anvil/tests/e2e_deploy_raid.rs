@@ -419,8 +419,26 @@ fn raid1_deploy(uefi: bool) {
             Some(2),
             "{run:#}"
         );
-        let message = step(&run, "boot_entry")["message"].as_str().unwrap_or("");
-        assert!(message.contains("BootOrder"), "{run:#}");
+        // Both entries, first member first, right after each other (after
+        // the network entries) in BootOrder.
+        let nums: Vec<&str> = entry["entries"]
+            .as_array()
+            .map(|e| e.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        assert_eq!(nums.len(), 2, "{run:#}");
+        assert_eq!(entry["entry"], nums[0], "{run:#}");
+        let order: Vec<String> = entry["boot_order"]
+            .as_array()
+            .map(|o| {
+                o.iter()
+                    .filter_map(Value::as_str)
+                    .map(|n| format!("Boot{n}"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pos = |n: &str| order.iter().position(|o| o == n);
+        let first = pos(nums[0]).unwrap_or_else(|| panic!("{} not in BootOrder: {run:#}", nums[0]));
+        assert_eq!(pos(nums[1]), Some(first + 1), "{run:#}");
     } else {
         assert_eq!(entry["firmware"], "bios", "{run:#}");
     }
