@@ -20,6 +20,10 @@ pub enum DhcpError {
     /// The lease store failed (load or commit).
     #[error("lease store: {0}")]
     Store(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The service's thread or its runtime could not be started, or the
+    /// thread died.
+    #[error("DHCP service thread: {0}")]
+    Runtime(#[source] io::Error),
     /// The lease store did not answer in time.
     #[error("lease store did not answer within {0:?}")]
     StoreTimeout(std::time::Duration),

@@ -75,6 +75,14 @@ fn count_drop(r: DropReason) {
 ///
 /// With `enabled = false` or no `[[dhcp.network]]`, nothing is bound: the
 /// function waits for `shutdown` and returns.
+///
+/// The service runs on a thread of its own (`anvil-dhcp`) with a
+/// single-threaded runtime: receiving, deciding, sending and awaiting
+/// commits never hop between threads, except to the store's own. On the
+/// caller's multi-threaded runtime the loop's wake-ups moved it between
+/// worker threads, and context switches were the largest single item of its
+/// CPU profile. The observer is called in the caller's runtime context, so
+/// what it spawns runs there.
 pub async fn run(
     config: DhcpConfig,
     store: Arc<dyn LeaseStore>,
@@ -91,6 +99,68 @@ pub async fn run(
         shutdown.await;
         return Ok(());
     }
+    let observer: Arc<dyn DhcpObserver> = match tokio::runtime::Handle::try_current() {
+        Ok(handle) => Arc::new(OnRuntime {
+            inner: observer,
+            handle,
+        }),
+        Err(_) => observer,
+    };
+    // Dropped without a send (this future cancelled) also stops the thread.
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (done_tx, mut done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("anvil-dhcp".into())
+        .spawn(move || {
+            let res = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(DhcpError::Runtime)
+                .and_then(|rt| {
+                    rt.block_on(serve(config, store, facts, observer, async move {
+                        let _ = stop_rx.await;
+                    }))
+                });
+            let _ = done_tx.send(res);
+        })
+        .map_err(DhcpError::Runtime)?;
+    let ended = |r: Result<Result<(), DhcpError>, _>| {
+        r.unwrap_or_else(|_| {
+            Err(DhcpError::Runtime(std::io::Error::other(
+                "the DHCP thread ended without a result (it panicked)",
+            )))
+        })
+    };
+    let mut shutdown = std::pin::pin!(shutdown);
+    tokio::select! {
+        r = &mut done_rx => return ended(r),
+        _ = &mut shutdown => {}
+    }
+    let _ = stop_tx.send(());
+    ended(done_rx.await)
+}
+
+/// Calls an observer inside a given runtime's context.
+struct OnRuntime {
+    inner: Arc<dyn DhcpObserver>,
+    handle: tokio::runtime::Handle,
+}
+
+impl DhcpObserver for OnRuntime {
+    fn observe(&self, ev: DhcpObservation) {
+        let _context = self.handle.enter();
+        self.inner.observe(ev);
+    }
+}
+
+/// The service itself, on the `anvil-dhcp` thread's runtime.
+async fn serve(
+    config: DhcpConfig,
+    store: Arc<dyn LeaseStore>,
+    facts: Arc<dyn BootFacts>,
+    observer: Arc<dyn DhcpObserver>,
+    shutdown: impl Future,
+) -> Result<(), DhcpError> {
     let reply_timeout = Duration::from_millis(config.reply_timeout_ms);
     let commit_delay = Duration::from_millis(config.commit_delay_max_ms);
 

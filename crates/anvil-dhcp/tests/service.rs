@@ -434,3 +434,52 @@ fn bursts_on_two_sockets_are_all_answered() {
     }
     server.stop().expect("stop");
 }
+
+/// Records on which thread the tasks it spawns run.
+struct SpawningObserver {
+    threads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl anvil_dhcp::DhcpObserver for SpawningObserver {
+    fn observe(&self, _ev: anvil_dhcp::DhcpObservation) {
+        let threads = self.threads.clone();
+        tokio::spawn(async move {
+            let name = std::thread::current().name().unwrap_or("").to_string();
+            threads.lock().expect("lock").push(name);
+        });
+    }
+}
+
+/// The service loop has a thread and runtime of its own (`anvil-dhcp`), but
+/// what the observer spawns runs on the caller's runtime, as it did when the
+/// loop ran there.
+#[test]
+fn the_observer_spawns_on_the_callers_runtime() {
+    let port = free_udp_port();
+    let threads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let server = Server::start(
+        None,
+        relay_config(port, 10),
+        Arc::new(MemoryLeaseStore::new()),
+        Arc::new(StaticBootFacts::new()),
+        Arc::new(SpawningObserver {
+            threads: threads.clone(),
+        }),
+    );
+    let relay = Relay::new(Ipv4Addr::new(127, 77, 10, 1), port);
+    relay.send(Pkt::new(MessageType::Discover, mac(0x4242)));
+    let (offer, _, _) = relay.recv().expect("an OFFER");
+    assert_eq!(msg_type(&offer), MessageType::Offer);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    // DISCOVER and OFFER observed.
+    while threads.lock().expect("lock").len() < 2 {
+        assert!(Instant::now() < deadline, "observer tasks did not run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    server.stop().expect("stop");
+    let threads = threads.lock().expect("lock").clone();
+    assert!(
+        threads.iter().all(|t| t != "anvil-dhcp"),
+        "spawned on the DHCP thread: {threads:?}"
+    );
+}
