@@ -694,9 +694,10 @@ async fn measure_lldp_cables() {
             .devices_named(&["leaf-1".into(), "leaf-1.dc1.example.net".into()])
             .await
             .unwrap();
-        let mut devs: Vec<u64> = snap.devices.iter().map(|d| d.id).collect();
-        devs.extend(named.iter().map(|d| d.id));
-        let ifs = bare.cable_interfaces(&devs).await.unwrap();
+        let devs: Vec<u64> = snap.devices.iter().map(|d| d.id).collect();
+        let switches: Vec<u64> = named.iter().map(|d| d.id).collect();
+        let mut ifs = bare.cable_interfaces(&devs, true).await.unwrap();
+        ifs.extend(bare.cable_interfaces(&switches, false).await.unwrap());
         cable_reads.push(t.elapsed());
         assert_eq!(ifs.len(), 2 * n);
         let r = api.sync_long().await;

@@ -201,13 +201,25 @@ impl App {
         } else {
             client.devices_with_macs(&macs).await.map_err(nb)?
         };
-        let ids: Vec<u64> = lldp
+        // The machines' interfaces with their cable paths' ends; the
+        // switches' without (cheaper, and the plan does not need them).
+        let own: HashSet<u64> = lldp.iter().map(|m| m.device_id).collect();
+        let switches: Vec<u64> = named
             .iter()
-            .map(|m| m.device_id)
-            .chain(named.iter().map(|d| d.id))
+            .map(|d| d.id)
             .chain(by_mac.iter().map(|(_, d)| d.id))
+            .filter(|d| !own.contains(d))
             .collect();
-        let interfaces = client.cable_interfaces(&ids).await.map_err(nb)?;
+        let own: Vec<u64> = own.into_iter().collect();
+        let mut interfaces = client.cable_interfaces(&own, true).await.map_err(nb)?;
+        if !switches.is_empty() {
+            interfaces.extend(
+                client
+                    .cable_interfaces(&switches, false)
+                    .await
+                    .map_err(nb)?,
+            );
+        }
         let plan = plan_cables(&CableInput {
             machines: &lldp,
             named: &named,
