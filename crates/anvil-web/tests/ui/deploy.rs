@@ -494,3 +494,42 @@ async fn refused_actions_show_the_reason_on_the_card() {
     let missing = c.get("/machines/nope/deployment").await;
     assert_eq!(missing.status, 404);
 }
+
+#[tokio::test]
+async fn the_raid1_checkbox_is_sent_and_the_servers_refusal_shows_at_it() {
+    let server = TestServer::start_with_images().await;
+    let app = &server.app;
+    let scratch = tempfile::tempdir().unwrap();
+    import_image(app, scratch.path()).await;
+    // One writable disk (vda; sr0 is removable): no mirror possible.
+    let id = ready_machine(app).await;
+    let mut c = server.client();
+    c.login().await;
+    let page = c.get(&format!("/machines/{id}")).await;
+    assert!(
+        page.body.contains("name=\"raid1\""),
+        "the form has the RAID 1 checkbox:\n{}",
+        page.body
+    );
+    let token = page.csrf_token();
+    let bad = c
+        .post(
+            &format!("/machines/{id}/deploy"),
+            &[
+                ("csrf_token", &token),
+                ("image", "test-img"),
+                ("raid1", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let errors = field_error(&bad);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].contains("RAID 1 needs two writable disks") && errors[0].contains("vda"),
+        "{errors:?}"
+    );
+    // The box stays ticked for the next try; the machine is untouched.
+    assert!(bad.body.contains("name=\"raid1\" checked"), "{}", bad.body);
+    assert_eq!(state(app, &id).await, MachineState::Ready);
+}
