@@ -1067,10 +1067,21 @@ fn raid1_in_qemu_builds_resyncs_and_erase_stops_the_array() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let size = 64 * MIB;
+    // Large enough that the resync outlasts the raid step's report, so
+    // raid_sync really waits; sparse, with different old data at a few
+    // places on each disk.
+    let size = 512 * MIB;
     let (a, b) = (dir.path().join("a.raw"), dir.path().join("b.raw"));
-    std::fs::write(&a, vec![0x5au8; size as usize]).unwrap();
-    std::fs::write(&b, vec![0xa5u8; size as usize]).unwrap();
+    let marked = [8 * MIB, 200 * MIB, 500 * MIB];
+    for (path, byte) in [(&a, 0x5au8), (&b, 0xa5u8)] {
+        let mut f = std::fs::File::create(path).unwrap();
+        f.set_len(size).unwrap();
+        for off in marked {
+            use std::io::Seek;
+            f.seek(std::io::SeekFrom::Start(off)).unwrap();
+            f.write_all(&vec![byte; (4 * MIB) as usize]).unwrap();
+        }
+    }
     let extra: Vec<String> = [
         "-drive".to_string(),
         format!("if=none,id=d1,format=raw,file={}", b.display()),
@@ -1110,6 +1121,12 @@ fn raid1_in_qemu_builds_resyncs_and_erase_stops_the_array() {
     let sync = &run.finished[&1];
     assert_eq!(sync["status"], "succeeded", "{sync:#}\n{log}");
     assert_eq!(sync["result"]["degraded"], 0, "{sync:#}");
+    // The kernel resyncs at most at speed_limit_max (200 MB/s by default):
+    // 512 MiB take at least 2.7 s, most of which raid_sync waits.
+    assert!(
+        sync["result"]["waited_secs"].as_f64().unwrap_or(0.0) > 0.5,
+        "raid_sync did not wait for the resync: {sync:#}"
+    );
     let erase = &run.finished[&2]["result"]["disks"];
     for d in erase.as_array().unwrap() {
         assert_eq!(d["method"], "quick", "{erase:#}");
@@ -1120,26 +1137,42 @@ fn raid1_in_qemu_builds_resyncs_and_erase_stops_the_array() {
         json!([array]),
         "{erase:#}\n{log}"
     );
-    let (after_a, after_b) = (std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
-    let mid = (2 * MIB) as usize..(size - 2 * MIB) as usize;
-    assert!(
-        after_a[mid.clone()] == after_b[mid.clone()],
-        "the members still differ: no resync"
-    );
-    assert!(
-        after_a[mid].iter().all(|&x| x == 0x5a),
-        "vda's data was copied"
-    );
-    for (name, d) in [("vda", &after_a), ("vdb", &after_b)] {
+    let read = |path: &Path, off: u64, len: u64| {
+        use std::io::Seek;
+        let mut f = std::fs::File::open(path).unwrap();
+        f.seek(std::io::SeekFrom::Start(off)).unwrap();
+        let mut v = vec![0u8; len as usize];
+        f.read_exact(&mut v).unwrap();
+        v
+    };
+    for off in marked {
+        let (x, y) = (read(&a, off, 4 * MIB), read(&b, off, 4 * MIB));
+        assert!(x == y, "the members still differ at {off}: no resync");
         assert!(
-            d[..MIB as usize].iter().all(|&x| x == 0),
+            x.iter().all(|&v| v == 0x5a),
+            "vda's data was copied at {off}"
+        );
+    }
+    for (name, path) in [("vda", &a), ("vdb", &b)] {
+        assert!(
+            read(path, 0, MIB).iter().all(|&x| x == 0),
             "{name}: first MiB"
         );
         assert!(
-            d[(size - MIB) as usize..].iter().all(|&x| x == 0),
+            read(path, size - MIB, MIB).iter().all(|&x| x == 0),
             "{name}: last MiB (the 1.0 superblock)"
         );
     }
+    let progress = run
+        .reports
+        .iter()
+        .filter(|r| {
+            r["status"] == "progress"
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("raid_sync"))
+        })
+        .count();
     for f in [&a, &b] {
         let o = Command::new("mdadm")
             .arg("--examine")
@@ -1149,7 +1182,8 @@ fn raid1_in_qemu_builds_resyncs_and_erase_stops_the_array() {
         assert!(!o.status.success(), "md superblock left on {}", f.display());
     }
     eprintln!(
-        "raid1 in qemu: raid_sync waited {:.1} s, whole boot {:.1} s",
+        "raid1 in qemu: 2 x {} MiB, raid_sync waited {:.1} s ({progress} progress reports), whole boot {:.1} s",
+        size / MIB,
         sync["result"]["waited_secs"].as_f64().unwrap_or(f64::NAN),
         started.elapsed().as_secs_f64()
     );
