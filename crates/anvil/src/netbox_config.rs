@@ -303,6 +303,31 @@ mod tests {
     }
 
     #[test]
+    fn lldp_cables_default_on_and_reach_the_mapping() {
+        assert!(base().mapping.lldp_cables);
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("token");
+        std::fs::write(&f, "nbt_abc.def\n").unwrap();
+        let off: NetboxConfig = toml::from_str(&format!(
+            "url = \"https://netbox.example\"\ntoken_file = {:?}\n[mapping]\nlldp_cables = false\n",
+            f.display().to_string()
+        ))
+        .unwrap();
+        assert!(!off.mapping.lldp_cables);
+        assert!(!off.settings().unwrap().mapping.lldp_cables);
+        let mut on = off.clone();
+        on.mapping.lldp_cables = true;
+        assert!(on.settings().unwrap().mapping.lldp_cables);
+        assert!(
+            toml::from_str::<NetboxConfig>(
+                "url = \"https://n\"\ntoken_env = \"X\"\n[mapping]\nlldp_cables = \"yes\"\n"
+            )
+            .is_err(),
+            "a non-boolean is refused"
+        );
+    }
+
+    #[test]
     fn token_comes_from_a_file_and_secrets_are_exclusive() {
         let d = tempfile::tempdir().unwrap();
         let f = d.path().join("token");
