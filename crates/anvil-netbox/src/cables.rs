@@ -183,12 +183,12 @@ fn chassis_mac(n: &Neighbour) -> Option<MacAddr> {
         .flatten()
 }
 
-/// Chassis MACs of neighbours whose system name finds no device (the MAC
-/// lookup is only worth a request for those).
+/// Chassis MACs of neighbours whose system name finds no device or several
+/// (the MAC lookup is only worth a request for those).
 pub fn macs_to_find(machines: &[MachineNeighbours], named: &[NamedDevice]) -> Vec<MacAddr> {
     let mut out = BTreeSet::new();
     for n in machines.iter().flat_map(|m| &m.neighbours) {
-        if !find_by_name(n, named).is_empty() {
+        if find_by_name(n, named).len() == 1 {
             continue;
         }
         if let Some(m) = chassis_mac(n) {

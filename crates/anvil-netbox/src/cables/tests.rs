@@ -339,7 +339,7 @@ fn ambiguity_is_reported_not_guessed() {
     let p = run(&[machine(1, 1, &[("eth0", M0)], vec![n])], &named, &ifaces);
     assert_eq!(p.conflicts[0].kind, ConflictKind::LldpAmbiguous);
     assert_eq!(p.create, vec![]);
-    // The chassis MAC tells them apart.
+    // The chassis MAC tells them apart (and is looked up for that).
     let by_mac = [(mac("02:5e:00:00:00:01"), dev(6, "leaf-1"))];
     let machines = [machine(
         1,
@@ -354,6 +354,10 @@ fn ambiguity_is_reported_not_guessed() {
         interfaces: &ifaces,
     });
     assert_eq!(p.create[0].peer_interface_id, 61, "{p:?}");
+    assert_eq!(
+        macs_to_find(&machines, &named),
+        vec![mac("02:5e:00:00:00:01")]
+    );
 
     // One NIC hearing two different switches.
     let (named, ifaces) = world();
