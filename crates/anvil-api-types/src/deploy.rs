@@ -35,8 +35,8 @@ pub struct DeployRequest {
     #[serde(default)]
     pub config_drive: Option<ConfigDriveKind>,
     /// Software RAID 1 across two disks: the image goes onto the mirror
-    /// (md, metadata 1.0) instead of one disk. `root_disk` is then ignored
-    /// in favour of `raid.disks`.
+    /// (md, metadata 1.0) instead of one disk. Not together with
+    /// `root_disk`: `raid.disks` names the members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub raid: Option<RaidRequest>,
 }

@@ -477,6 +477,12 @@ impl App {
             });
         }
         let facts = self.facts_or_commission_first(&m).await?;
+        if req.raid.is_some() && req.root_disk.is_some() {
+            return Err(Error::invalid(
+                "root_disk",
+                "root_disk does not apply to a RAID 1 deployment: name the two members in raid.disks",
+            ));
+        }
         let hint = req.root_disk.clone().unwrap_or_default();
         let raid = raid::plan(
             req.raid.as_ref(),

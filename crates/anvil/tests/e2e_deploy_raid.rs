@@ -340,6 +340,17 @@ fn raid1_deploy(uefi: bool) {
             "ready"
         );
     }
+    // A root disk beside the mirror is a mistake, not silently ignored.
+    let (st, p) = rig.action(
+        "deploy",
+        json!({"image": "e2e-raid", "ssh_keys": [SSH_KEY], "raid": {"level": 1},
+               "root_disk": "largest"}),
+    );
+    assert_eq!(st, 422, "{p:#}");
+    assert!(
+        p["detail"].as_str().unwrap_or("").contains("raid.disks"),
+        "{p:#}"
+    );
     // An installer partitions the disks itself: RAID with one is refused,
     // not silently left out.
     let files = tempfile::tempdir().expect("temp dir");
