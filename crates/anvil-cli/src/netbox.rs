@@ -33,12 +33,22 @@ pub enum NetboxCmd {
     Status,
 }
 
+/// How long `anvil netbox sync` waits for the report. The server finishes
+/// the sync (and records it in `anvil netbox status`) even when the CLI
+/// stops waiting.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
 pub async fn run_netbox(g: &GlobalOpts, cmd: NetboxCmd) -> Result<(), CliError> {
     let client = Client::from_opts(g)?;
     match cmd {
         NetboxCmd::Sync { dry_run } => {
+            // A first import of a rack, or a sync that creates hundreds of
+            // cables, takes minutes (NetBox answers each write in 50-200 ms):
+            // the default request timeout would give up on a sync that is
+            // still doing its work.
             let req = client
                 .request(Method::POST, &["netbox", "sync"])
+                .timeout(SYNC_TIMEOUT)
                 .json(&serde_json::json!({ "dry_run": dry_run }));
             let report: SyncReport = client.json(req).await?;
             output::print(&render(g.output, &report, report_table)?)?;

@@ -173,7 +173,23 @@ impl App {
     }
 
     /// A full reconcile of the scope, or with `dry_run` its plan only.
+    ///
+    /// It runs in a task of its own: a caller that stops waiting (an HTTP
+    /// client that timed out during a long first import) does not cut the
+    /// sync short between two NetBox writes or leave its run unfinished.
     pub async fn netbox_sync(&self, by: &Principal, dry_run: bool) -> Result<SyncReport> {
+        self.netbox_ctl()?;
+        let app = self.clone();
+        let by = by.clone();
+        tokio::spawn(async move { app.netbox_sync_to_end(&by, dry_run).await })
+            .await
+            .map_err(|e| Error::Internal {
+                context: "the NetBox sync task panicked",
+                source: Box::new(e),
+            })?
+    }
+
+    async fn netbox_sync_to_end(&self, by: &Principal, dry_run: bool) -> Result<SyncReport> {
         let ctl = self.netbox_ctl()?.clone();
         let _one = ctl.running.lock().await;
         let kind = if dry_run { "dry-run" } else { "full" };

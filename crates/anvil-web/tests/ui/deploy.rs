@@ -464,8 +464,8 @@ async fn refused_actions_show_the_reason_on_the_card() {
     );
     for (path, want) in [
         ("release", "cannot move to releasing"),
-        // The server names the move exit-rescue would make.
-        ("exit-rescue", "A machine in state new cannot move"),
+        // The server names the state exit-rescue needs.
+        ("exit-rescue", "The machine is new, not rescue"),
     ] {
         let r = c
             .post(&format!("/machines/{id}/{path}"), &[("csrf_token", &token)])
