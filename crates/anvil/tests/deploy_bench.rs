@@ -33,10 +33,9 @@ mod e2e;
 #[path = "e2e/test_image.rs"]
 mod test_image;
 
-use commission_lab::{BMC_PASSWORD, BMC_USER, IpmiVm, VmSpec};
+use commission_lab::{BMC_PASSWORD, BMC_USER, IpmiVm, VmSpec, deploy_lab_toml};
 use e2e::{Anvil, Lab};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -56,58 +55,8 @@ const SMALL_NODE_MIB: u32 = 256;
 /// Pseudo-random data in a "sparse" image; the rest is zeros.
 const SPARSE_PAYLOAD: u64 = 8 * MIB;
 
-fn anvil_toml(lab: &Lab) -> String {
-    let n = lab.n;
-    let server = lab.server_ip();
-    format!(
-        r#"[tftp]
-enabled = true
-listen = "{server}:69"
-root = "/usr/lib/ipxe"
-
-[dhcp]
-enabled = true
-interfaces = ["br0"]
-
-[[dhcp.network]]
-name = "bench"
-subnet = "10.77.{n}.0/24"
-mode = "full"
-interface = "br0"
-server_address = "{server}"
-range_start = "10.77.{n}.100"
-range_end = "10.77.{n}.199"
-router = "{server}"
-lease_time_secs = 3600
-
-[dhcp.network.boot]
-http_port = 8080
-
-[commissioning]
-timeout_secs = 900
-power_off_when_done = true
-lldp_window_secs = 2
-
-[deploy]
-timeout_secs = 2400
-"#
-    )
-}
-
 fn record(line: &str) {
-    let line = format!("deploy-bench: {line}");
-    println!("{line}");
-    let path = e2e::workspace_root().join("target/e2e-boot/deploy-bench.txt");
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    e2e::append_timing("deploy-bench.txt", &format!("deploy-bench: {line}"));
 }
 
 fn rfc3339(v: &Value) -> Option<time::OffsetDateTime> {
@@ -137,7 +86,10 @@ impl Rig {
     fn start(name: &str, uefi: bool) -> Rig {
         commission_lab::prerequisites();
         let lab = Lab::new();
-        let anvil = Anvil::start(&lab, &anvil_toml(&lab));
+        let anvil = Anvil::start(
+            &lab,
+            &deploy_lab_toml(&lab, "bench", 900, "\n[deploy]\ntimeout_secs = 2400\n"),
+        );
         commission_lab::install_ramdisk(&anvil.data_dir);
         let vm = IpmiVm::start(&lab, false);
         let spec = VmSpec {

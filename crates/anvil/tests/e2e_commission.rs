@@ -23,10 +23,9 @@ mod commission_lab;
 mod common;
 mod e2e;
 
-use commission_lab::{BMC_PASSWORD, BMC_USER, IpmiVm, VmSpec};
+use commission_lab::{BMC_PASSWORD, BMC_USER, IpmiVm, VmSpec, network_boot_toml};
 use e2e::{Anvil, Lab};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 /// Power-on to `ready` may take this long in TCG (boot ~30 s, ramdisk and
@@ -38,35 +37,11 @@ const LLDP_PORT_DESCRIPTION: &str = "e2e uplink port 7";
 /// Anvil as the boot network's only server (DHCP, TFTP, HTTP boot, RAs on
 /// br0), commissioning with short test bounds.
 fn anvil_toml(lab: &Lab, timeout_secs: u64) -> String {
-    let n = lab.n;
-    let server = lab.server_ip();
     format!(
         r#"[ipv6_ra]
 interfaces = ["br0"]
 
-[tftp]
-enabled = true
-listen = "{server}:69"
-root = "/usr/lib/ipxe"
-
-[dhcp]
-enabled = true
-interfaces = ["br0"]
-
-[[dhcp.network]]
-name = "e2e"
-subnet = "10.77.{n}.0/24"
-mode = "full"
-interface = "br0"
-server_address = "{server}"
-range_start = "10.77.{n}.100"
-range_end = "10.77.{n}.199"
-router = "{server}"
-lease_time_secs = 3600
-
-[dhcp.network.boot]
-http_port = 8080
-
+{}
 [commissioning]
 timeout_secs = {timeout_secs}
 power_off_when_done = true
@@ -77,7 +52,8 @@ memory_test_max_bytes = 67108864
 memory_test_secs = 10
 disk_test_bytes_per_disk = 8388608
 disk_test_secs = 10
-"#
+"#,
+        network_boot_toml(lab, "e2e")
     )
 }
 
@@ -187,15 +163,7 @@ fn facts_posted_uptime(serial: &str) -> Option<f64> {
 }
 
 fn record(line: &str) {
-    println!("{line}");
-    let path = e2e::workspace_root().join("target/e2e-boot/timings.txt");
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    e2e::append_timing("timings.txt", line);
 }
 
 #[test]

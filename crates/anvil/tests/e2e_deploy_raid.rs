@@ -24,10 +24,9 @@ mod e2e;
 #[path = "e2e/test_image.rs"]
 mod test_image;
 
-use commission_lab::{BMC_PASSWORD, BMC_USER, IpmiVm, VmSpec};
+use commission_lab::{BMC_PASSWORD, BMC_USER, IpmiVm, VmSpec, deploy_lab_toml};
 use e2e::{Anvil, Lab};
 use serde_json::{Value, json};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,41 +35,6 @@ const PHASE_TIMEOUT: Duration = Duration::from_secs(420);
 const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGRlZmdoaWprbG1ub3BxcnN0dXZ3eHl6e3x9fn+AgYKD raid@anvil";
 const MIB: usize = 1 << 20;
-
-fn anvil_toml(lab: &Lab) -> String {
-    let n = lab.n;
-    let server = lab.server_ip();
-    format!(
-        r#"[tftp]
-enabled = true
-listen = "{server}:69"
-root = "/usr/lib/ipxe"
-
-[dhcp]
-enabled = true
-interfaces = ["br0"]
-
-[[dhcp.network]]
-name = "e2e"
-subnet = "10.77.{n}.0/24"
-mode = "full"
-interface = "br0"
-server_address = "{server}"
-range_start = "10.77.{n}.100"
-range_end = "10.77.{n}.199"
-router = "{server}"
-lease_time_secs = 3600
-
-[dhcp.network.boot]
-http_port = 8080
-
-[commissioning]
-timeout_secs = 600
-power_off_when_done = true
-lldp_window_secs = 2
-"#
-    )
-}
 
 struct Rig {
     // Field order is drop order: the VM (QEMU killed) before the lab.
@@ -201,18 +165,7 @@ fn step<'a>(run: &'a Value, kind: &str) -> &'a Value {
 }
 
 fn record(line: &str) {
-    println!("{line}");
-    let path = e2e::workspace_root().join("target/e2e-boot/timings.txt");
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-    {
-        let _ = writeln!(f, "{line}");
-    }
+    e2e::append_timing("timings.txt", line);
 }
 
 fn secs(t: Instant) -> String {
@@ -247,7 +200,7 @@ fn raid1_deploy(uefi: bool) {
     let started = Instant::now();
     let mut timings = Vec::new();
     let lab = Lab::new();
-    let anvil = Anvil::start(&lab, &anvil_toml(&lab));
+    let anvil = Anvil::start(&lab, &deploy_lab_toml(&lab, "e2e", 600, ""));
     commission_lab::install_ramdisk(&anvil.data_dir);
     let vm = IpmiVm::start(&lab, false);
     let spec = VmSpec {

@@ -15,6 +15,55 @@ use std::time::{Duration, Instant};
 
 use crate::e2e::{self, Lab};
 
+/// The network-boot part of a VM lab's `anvil serve` configuration: TFTP of
+/// the iPXE binaries and full DHCP on the lab's bridge (the DHCP network
+/// named `network`) with HTTP boot on port 8080.
+pub fn network_boot_toml(lab: &Lab, network: &str) -> String {
+    let n = lab.n;
+    let server = lab.server_ip();
+    format!(
+        r#"[tftp]
+enabled = true
+listen = "{server}:69"
+root = "/usr/lib/ipxe"
+
+[dhcp]
+enabled = true
+interfaces = ["br0"]
+
+[[dhcp.network]]
+name = "{network}"
+subnet = "10.77.{n}.0/24"
+mode = "full"
+interface = "br0"
+server_address = "{server}"
+range_start = "10.77.{n}.100"
+range_end = "10.77.{n}.199"
+router = "{server}"
+lease_time_secs = 3600
+
+[dhcp.network.boot]
+http_port = 8080
+"#
+    )
+}
+
+/// The configuration of the deployment labs (e2e_deploy, e2e_deploy_raid,
+/// deploy_bench): network boot, commissioning that powers the machine off
+/// when done with a 2 s LLDP window (no switch speaks in these labs), and
+/// `extra` sections (e.g. `[deploy]`).
+pub fn deploy_lab_toml(
+    lab: &Lab,
+    network: &str,
+    commissioning_timeout_secs: u64,
+    extra: &str,
+) -> String {
+    format!(
+        "{}\n[commissioning]\ntimeout_secs = {commissioning_timeout_secs}\npower_off_when_done = true\nlldp_window_secs = 2\n{extra}",
+        network_boot_toml(lab, network)
+    )
+}
+
 pub const BMC_USER: &str = "admin";
 pub const BMC_PASSWORD: &str = "commission-bmc-pw-3";
 

@@ -1062,8 +1062,18 @@ pub fn record_timing(test: &str, server: &str, firmware: Firmware, r: &BootResul
             .unwrap_or_else(|| "?".into()),
         r.phases()
     );
+    append_timing("timings.txt", &line);
+}
+
+/// Prints `line` and appends it to `target/e2e-boot/<file>`, where the VM
+/// tests and benchmarks keep their figures across runs (best effort: a
+/// figure that cannot be written is still printed).
+pub fn append_timing(file: &str, line: &str) {
     println!("{line}");
-    let path = workspace_root().join("target/e2e-boot/timings.txt");
+    let path = workspace_root().join("target/e2e-boot").join(file);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
