@@ -13,6 +13,10 @@
 //! `--raw-client` adds runs with a minimal client built in (one `recv` per
 //! DATA, nothing written to disk), which costs far less per packet than
 //! atftp's `pselect` + `recvmsg` + `write`, so the server side dominates.
+//! The raw client also times every window: from sending its ACK to the
+//! first DATA of the next window (the server's turnaround, wake-ups
+//! included) and from that first DATA to the window's last (the client's
+//! own receiving); the medians are printed per server.
 //!
 //! atftpd is not installed (it conflicts with tftpd-hpa): the bench runs
 //! `apt-get download atftpd libwrap0` and unpacks both with `dpkg -x` into a
@@ -168,6 +172,18 @@ fn server_cpu_seconds(pid: u32, anvil: bool) -> f64 {
 struct Sample {
     secs: f64,
     server_cpu: f64,
+    /// Raw client only: median µs from ACK to the next window's first DATA,
+    /// and from that DATA to the window's last.
+    turnaround_us: f64,
+    receive_us: f64,
+}
+
+/// What the raw client measured of one transfer.
+struct RawFetch {
+    secs: f64,
+    sha256: Vec<u8>,
+    turnaround_us: f64,
+    receive_us: f64,
 }
 
 fn fetch_atftp(addr: SocketAddr, blksize: u16, window: u16, out: &Path) -> Result<f64, Error> {
@@ -193,7 +209,7 @@ fn fetch_atftp(addr: SocketAddr, blksize: u16, window: u16, out: &Path) -> Resul
 
 /// A minimal RFC 7440 client: blocking `recv`, ACK at each window's end,
 /// bytes hashed rather than written. No loss handling: loopback only.
-fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<(f64, Vec<u8>), Error> {
+fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<RawFetch, Error> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(5)))?;
     let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
@@ -208,8 +224,17 @@ fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<(f64, Vec<u8
         return Err(format!("expected OACK, got {:?}", &buf[..n.min(32)]).into());
     }
     sock.send_to(&[0, 4, 0, 0], tid)?;
+    let mut acked_at = Instant::now();
+    let mut first_at = acked_at;
+    let mut turnaround = Vec::new();
+    let mut receive = Vec::new();
     loop {
         let n = sock.recv(&mut buf)?;
+        let now = Instant::now();
+        if in_window == 0 {
+            first_at = now;
+            turnaround.push((now - acked_at).as_secs_f64() * 1e6);
+        }
         let block = u16::from_be_bytes([buf[2], buf[3]]);
         if buf[1] != 3 || block != expected {
             return Err(format!("unexpected packet (block {block}, want {expected})").into());
@@ -218,12 +243,19 @@ fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<(f64, Vec<u8
         in_window += 1;
         let last = n - 4 < usize::from(blksize);
         if last || in_window == window {
+            receive.push((now - first_at).as_secs_f64() * 1e6);
             let b = block.to_be_bytes();
             sock.send_to(&[0, 4, b[0], b[1]], tid)?;
+            acked_at = Instant::now();
             in_window = 0;
         }
         if last {
-            return Ok((start.elapsed().as_secs_f64(), hash.finalize().to_vec()));
+            return Ok(RawFetch {
+                secs: start.elapsed().as_secs_f64(),
+                sha256: hash.finalize().to_vec(),
+                turnaround_us: median(&mut turnaround),
+                receive_us: median(&mut receive),
+            });
         }
         expected = expected.wrapping_add(1);
     }
@@ -323,32 +355,49 @@ async fn main() -> Result<(), Error> {
                     for i in order {
                         let (_, addr, pid) = servers[i];
                         let cpu_before = server_cpu_seconds(pid, i == 0);
-                        let secs = if *client == "atftp" {
+                        let (secs, turnaround_us, receive_us) = if *client == "atftp" {
                             let secs = fetch_atftp(addr, args.blksize, window, &out)?;
                             if sha256_file(&out)? != want {
                                 return Err(format!("{} sent wrong bytes", servers[i].0).into());
                             }
-                            secs
+                            (secs, f64::NAN, f64::NAN)
                         } else {
-                            let (secs, got) = fetch_raw(addr, args.blksize, window)?;
-                            if got != want {
+                            let got = fetch_raw(addr, args.blksize, window)?;
+                            if got.sha256 != want {
                                 return Err(format!("{} sent wrong bytes", servers[i].0).into());
                             }
-                            secs
+                            (got.secs, got.turnaround_us, got.receive_us)
                         };
                         let server_cpu = server_cpu_seconds(pid, i == 0) - cpu_before;
-                        samples[i].push(Sample { secs, server_cpu });
+                        samples[i].push(Sample {
+                            secs,
+                            server_cpu,
+                            turnaround_us,
+                            receive_us,
+                        });
                     }
                 }
                 let mut medians = Vec::new();
                 for (i, (name, _, _)) in servers.iter().enumerate() {
                     let mut rates: Vec<f64> = samples[i].iter().map(|s| mb / s.secs).collect();
                     let mut cpu: Vec<f64> = samples[i].iter().map(|s| s.server_cpu).collect();
+                    let mut turnaround: Vec<f64> =
+                        samples[i].iter().map(|s| s.turnaround_us).collect();
+                    let mut receive: Vec<f64> = samples[i].iter().map(|s| s.receive_us).collect();
                     let runs: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
                     let m = median(&mut rates);
+                    let timing = if *client == "raw" {
+                        format!(
+                            ", per window: ACK -> DATA {:.1} us, receive {:.1} us",
+                            median(&mut turnaround),
+                            median(&mut receive)
+                        )
+                    } else {
+                        String::new()
+                    };
                     println!(
                         "{client:5} windowsize {window:2} {name:6}: median {m:6.1} MB/s, \
-                         server CPU {:.3} s/transfer, runs [{}]",
+                         server CPU {:.3} s/transfer, runs [{}]{timing}",
                         median(&mut cpu),
                         runs.join(", ")
                     );
