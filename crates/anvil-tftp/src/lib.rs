@@ -17,6 +17,7 @@
 //!
 //! The server never writes: write requests get ERROR 2.
 
+mod ack_spin;
 mod config;
 mod error;
 mod net;

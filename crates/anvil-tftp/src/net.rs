@@ -133,6 +133,36 @@ fn recvmsg_pktinfo(fd: RawFd, buf: &mut [u8]) -> io::Result<Received> {
     })
 }
 
+/// Receives one datagram if one is queued, without waiting and without
+/// asking tokio: `WouldBlock` when the queue is empty.
+///
+/// tokio's own `try_recv_from` answers from its readiness cache, which only
+/// the reactor refreshes — and the reactor does not run while the service
+/// thread polls (see `AckSpin`) — so it would report `WouldBlock` for a
+/// datagram that is already there. Reading the socket behind tokio's back is
+/// safe: a later `recv_from` through tokio that finds the queue empty just
+/// clears the stale readiness and waits.
+pub(crate) fn recv_from_now(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    // SAFETY: `buf` and `name` are live locals of the lengths passed; the
+    // kernel writes at most that much into each.
+    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut name_len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let n = unsafe {
+        libc::recvfrom(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+            (&mut name as *mut libc::sockaddr_storage).cast(),
+            &mut name_len,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((usize::try_from(n).unwrap_or(0), sockaddr_to_std(&name)?))
+}
+
 /// IPv4 clients of a dual-stack listener show up as v4-mapped IPv6
 /// addresses; replies go out over IPv4 sockets, so use the IPv4 form.
 pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
@@ -432,6 +462,26 @@ mod tests {
             assert_eq!(rx.peer, client.local_addr().expect("addr"));
             assert_eq!(rx.local, Some(SocketAddr::new(to.ip(), 0)));
         }
+    }
+
+    /// The datagram is there although tokio never saw the socket become
+    /// readable (its reactor does not run between the two calls).
+    #[tokio::test]
+    async fn recv_from_now_sees_datagrams_tokio_has_not_polled() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mut buf = [0u8; 16];
+        let empty = recv_from_now(&rx, &mut buf).expect_err("nothing queued yet");
+        assert_eq!(empty.kind(), io::ErrorKind::WouldBlock);
+        tx.send_to(b"ack", rx.local_addr().expect("addr"))
+            .expect("send");
+        let (n, from) = recv_from_now(&rx, &mut buf).expect("queued datagram");
+        assert_eq!(
+            (&buf[..n], from),
+            (&b"ack"[..], tx.local_addr().expect("addr"))
+        );
+        let again = recv_from_now(&rx, &mut buf).expect_err("consumed");
+        assert_eq!(again.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[tokio::test]
