@@ -1,6 +1,6 @@
 //! Whether a transfer should poll its socket for the client's ACK instead
-//! of going to sleep: the decisions only, without clock or socket (the
-//! driver in `server.rs` times the polls and reports what they found).
+//! of going to sleep, and for how long: the decisions only, without clock or
+//! socket (the driver in `server.rs` times the replies and the polls).
 //!
 //! Why poll at all: once a window is sent, the service thread has nothing
 //! to do but wait for its ACK. Sleeping in epoll means that every window
@@ -10,67 +10,66 @@
 //! blocking for a short budget takes that wake-up off the path whenever
 //! the ACK comes back quickly: a client on a fast LAN or on the same host.
 //!
-//! Why it costs nothing where it does not pay:
-//! - A transfer whose ACKs do not come back within the budget (a firmware
-//!   PXE client on a real LAN takes far longer than the budget to answer a
-//!   window) stops polling after [`GIVE_UP_AFTER`] misses in a row, and
-//!   afterwards tries once every [`PROBE_EVERY`] windows, in case the
-//!   misses were a passing hiccup. At most one budget per window is ever
-//!   spent, and after giving up one budget per [`PROBE_EVERY`] windows.
+//! Why it costs little where it does not pay:
+//! - Each transfer learns how long its client takes to answer (a moving
+//!   average of the time from the end of a send to the reply, measured
+//!   whether the reply was polled for or slept for) and polls only while
+//!   that is at most [`MAX_BUDGET_US`], for 1.5 times that long. A firmware
+//!   PXE client on a real LAN, which takes far longer to answer a window,
+//!   is polled for at most once or twice at the start of its transfer; if a
+//!   client becomes fast again, the average shows it and polling resumes.
 //! - The service thread serves every transfer: while it polls for one, the
 //!   others wait (a budget at most). So it polls only while fewer transfers
 //!   are active than there are CPUs — with more, the thread has other work
 //!   and rarely sleeps anyway — and never on a single CPU, where polling
 //!   would take the CPU from everything else, a local client included.
 
-/// Misses in a row after which a transfer stops polling.
-pub(crate) const GIVE_UP_AFTER: u32 = 3;
+use std::time::Duration;
 
-/// Windows between two probes once a transfer gave up polling.
-pub(crate) const PROBE_EVERY: u32 = 64;
+/// Longest poll, in µs: replies slower than this on average are slept for.
+pub(crate) const MAX_BUDGET_US: u64 = 100;
+
+/// Shortest poll, in µs (a fast reply that came a little late still hits).
+pub(crate) const MIN_BUDGET_US: u64 = 20;
+
+/// Weight of a new reply time in the average: 1/8.
+const SMOOTHING_SHIFT: u32 = 3;
 
 /// Per-transfer polling decisions.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AckSpin {
-    /// Polls in a row that ended without a datagram.
-    misses: u32,
-    /// Windows waited for without polling since the last probe.
-    skipped: u32,
+    /// Moving average of the client's reply time, in µs.
+    reply_us: u64,
+}
+
+impl Default for AckSpin {
+    /// Starts out assuming a fast client: the first replies show otherwise.
+    fn default() -> Self {
+        AckSpin {
+            reply_us: MIN_BUDGET_US,
+        }
+    }
 }
 
 impl AckSpin {
-    /// Whether to poll before sleeping, with `active` transfers running
-    /// (this one included) on a machine with `cpus` CPUs available.
-    pub(crate) fn should_poll(&mut self, active: usize, cpus: usize) -> bool {
-        if cpus < 2 || active >= cpus {
-            return false;
+    /// How long to poll before sleeping, if at all, with `active` transfers
+    /// running (this one included) on a machine with `cpus` CPUs available.
+    pub(crate) fn budget(&self, active: usize, cpus: usize) -> Option<Duration> {
+        if cpus < 2 || active >= cpus || self.reply_us > MAX_BUDGET_US {
+            return None;
         }
-        if self.misses < GIVE_UP_AFTER {
-            return true;
-        }
-        self.skipped += 1;
-        if self.skipped >= PROBE_EVERY {
-            self.skipped = 0;
-            return true;
-        }
-        false
+        let us = (self.reply_us + self.reply_us / 2).clamp(MIN_BUDGET_US, MAX_BUDGET_US);
+        Some(Duration::from_micros(us))
     }
 
-    /// What the poll found: a datagram (`true`) or nothing within the
-    /// budget (`false`).
-    pub(crate) fn record(&mut self, answered: bool) {
-        if answered {
-            self.misses = 0;
-            self.skipped = 0;
-        } else {
-            self.misses = self.misses.saturating_add(1);
-        }
-    }
-
-    /// Whether this transfer has stopped polling (between probes).
-    #[cfg(test)]
-    fn gave_up(&self) -> bool {
-        self.misses >= GIVE_UP_AFTER
+    /// The client answered `after` the end of the send it answers.
+    pub(crate) fn record_reply(&mut self, after: Duration) {
+        let us = u64::try_from(after.as_micros()).unwrap_or(u64::MAX);
+        // Capped so that one very late reply cannot keep polling off for
+        // long once the client is fast again.
+        let us = us.min(4 * MAX_BUDGET_US);
+        self.reply_us =
+            self.reply_us - (self.reply_us >> SMOOTHING_SHIFT) + (us >> SMOOTHING_SHIFT);
     }
 }
 
@@ -78,58 +77,69 @@ impl AckSpin {
 mod tests {
     use super::*;
 
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
     #[test]
-    fn polls_while_acks_come_back_within_the_budget() {
+    fn polls_a_fast_client_a_little_longer_than_it_takes() {
         let mut spin = AckSpin::default();
+        for _ in 0..100 {
+            spin.record_reply(us(40));
+        }
+        let budget = spin.budget(1, 2).expect("polls");
+        assert!((us(55)..=us(62)).contains(&budget), "{budget:?}");
+        for _ in 0..100 {
+            spin.record_reply(us(2));
+        }
+        assert_eq!(spin.budget(1, 2), Some(us(MIN_BUDGET_US)));
+    }
+
+    #[test]
+    fn a_slow_client_is_polled_for_at_most_twice() {
+        let mut spin = AckSpin::default();
+        let mut polls = 0;
         for _ in 0..1000 {
-            assert!(spin.should_poll(1, 2));
-            spin.record(true);
+            if spin.budget(1, 2).is_some() {
+                polls += 1;
+            }
+            spin.record_reply(Duration::from_millis(2));
         }
-        assert!(!spin.gave_up());
+        assert!(polls <= 2, "{polls} polls");
     }
 
     #[test]
-    fn a_miss_or_two_between_hits_does_not_stop_polling() {
+    fn polling_resumes_when_the_client_gets_fast_again() {
         let mut spin = AckSpin::default();
-        for answered in [false, false, true, false, false, true] {
-            assert!(spin.should_poll(1, 4));
-            spin.record(answered);
+        for _ in 0..50 {
+            spin.record_reply(Duration::from_secs(1));
         }
-        assert!(!spin.gave_up());
-    }
-
-    #[test]
-    fn gives_up_after_misses_in_a_row_and_probes_now_and_then() {
-        let mut spin = AckSpin::default();
-        for _ in 0..GIVE_UP_AFTER {
-            assert!(spin.should_poll(1, 2));
-            spin.record(false);
-        }
-        assert!(spin.gave_up());
-        // A slow client: of 10 probe periods, one poll each.
-        let polls = (0..PROBE_EVERY * 10)
-            .filter(|_| {
-                let poll = spin.should_poll(1, 2);
-                if poll {
-                    spin.record(false);
-                }
-                poll
+        assert_eq!(spin.budget(1, 2), None);
+        let windows = (1..100)
+            .find(|_| {
+                spin.record_reply(us(10));
+                spin.budget(1, 2).is_some()
             })
-            .count();
-        assert_eq!(polls, 10);
-        // The client got fast again: the next probe hits and polling resumes.
-        while !spin.should_poll(1, 2) {}
-        spin.record(true);
-        assert!(!spin.gave_up());
-        assert!(spin.should_poll(1, 2));
+            .expect("polls again");
+        assert!(windows <= 30, "after {windows} fast replies");
+    }
+
+    #[test]
+    fn one_late_reply_does_not_stop_polling() {
+        let mut spin = AckSpin::default();
+        for _ in 0..100 {
+            spin.record_reply(us(15));
+        }
+        spin.record_reply(Duration::from_millis(5));
+        assert!(spin.budget(1, 2).is_some());
     }
 
     #[test]
     fn never_polls_on_one_cpu_or_with_as_many_transfers_as_cpus() {
-        let mut spin = AckSpin::default();
-        assert!(!spin.should_poll(1, 1));
-        assert!(!spin.should_poll(2, 2));
-        assert!(!spin.should_poll(9, 8));
-        assert!(spin.should_poll(7, 8));
+        let spin = AckSpin::default();
+        assert_eq!(spin.budget(1, 1), None);
+        assert_eq!(spin.budget(2, 2), None);
+        assert_eq!(spin.budget(9, 8), None);
+        assert!(spin.budget(7, 8).is_some());
     }
 }

@@ -34,15 +34,6 @@ const MAX_REPLY: usize = 1024;
 /// Refusals answered at once; beyond that, refused requests are dropped.
 const MAX_REFUSALS: usize = 64;
 
-/// How long a transfer polls its socket for the client's reply after
-/// sending, before it sleeps until the reply comes (see `AckSpin` for when
-/// it polls at all). Long enough for a client on the same host or a fast
-/// LAN to take in a window and answer — measured on loopback with 16 blocks
-/// of 1468 bytes, the bench's client answers ~17 µs after the window's
-/// first DATA reaches it — and short enough that a miss wastes little: one
-/// budget per window, and after a few misses in a row one per 64 windows.
-const ACK_POLL_BUDGET: Duration = Duration::from_micros(50);
-
 /// How long shutdown waits for requests to finish before aborting them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -529,26 +520,24 @@ impl Start {
                 }
             }
             self.flush(sock, &mut sender, &mut batch).await;
+            let sent_at = Instant::now();
             // Idle until the client answers: encode its next window now
             // rather than after its ACK.
             machine.prepare_ahead();
-            let due = deadline.is_some_and(|at| at <= Instant::now());
-            if !due
-                && !cancel.has_changed().unwrap_or(true)
-                && spin.should_poll(self.ctx.active_transfers(), self.ctx.cpus)
+            let due = deadline.is_some_and(|at| at <= sent_at);
+            let budget = spin.budget(self.ctx.active_transfers(), self.ctx.cpus);
+            if let Some(budget) = budget.filter(|_| !due && !cancel.has_changed().unwrap_or(true))
+                && let Some(received) = poll_for_reply(sock, &mut buf, budget)
             {
-                let polled = poll_for_reply(sock, &mut buf, ACK_POLL_BUDGET);
-                spin.record(polled.is_some());
-                if let Some(received) = polled {
-                    self.on_reply(sock, &mut machine, received, &buf).await;
-                    continue;
-                }
+                self.on_reply(sock, &mut machine, &mut spin, sent_at, received, &buf)
+                    .await;
+                continue;
             }
             tokio::select! {
                 biased;
                 _ = cancel.changed() => machine.cancel("server shutting down"),
                 received = sock.recv_from(&mut buf) => {
-                    self.on_reply(sock, &mut machine, received, &buf).await;
+                    self.on_reply(sock, &mut machine, &mut spin, sent_at, received, &buf).await;
                 }
                 () = &mut timer => {
                     let now = Instant::now();
@@ -578,20 +567,22 @@ impl Start {
         }
     }
 
-    /// Hands a datagram received on the transfer socket to the machine.
+    /// Hands a datagram received on the transfer socket to the machine, and
+    /// the client's reply time (since `sent_at`) to the polling decisions.
     async fn on_reply(
         &self,
         sock: &UdpSocket,
         machine: &mut ReadTransfer,
+        spin: &mut AckSpin,
+        sent_at: Instant,
         received: std::io::Result<(usize, SocketAddr)>,
         buf: &[u8],
     ) {
         match received {
             Ok((n, from)) if net::canonical(from) == self.peer => {
-                machine.handle(
-                    Instant::now(),
-                    Event::Packet(buf.get(..n).unwrap_or_default()),
-                );
+                let now = Instant::now();
+                spin.record_reply(now.saturating_duration_since(sent_at));
+                machine.handle(now, Event::Packet(buf.get(..n).unwrap_or_default()));
             }
             Ok((_, stranger)) => {
                 // RFC 1350: answer a wrong TID with ERROR 5 and carry on.
