@@ -445,7 +445,7 @@ async fn call_home(
 fn parse_action(action: &str) -> ApiResult<anvil_core::power::MachineAction> {
     anvil_core::power::MachineAction::parse(action).ok_or_else(|| {
         ApiError::not_found(format!(
-            "no action {action:?}: use power-on, power-off, power-cycle or pxe-boot"
+            "no action {action:?}: use power-on, power-off, power-cycle, pxe-boot or pxe-power-on"
         ))
     })
 }
@@ -454,7 +454,7 @@ fn parse_action(action: &str) -> ApiResult<anvil_core::power::MachineAction> {
 /// at `/api/v1/jobs/{id}`.
 #[utoipa::path(post, path = "/machines/{id}/actions/{action}", tag = "power",
     params(("id" = String, Path, description = "Machine UUID or hostname"),
-           ("action" = String, Path, description = "power-on, power-off, power-cycle or pxe-boot")),
+           ("action" = String, Path, description = "power-on, power-off, power-cycle, pxe-boot or pxe-power-on")),
     responses((status = 202, body = Job), (status = 404, body = Problem, content_type = "application/problem+json"),
               (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn machine_action(
@@ -475,7 +475,7 @@ async fn machine_action(
 /// state or list). The jobs run with a concurrency limit; one BMC that hangs
 /// never holds up the others beyond its own timeout.
 #[utoipa::path(post, path = "/actions/{action}", tag = "power", request_body = BulkSelector,
-    params(("action" = String, Path, description = "power-on, power-off, power-cycle or pxe-boot")),
+    params(("action" = String, Path, description = "power-on, power-off, power-cycle, pxe-boot or pxe-power-on")),
     responses((status = 202, body = JobList), (status = 422, body = Problem, content_type = "application/problem+json")))]
 async fn bulk_action(
     State(app): State<App>,

@@ -57,10 +57,22 @@ pub struct Targets {
     pub wait: bool,
 }
 
+/// `anvil power on`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct PowerOnArgs {
+    #[command(flatten)]
+    pub targets: Targets,
+    /// Also set the next boot (once) to the network. A machine that is
+    /// already on keeps running and boots from the network next time; to
+    /// reset a running machine into PXE, use `anvil pxe-boot`.
+    #[arg(long)]
+    pub pxe_once: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
 pub enum PowerCmd {
     /// Power on.
-    On(Targets),
+    On(PowerOnArgs),
     /// Power off (hard).
     Off(Targets),
     /// Power cycle (on if off).
@@ -115,7 +127,8 @@ fn selector(t: &Targets) -> Result<BulkSelector, CliError> {
 /// `anvil power …`.
 pub async fn run_power(g: &GlobalOpts, cmd: PowerCmd) -> Result<(), CliError> {
     let (action, t) = match cmd {
-        PowerCmd::On(t) => ("power-on", t),
+        PowerCmd::On(a) if a.pxe_once => ("pxe-power-on", a.targets),
+        PowerCmd::On(a) => ("power-on", a.targets),
         PowerCmd::Off(t) => ("power-off", t),
         PowerCmd::Cycle(t) => ("power-cycle", t),
         PowerCmd::Status(t) => return power_status(g, t).await,

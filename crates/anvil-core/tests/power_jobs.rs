@@ -130,6 +130,38 @@ async fn a_job_reads_the_power_state_once_a_second_until_it_changed() {
     assert!((2.9..6.0).contains(&took), "{took} s");
 }
 
+/// "Power on, PXE once" sets the override and powers on without reading
+/// the state first (`PowerDriver::set_boot_and_power_on`; a driver may do
+/// both in fewer requests), then waits for On like every action.
+#[tokio::test]
+async fn pxe_power_on_needs_no_state_read_first() {
+    let fakes = Arc::new(Fakes::default());
+    let (app, _d) = app(fakes.clone(), 4).await;
+    let bmc = enroll(&app, &fakes, 2, Duration::from_millis(300)).await;
+    let before = bmc.calls().len();
+    let job = app
+        .start_action(&Principal::System, "node-pj0002", MachineAction::PxePowerOn)
+        .await
+        .unwrap();
+    assert_eq!(job.kind, "pxe-power-on");
+    let done = wait_job(&app, job.id).await;
+    assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+    assert_eq!(
+        done.result.as_ref().map(|r| r["power_state"].clone()),
+        Some(serde_json::json!("on"))
+    );
+    let calls = bmc.calls()[before..].to_vec();
+    assert_eq!(
+        calls,
+        ["set_boot Pxe once", "power On", "power_state"],
+        "{calls:?}"
+    );
+    assert_eq!(
+        MachineAction::parse("pxe-power-on"),
+        Some(MachineAction::PxePowerOn)
+    );
+}
+
 /// 120 machines through one bulk action: every job ends succeeded with its
 /// result, its one completion event and the machine's power state, and
 /// whenever a reader sees a job finished, its event and power state are

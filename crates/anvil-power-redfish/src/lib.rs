@@ -764,6 +764,102 @@ impl RedfishDriver {
         }
     }
 
+    /// A boot override and power on in two requests, without reading the
+    /// system first, when a document read earlier (at enrolment, by the
+    /// poller, by an earlier action: any age) tells the system's layout.
+    /// What the two steps need from it does not change while the service
+    /// runs: where the Reset action is and which types it takes, which boot
+    /// targets it offers. Only the state changes, and neither step depends
+    /// on it: `On` of a machine that is on is either a no-op or refused.
+    /// Whatever the BMC refuses is done again the careful way, from a fresh
+    /// read (`do_set_boot`, `do_power`), so a BMC that wants an ETag (428),
+    /// refuses On-while-on (409) or moved its action answers correctly at
+    /// the cost of one more round trip. Vendors whose boot PATCH depends on
+    /// the current boot mode or goes to a settings object always take the
+    /// careful way.
+    async fn do_set_boot_and_power_on(&self, boot: BootOverride) -> Result<(), PowerError> {
+        let d = self.discover().await?;
+        let remembered = self.cache().latest.clone();
+        let quick = remembered.filter(|s| {
+            // A fresh document costs the careful way nothing extra and
+            // lets it skip an On the machine does not need.
+            s.read_at.elapsed() >= self.options.system_cache_ttl
+                && d.quirks.boot_mode == BootModePolicy::WhenRequested
+                && !d.quirks.boot_via_settings_object
+                && boot.mode.is_none()
+        });
+        let Some(sys) = quick else {
+            self.do_set_boot(boot).await?;
+            return self.do_power(PowerAction::On).await;
+        };
+
+        let target = match boot.device {
+            BootDevice::Pxe => "Pxe",
+            BootDevice::Disk => "Hdd",
+        };
+        let enabled = if boot.once { "Once" } else { "Continuous" };
+        let patched = match boot_patch(&sys.body, target, enabled, None, d.quirks.boot_mode) {
+            Ok(patch) => {
+                let sent = self
+                    .http
+                    .send(Method::PATCH, &d.system, Some(&patch), None)
+                    .await;
+                match sent {
+                    Err(e) => {
+                        self.forget_system();
+                        return Err(e);
+                    }
+                    Ok(r) if r.status.is_success() => {
+                        self.boot_written();
+                        if r.status == StatusCode::ACCEPTED
+                            && let Some(monitor) = &r.location
+                        {
+                            self.wait_task(monitor).await?;
+                        }
+                        true
+                    }
+                    Ok(r) => {
+                        debug!(bmc = %self.address(), status = r.status.as_u16(), "boot PATCH without a read refused; reading the system");
+                        self.forget_system();
+                        false
+                    }
+                }
+            }
+            // What the old document says the BMC cannot do: let a fresh
+            // read say it (or find that it now can).
+            Err(_) => false,
+        };
+        if !patched {
+            self.do_set_boot(boot).await?;
+        }
+
+        let reset = self.reset_action(&sys.body).await?;
+        let on = self.choose(&reset, d.quirks.power_on)?;
+        let sent = self
+            .http
+            .send(
+                Method::POST,
+                &reset.target,
+                Some(&json!({ "ResetType": on })),
+                None,
+            )
+            .await;
+        // Whatever the answer, the remembered state is stale now.
+        self.forget_system();
+        let r = sent?;
+        if !r.status.is_success() {
+            debug!(bmc = %self.address(), status = r.status.as_u16(), "On without a read refused; reading the system");
+            return self.do_power(PowerAction::On).await;
+        }
+        debug!(bmc = %self.address(), reset_type = %on, status = r.status.as_u16(), "reset accepted");
+        if r.status == StatusCode::ACCEPTED
+            && let Some(monitor) = &r.location
+        {
+            self.wait_task(monitor).await?;
+        }
+        Ok(())
+    }
+
     /// The same PATCH on the system's settings object (`@Redfish.Settings`).
     async fn patch_settings(&self, settings: &str, patch: &Value) -> Result<(), PowerError> {
         debug!(bmc = %self.address(), "Boot refused on the system; using its settings object");
@@ -997,6 +1093,10 @@ impl PowerDriver for RedfishDriver {
 
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory, PowerError>> {
         Box::pin(self.do_inventory())
+    }
+
+    fn set_boot_and_power_on(&self, boot: BootOverride) -> BoxFuture<'_, Result<(), PowerError>> {
+        Box::pin(self.do_set_boot_and_power_on(boot))
     }
 }
 

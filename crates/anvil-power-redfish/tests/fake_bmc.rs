@@ -614,3 +614,151 @@ async fn tls_verification_pinning_and_opt_out() {
         .unwrap_err();
     assert!(matches!(e, PowerError::Tls { .. }), "{e}");
 }
+
+/// A driver that treats every remembered document as old (`system_cache_ttl`
+/// zero), discovered and with its request log cleared: what the power job
+/// finds when the enrolment or the poller read the system minutes ago.
+async fn discovered_with_old_document(bmc: &FakeBmc) -> RedfishDriver {
+    let d = RedfishDriver::new(
+        creds(bmc.http_address(), PASSWORD),
+        RedfishOptions {
+            system_cache_ttl: Duration::ZERO,
+            ..options()
+        },
+    )
+    .unwrap();
+    d.system_uri().await.unwrap();
+    bmc.state().requests.clear();
+    d
+}
+
+#[tokio::test]
+async fn pxe_and_power_on_sends_two_requests_when_the_layout_is_known() {
+    init();
+    let bmc = start(State::default()).await;
+    let d = discovered_with_old_document(&bmc).await;
+    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    assert_eq!(
+        bmc.state().requests,
+        [
+            "PATCH /redfish/v1/Systems/1",
+            "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset"
+        ]
+    );
+    assert_eq!(bmc.state().resets, ["On"]);
+    assert_eq!(bmc.state().boot["BootSourceOverrideTarget"], "Pxe");
+    assert_eq!(bmc.state().boot["BootSourceOverrideEnabled"], "Once");
+    assert_eq!(bmc.state().power, "On");
+
+    // A fresh document (the default freshness, just discovered) takes the
+    // careful way, which costs no more: the override, then On only if the
+    // machine is off.
+    let bmc = start(State {
+        power: "On".into(),
+        ..State::default()
+    })
+    .await;
+    let d = driver(&bmc);
+    d.system_uri().await.unwrap();
+    bmc.state().requests.clear();
+    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    assert_eq!(bmc.state().requests, ["PATCH /redfish/v1/Systems/1"]);
+    assert!(bmc.state().resets.is_empty());
+}
+
+#[tokio::test]
+async fn refused_quick_steps_are_done_again_from_a_fresh_read() {
+    init();
+    // On while on answered 409: read, see On, done.
+    let bmc = start(State {
+        power: "On".into(),
+        refuse_redundant_on: true,
+        ..State::default()
+    })
+    .await;
+    let d = discovered_with_old_document(&bmc).await;
+    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    assert_eq!(
+        bmc.state().requests,
+        [
+            "PATCH /redfish/v1/Systems/1",
+            "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset",
+            "GET /redfish/v1/Systems/1"
+        ]
+    );
+    assert!(bmc.state().resets.is_empty());
+    assert_eq!(bmc.state().boot["BootSourceOverrideTarget"], "Pxe");
+
+    // A BMC that demands If-Match (428): read for the ETag, PATCH again
+    // with it, then power on.
+    let bmc = start(State {
+        etags: true,
+        ..State::default()
+    })
+    .await;
+    let d = discovered_with_old_document(&bmc).await;
+    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    assert_eq!(
+        bmc.state().requests,
+        [
+            "PATCH /redfish/v1/Systems/1",
+            "GET /redfish/v1/Systems/1",
+            "PATCH /redfish/v1/Systems/1",
+            "POST /redfish/v1/Systems/1/Actions/ComputerSystem.Reset"
+        ]
+    );
+    let seen = bmc.state().if_match_seen.clone();
+    assert_eq!(seen[0], None);
+    assert!(seen[1].is_some(), "{seen:?}");
+    assert_eq!(bmc.state().resets, ["On"]);
+    assert_eq!(bmc.state().boot["BootSourceOverrideTarget"], "Pxe");
+
+    // Something else wrong with the quick POST (a 400 for a type the BMC
+    // stopped taking): the careful way reads and reports what it offers.
+    let bmc = start(State::default()).await;
+    let d = discovered_with_old_document(&bmc).await;
+    bmc.state().allowed_resets = vec!["ForceOff"];
+    let e = d.set_boot_and_power_on(pxe_once()).await.unwrap_err();
+    assert!(matches!(e, PowerError::NotSupported { .. }), "{e}");
+    assert_eq!(
+        bmc.state().requests.last().map(String::as_str),
+        Some("GET /redfish/v1/Systems/1")
+    );
+}
+
+#[tokio::test]
+async fn vendors_whose_boot_patch_depends_on_the_system_always_read_first() {
+    init();
+    // Supermicro echoes the current boot mode: read it now, not from an
+    // old document.
+    let bmc = start(State {
+        manufacturer: "Supermicro".into(),
+        ..State::default()
+    })
+    .await;
+    let d = discovered_with_old_document(&bmc).await;
+    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    let requests = bmc.state().requests.clone();
+    assert_eq!(requests[0], "GET /redfish/v1/Systems/1", "{requests:?}");
+    assert_eq!(
+        bmc.state().patches[0]["Boot"]["BootSourceOverrideMode"],
+        "UEFI"
+    );
+    assert_eq!(bmc.state().resets, ["On"]);
+
+    // Asking for a boot mode also reads first.
+    let bmc = start(State::default()).await;
+    let d = discovered_with_old_document(&bmc).await;
+    d.set_boot_and_power_on(BootOverride {
+        mode: Some(BootMode::Uefi),
+        ..pxe_once()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        bmc.state().requests[0],
+        "GET /redfish/v1/Systems/1",
+        "{:?}",
+        bmc.state().requests
+    );
+}

@@ -260,6 +260,43 @@ async fn pxe_boot_now_is_one_get_one_patch_one_post() {
     }
 }
 
+/// "Power on, PXE once" (`set_boot_and_power_on`) with the system read
+/// long ago, as when the enrolment or the poller read it: the PATCH and the
+/// POST only, no read first, for a machine that is off and one that is on
+/// (sushy takes On-while-on as a no-op, like most BMCs).
+#[tokio::test]
+async fn pxe_and_power_on_is_one_patch_one_post() {
+    if sushy::skipped() {
+        return;
+    }
+    let sushy = Sushy::start(&systems(), &[(USER, PASSWORD)]);
+    let proxy = CountingProxy::start(&sushy.address()).await;
+    let ttl = Duration::from_millis(200);
+    for (system, initially) in [(OFF_SYSTEM, PowerState::Off), (ON_SYSTEM, PowerState::On)] {
+        let d = driver(&proxy, system, ttl);
+        d.system_uri().await.unwrap();
+        assert_eq!(d.power_state().await.unwrap(), initially);
+        tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+        proxy.take();
+
+        d.set_boot_and_power_on(PXE_ONCE).await.unwrap();
+        let sent = proxy.take();
+        assert_eq!(methods(&sent), ["PATCH", "POST"], "{system}: {sent:?}");
+        assert_eq!(sent[0], format!("PATCH /redfish/v1/Systems/{system}"));
+        assert!(
+            sent[1].ends_with("/Actions/ComputerSystem.Reset"),
+            "{sent:?}"
+        );
+
+        let boot = d.boot_settings().await.unwrap();
+        assert_eq!(boot.target.as_deref(), Some("Pxe"), "{system}");
+        wait_for_state(&d, d.address(), PowerState::On, CONVERGE)
+            .await
+            .unwrap_or_else(|e| panic!("{system}: {e}"));
+        d.close().await;
+    }
+}
+
 #[tokio::test]
 async fn a_stale_or_outdated_document_is_read_again() {
     if sushy::skipped() {

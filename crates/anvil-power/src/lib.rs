@@ -160,6 +160,17 @@ pub trait PowerDriver: Send + Sync {
     fn power(&self, action: PowerAction) -> BoxFuture<'_, Result<(), PowerError>>;
     fn set_boot(&self, boot: BootOverride) -> BoxFuture<'_, Result<(), PowerError>>;
     fn inventory(&self) -> BoxFuture<'_, Result<Inventory, PowerError>>;
+    /// Sets `boot` and powers the machine on; a machine already on keeps
+    /// running and uses the override at its next boot. Returns once the BMC
+    /// accepted both. The default is `set_boot` then `power(On)`; a driver
+    /// may need fewer round trips (Redfish: no read first when it already
+    /// knows the system's layout).
+    fn set_boot_and_power_on(&self, boot: BootOverride) -> BoxFuture<'_, Result<(), PowerError>> {
+        Box::pin(async move {
+            self.set_boot(boot).await?;
+            self.power(PowerAction::On).await
+        })
+    }
 }
 
 /// When to read the power state while waiting for a change the BMC

@@ -115,6 +115,23 @@ fn enroll_pxe_boot_and_status_against_sushy_tools() {
         ok_json(&out, "power off")[0]["result"]["power_state"],
         "off"
     );
+    // Power on with a one-time PXE boot (no state read first).
+    let out = anvil_cmd(&s)
+        .args([
+            "power",
+            "on",
+            "--pxe-once",
+            "sushy-a",
+            "--wait",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let jobs = ok_json(&out, "power on --pxe-once");
+    assert_eq!(jobs[0]["kind"], "pxe-power-on", "{jobs}");
+    assert_eq!(jobs[0]["status"], "succeeded", "{jobs}");
+    assert_eq!(jobs[0]["result"]["power_state"], "on");
 
     // The BMC password is in no answer, event or job, and not in the log.
     let c = client();

@@ -13,7 +13,8 @@
 //!    concurrency` set per round), enrols every system through
 //!    `POST /api/v1/enroll` with an address naming the system
 //!    (`http://127.0.0.1:PORT/redfish/v1/Systems/<uuid>`), then times
-//!    `POST /api/v1/actions/pxe-boot {"tag": "bench"}` until every job has
+//!    `POST /api/v1/actions/pxe-power-on {"tag": "bench"}` (or `--action
+//!    pxe-boot`) until every job has
 //!    finished (followed on `/api/v1/events`), and checks on the emulators
 //!    that every system is On with a PXE override.
 //!
@@ -61,6 +62,11 @@ struct Args {
     /// "database is locked").
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     emulators: u32,
+    /// The timed action: `pxe-power-on` ("PXE once + power on", what the
+    /// direct client does) or `pxe-boot` (which first reads each system's
+    /// power state to choose between On and a reset).
+    #[arg(long, default_value = "pxe-power-on", value_parser = ["pxe-power-on", "pxe-boot"])]
+    action: String,
     /// Anvil's `[power] concurrency`, one round each (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "64")]
     concurrency: Vec<usize>,
@@ -230,7 +236,10 @@ async fn run(args: Args) -> Result<bool> {
     }
     let load_after = procfs::loadavg();
 
-    println!("\n# redfish-bench: PXE once + power on, {n} Redfish systems\n");
+    println!(
+        "\n# redfish-bench: PXE once + power on, {n} Redfish systems (Anvil's action: {})\n",
+        args.action
+    );
     println!(
         "{} (UTC); {anvil_version}; {}, {} CPUs, {}; kernel {}; load average before {load_before}, after {load_after}",
         started_at
@@ -1052,17 +1061,19 @@ async fn anvil_run(
     let load_before = procfs::loadavg();
     let cpu0 = procfs::cpu_ticks(serve.pid)?;
     let t0 = Instant::now();
+    let action = args.action.as_str();
     let (st, jobs) = serve
         .call(
             reqwest::Method::POST,
-            "/actions/pxe-boot",
+            &format!("/actions/{action}"),
             Some(&json!({"tag": TAG})),
         )
         .await?;
     let post = t0.elapsed();
     if st != 202 {
-        bail!("POST /actions/pxe-boot answered {st}: {jobs}");
+        bail!("POST /actions/{action} answered {st}: {jobs}");
     }
+    let (done_kind, failed_kind) = (format!("power.{action}"), format!("power.{action}.failed"));
     let job_ids: std::collections::HashSet<String> = jobs["items"]
         .as_array()
         .map(|a| {
@@ -1100,8 +1111,8 @@ async fn anvil_run(
                     continue;
                 }
                 match e["kind"].as_str() {
-                    Some("power.pxe-boot") => ok += 1,
-                    Some("power.pxe-boot.failed") => {
+                    Some(k) if k == done_kind => ok += 1,
+                    Some(k) if k == failed_kind => {
                         failed += 1;
                         if samples.len() < 3 {
                             samples.push(e["message"].as_str().unwrap_or("").to_string());

@@ -42,6 +42,8 @@ pub struct State {
     pub power: String,
     pub allowed_resets: Vec<&'static str>,
     pub resets: Vec<String>,
+    /// Answer `On` while on with 409, as several BMCs do.
+    pub refuse_redundant_on: bool,
     /// Answer resets with 202 + a task monitor needing this many polls.
     pub reset_task_polls: Option<u32>,
     pub task_polls: u32,
@@ -87,6 +89,7 @@ impl Default for State {
                 "GracefulRestart",
             ],
             resets: Vec::new(),
+            refuse_redundant_on: false,
             reset_task_polls: None,
             task_polls: 0,
             failures: 0,
@@ -412,6 +415,9 @@ async fn handle(
             let t = body["ResetType"].as_str().unwrap_or("").to_string();
             if !st.allowed_resets.contains(&t.as_str()) {
                 return redfish_error(StatusCode::BAD_REQUEST, "ResetType not allowed");
+            }
+            if st.refuse_redundant_on && t == "On" && st.power == "On" {
+                return redfish_error(StatusCode::CONFLICT, "the server is already on");
             }
             st.power = match t.as_str() {
                 "ForceOff" | "GracefulShutdown" => "Off",

@@ -42,6 +42,7 @@ pub(crate) fn action_label(a: MachineAction) -> &'static str {
         MachineAction::PowerOff => "Power off",
         MachineAction::PowerCycle => "Power cycle",
         MachineAction::PxeBoot => "PXE boot",
+        MachineAction::PxePowerOn => "Power on, PXE once",
         MachineAction::Commission => "Commission",
     }
 }
