@@ -575,7 +575,8 @@ pub fn write_image(ctx: &Ctx, p: &WriteImageParams, progress: Progress<'_>) -> O
                 json!({
                     "sha256": r.sha256, "bytes_written": r.bytes_written,
                     "bytes_skipped": r.bytes_skipped, "elapsed_secs": secs,
-                    "zero_fill": format!("{:?}", r.zero_fill), "attempts": attempts.len(),
+                    "zero_fill": format!("{:?}", r.zero_fill), "direct_io": r.direct_io,
+                    "attempts": attempts.len(),
                     "attempt_log": attempts,
                     "disk": d.name, "dev": d.dev, "matched_by": d.matched_by,
                     "reread_problem": reread, "cpu_secs": cpu_secs,

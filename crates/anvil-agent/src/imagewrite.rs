@@ -22,6 +22,19 @@
 //!   ones and the target is fsynced; a mismatch is a typed error, never a
 //!   report of success.
 //!
+//! The target is opened with `O_DIRECT` where the kernel allows it: data
+//! goes from the (aligned) buffer straight to the device instead of being
+//! copied into the page cache and reclaimed later, which was most of the
+//! writer's system CPU (docs/benchmarks.md, "Deployment: image writer").
+//! Direct writes need offsets, lengths and buffer addresses aligned to the
+//! device's logical block size, so the few unaligned pieces (an image end
+//! that is not a multiple of it, a zero range edge inside a block) go
+//! through the page cache on the same descriptor (`O_DIRECT` is switched
+//! off for them with `fcntl`). Where `O_DIRECT` is refused (at open, or
+//! `EINVAL` on the first direct write) the writer stays buffered and logs
+//! it. The final fsync stays: `O_DIRECT` bypasses the page cache, not the
+//! drive's write cache.
+//!
 //! Two stream layouts: the whole raw disk ([`StreamLayout::Full`], what
 //! `StoredImage::raw_reader` gives; the zero ranges are read, checked to be
 //! zeros and not written), or only the bytes outside the zero ranges in
@@ -31,12 +44,15 @@
 //! Retrying is the caller's job; [`write_image_with_retries`] does it for
 //! the deploy step: up to [`MAX_ATTEMPTS`], re-opening the stream each time.
 
+use std::alloc::{self, Layout};
 use std::fmt;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read};
+use std::ops::{Deref, DerefMut};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -45,11 +61,65 @@ use sha2::{Digest, Sha256};
 /// enough that syscalls cost nothing next to the copy, small enough for a
 /// ramdisk in 256 MB of RAM.
 pub const BUFFER_LEN: usize = 1 << 20;
+/// Alignment of the data buffer and of [`ZEROS`]: the largest logical
+/// block size `O_DIRECT` is used with (block devices with larger sectors,
+/// if any exist, are written buffered).
+const BUFFER_ALIGN: usize = 4096;
+/// `O_DIRECT` alignment assumed for a regular file standing in for a disk:
+/// its file system's block device is not at hand, and 4096 is a multiple
+/// of every logical block size up to the page size. A file system that
+/// wants more answers `EINVAL` and the write falls back to buffered.
+const FILE_DIRECT_ALIGN: u64 = 4096;
 /// Attempts of [`write_image_with_retries`] (issue #7: "retries up to 3 times").
 pub const MAX_ATTEMPTS: u32 = 3;
 /// Zeros hashed for zero ranges that are not in the stream, and written
 /// where the kernel cannot zero a range itself.
-static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+/// Aligned so that slices of it can be written with `O_DIRECT`.
+static ZEROS: AlignedZeros = AlignedZeros([0; 64 * 1024]);
+
+#[repr(C, align(4096))]
+struct AlignedZeros([u8; 64 * 1024]);
+
+/// The write's one data buffer, aligned to [`BUFFER_ALIGN`] for `O_DIRECT`
+/// (a `Vec<u8>` only promises 1-byte alignment).
+struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let layout = Layout::from_size_align(len, BUFFER_ALIGN).expect("valid buffer layout");
+        assert!(len > 0, "an empty buffer cannot be allocated");
+        // SAFETY: the layout has a non-zero size (checked above).
+        let ptr = unsafe { alloc::alloc_zeroed(layout) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len }
+    }
+}
+
+impl Deref for AlignedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: ptr points to len initialised (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in deref, and &mut self makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.len, BUFFER_ALIGN).expect("valid buffer layout");
+        // SAFETY: allocated in new() with this very layout.
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
 
 const ZEROMAP_MAGIC: &[u8; 8] = b"ANVZMAP1";
 
@@ -275,6 +345,14 @@ pub struct Target {
     /// ranges aligned to it).
     block: Option<(u64, u64)>,
     zero_fill: ZeroFill,
+    /// The alignment of `O_DIRECT` writes (offset, length, buffer
+    /// address), or `None` when the target is written through the page
+    /// cache (opened without `O_DIRECT`, or the kernel refused a direct
+    /// write).
+    direct: Option<u64>,
+    /// Whether the descriptor has `O_DIRECT` set right now: it is cleared
+    /// for the unaligned pieces and set again for the next aligned one.
+    direct_on: bool,
 }
 
 impl Target {
@@ -291,12 +369,18 @@ impl Target {
             .map_err(open_err)?
             .file_type()
             .is_block_device();
-        let mut options = OpenOptions::new();
-        options.write(true);
-        if is_block {
-            options.custom_flags(libc::O_EXCL);
-        }
-        Target::new(options.open(path).map_err(open_err)?)
+        let file = open_direct_or_buffered(path, |direct| {
+            let mut flags = if is_block { libc::O_EXCL } else { 0 };
+            if direct {
+                flags |= libc::O_DIRECT;
+            }
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(flags)
+                .open(path)
+        })
+        .map_err(open_err)?;
+        Target::new(file)
     }
 
     /// An already open target; block devices are recognised by fstat.
@@ -307,10 +391,13 @@ impl Target {
             source,
         })?;
         if !meta.file_type().is_block_device() {
+            let direct_on = fd_is_direct(&file)?;
             return Ok(Target {
                 file,
                 block: None,
                 zero_fill: ZeroFill::PunchHole,
+                direct: direct_on.then_some(FILE_DIRECT_ALIGN),
+                direct_on,
             });
         }
         let ioctl_err = |what| {
@@ -337,11 +424,112 @@ impl Target {
         {
             return Err(ioctl_err("BLKSSZGET")(io::Error::last_os_error()));
         }
+        let sector = sector.max(512) as u64;
+        let direct_on = fd_is_direct(&file)?;
+        // Larger or odd sector sizes (none known) are written buffered
+        // rather than trusted to fit the buffer's alignment.
+        let direct = (direct_on && sector.is_power_of_two() && sector <= BUFFER_ALIGN as u64)
+            .then_some(sector);
         Ok(Target {
             file,
-            block: Some((size, sector.max(512) as u64)),
+            block: Some((size, sector)),
             zero_fill: ZeroFill::BlockZeroOut,
+            direct,
+            direct_on,
         })
+    }
+
+    /// True while aligned data goes to the device with `O_DIRECT`.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    /// Overrides the `O_DIRECT` alignment, to make direct writes that the
+    /// kernel refuses (alignment 1) and see the fallback.
+    #[cfg(test)]
+    fn with_direct_align(mut self, align: u64) -> Target {
+        if self.direct.is_some() {
+            self.direct = Some(align);
+        }
+        self
+    }
+
+    /// How far `offset` is past the last `O_DIRECT` alignment boundary:
+    /// data for `offset` goes this far into the (aligned) buffer, so that
+    /// its aligned part starts at an aligned address.
+    fn skew(&self, offset: u64) -> usize {
+        self.direct.map_or(0, |a| (offset % a) as usize)
+    }
+
+    fn set_direct(&mut self, on: bool) -> Result<(), WriteError> {
+        if self.direct_on == on {
+            return Ok(());
+        }
+        let fd = self.file.as_raw_fd();
+        let err = |source| WriteError::Target {
+            what: "fcntl(O_DIRECT)",
+            offset: 0,
+            source,
+        };
+        // SAFETY: F_GETFL/F_SETFL take no pointers.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        let flags = if on {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
+        // SAFETY: as above.
+        if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+        self.direct_on = on;
+        Ok(())
+    }
+
+    /// Writes `bytes` at `offset`: the aligned middle with `O_DIRECT`, the
+    /// unaligned head and tail (if any) through the page cache. For the
+    /// middle to be aligned in memory too, the caller places the bytes at
+    /// an address congruent to `offset` modulo the alignment (see
+    /// [`Target::skew`]); otherwise the kernel refuses the direct write
+    /// and this falls back to buffered writes for good.
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> Result<(), WriteError> {
+        let Some(align) = self.direct else {
+            return self.write_buffered(offset, bytes);
+        };
+        let head = ((align - offset % align) % align).min(bytes.len() as u64) as usize;
+        self.write_buffered(offset, &bytes[..head])?;
+        let (offset, bytes) = (offset + head as u64, &bytes[head..]);
+        let middle = bytes.len() / align as usize * align as usize;
+        if middle > 0 {
+            self.set_direct(true)?;
+            match self.file.write_all_at(&bytes[..middle], offset) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    crate::log!(
+                        "O_DIRECT write of {middle} bytes at {offset} refused ({e}); writing through the page cache from now on"
+                    );
+                    self.direct = None;
+                    // Rewrites the whole middle: a partly done direct
+                    // write left nothing that the same bytes do not cover.
+                    self.write_buffered(offset, &bytes[..middle])?;
+                }
+                Err(e) => return Err(Target::err("write", offset)(e)),
+            }
+        }
+        self.write_buffered(offset + middle as u64, &bytes[middle..])
+    }
+
+    fn write_buffered(&mut self, offset: u64, bytes: &[u8]) -> Result<(), WriteError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.set_direct(false)?;
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(Target::err("write", offset))
     }
 
     /// Overrides how zero ranges are zeroed (e.g. [`ZeroFill::WriteZeros`]
@@ -421,21 +609,45 @@ impl Target {
     }
 
     fn write_zeros(&mut self, mut from: u64, to: u64) -> Result<(), WriteError> {
-        if from >= to {
-            return Ok(());
-        }
-        self.file
-            .seek(SeekFrom::Start(from))
-            .map_err(Target::err("seek", from))?;
         while from < to {
-            let n = ((to - from) as usize).min(ZEROS.len());
-            self.file
-                .write_all(&ZEROS[..n])
-                .map_err(Target::err("write", from))?;
+            // Slices of ZEROS start at the skew too, so that whole blocks
+            // of zeros can go with O_DIRECT.
+            let skew = self.skew(from);
+            let n = ((to - from) as usize).min(ZEROS.0.len() - skew);
+            self.write_at(from, &ZEROS.0[skew..skew + n])?;
             from += n as u64;
         }
         Ok(())
     }
+}
+
+/// Opens the target with `open(true)` (`O_DIRECT`), and when the kernel
+/// refuses that flag (`EINVAL`: a file system without direct I/O) with
+/// `open(false)`, saying so in the log. Other errors are the open's.
+fn open_direct_or_buffered(
+    path: &Path,
+    mut open: impl FnMut(bool) -> io::Result<File>,
+) -> io::Result<File> {
+    match open(true) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            crate::log!(
+                "{}: O_DIRECT refused ({e}); writing through the page cache",
+                path.display()
+            );
+            open(false)
+        }
+        other => other,
+    }
+}
+
+/// Whether `file` was opened with `O_DIRECT`.
+fn fd_is_direct(file: &File) -> Result<bool, WriteError> {
+    // SAFETY: F_GETFL takes no pointers.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0 {
+        return Err(Target::err("fcntl(F_GETFL)", 0)(io::Error::last_os_error()));
+    }
+    Ok(flags & libc::O_DIRECT != 0)
 }
 
 /// Where a write stands, for progress reports.
@@ -460,6 +672,10 @@ pub struct WriteReport {
     pub elapsed: Duration,
     /// How zero ranges were zeroed (after any fallback).
     pub zero_fill: ZeroFill,
+    /// True when the aligned data went with `O_DIRECT` to the end; false
+    /// when the target was written through the page cache (the kernel
+    /// refused `O_DIRECT` at open or at a write).
+    pub direct_io: bool,
     /// The data buffer used: [`BUFFER_LEN`] whatever the image size.
     pub buffer_len: usize,
 }
@@ -536,7 +752,7 @@ pub fn write_image(
         StreamLayout::Full => expected_len,
         StreamLayout::NonZeroOnly => expected_len - zero_map.zero_bytes(),
     };
-    let mut buf = vec![0u8; BUFFER_LEN];
+    let mut buf = AlignedBuf::new(BUFFER_LEN);
     let mut hasher = Sha256::new();
     let mut at = Progress {
         done: 0,
@@ -576,8 +792,8 @@ pub fn write_image(
                 } else {
                     let mut left = len;
                     while left > 0 {
-                        let n = left.min(ZEROS.len() as u64) as usize;
-                        hasher.update(&ZEROS[..n]);
+                        let n = left.min(ZEROS.0.len() as u64) as usize;
+                        hasher.update(&ZEROS.0[..n]);
                         left -= n as u64;
                     }
                 }
@@ -588,24 +804,22 @@ pub fn write_image(
             }
             next => {
                 let stop = next.map_or(expected_len, |r| r.0);
-                target
-                    .file
-                    .seek(SeekFrom::Start(pos))
-                    .map_err(Target::err("seek", pos))?;
                 while at.done < stop {
-                    let n = (stop - at.done).min(BUFFER_LEN as u64) as usize;
-                    let got = read_full(&mut stream, &mut buf[..n], streamed)?;
+                    // A run that starts off an alignment boundary is read
+                    // that far into the buffer (only its first chunk), so
+                    // that its aligned part sits at an aligned address.
+                    let skew = target.skew(at.done);
+                    let n = (stop - at.done).min((BUFFER_LEN - skew) as u64) as usize;
+                    let chunk = &mut buf[skew..skew + n];
+                    let got = read_full(&mut stream, chunk, streamed)?;
                     if got < n {
                         return Err(WriteError::Truncated {
                             expected: stream_len,
                             got: streamed + got as u64,
                         });
                     }
-                    hasher.update(&buf[..n]);
-                    target
-                        .file
-                        .write_all(&buf[..n])
-                        .map_err(Target::err("write", at.done))?;
+                    hasher.update(&*chunk);
+                    target.write_at(at.done, chunk)?;
                     streamed += n as u64;
                     at.written += n as u64;
                     at.done += n as u64;
@@ -651,6 +865,7 @@ pub fn write_image(
         sha256: actual,
         elapsed: started.elapsed(),
         zero_fill: target.zero_fill,
+        direct_io: target.is_direct(),
         buffer_len: buf.len(),
     })
 }
@@ -1067,6 +1282,213 @@ mod tests {
         .unwrap_err();
         assert_eq!((attempts, opened), (1, 1));
         assert!(matches!(err, WriteError::Target { .. }), "{err}");
+    }
+
+    /// An image of `len` bytes of noise, zeros in `ranges` (any offsets,
+    /// not only the image library's 64 KiB blocks), and its sha256.
+    fn image_with_ranges(len: usize, ranges: &[(u64, u64)]) -> (Vec<u8>, ZeroRanges, String) {
+        let mut data = noise(len, len as u64 ^ 0x5eed);
+        for &(s, l) in ranges {
+            data[s as usize..(s + l) as usize].fill(0);
+        }
+        let sha = hex(&Sha256::digest(&data));
+        (
+            data,
+            ZeroRanges::new(len as u64, ranges.to_vec()).unwrap(),
+            sha,
+        )
+    }
+
+    /// Image shapes whose pieces do not fall on 4096-byte boundaries:
+    /// the image end a multiple of 512 only, or not even that; zero ranges
+    /// starting and ending inside a 512- or 4096-byte block; a data run of
+    /// a few bytes between two zero ranges; and one longer than the buffer
+    /// that starts off a boundary (its first chunk is read at a skew).
+    fn unaligned_shapes() -> Vec<(usize, Vec<(u64, u64)>)> {
+        let m = BUFFER_LEN as u64;
+        vec![
+            (100 * 4096 + 512, vec![]),
+            (
+                100 * 4096 + 512,
+                vec![(4096 + 512, 3 * 4096), (90 * 4096, 10 * 4096 + 512)],
+            ),
+            (
+                3 * BUFFER_LEN + 1000,
+                vec![
+                    (1000, 5000),
+                    (8192 + 512, 100),
+                    (8192 + 620, 7),
+                    (64 * 1024 - 3, 4096 + 6),
+                    (m + 4095, m + 2),
+                ],
+            ),
+            (2 * BUFFER_LEN + 4096 * 3 + 1, vec![(2 * m, 4096 * 3 + 1)]),
+        ]
+    }
+
+    /// Writes every shape both ways (full and non-zero-only stream) over
+    /// old data with `zero_fills`, on a target from `open`, and checks the
+    /// target reads back byte-identical to the image. Returns whether every
+    /// write used O_DIRECT.
+    fn write_shapes(open: &dyn Fn(usize) -> (PathBuf, Target), zero_fills: &[ZeroFill]) -> bool {
+        let mut all_direct = true;
+        for (len, ranges) in unaligned_shapes() {
+            let (data, zeros, sha) = image_with_ranges(len, &ranges);
+            for &fill in zero_fills {
+                for layout in [StreamLayout::Full, StreamLayout::NonZeroOnly] {
+                    let (path, target) = open(len);
+                    let mut target = target.with_zero_fill(fill);
+                    let stream = match layout {
+                        StreamLayout::Full => data.clone(),
+                        StreamLayout::NonZeroOnly => nonzero_stream(&data, &zeros),
+                    };
+                    let report = write_image(
+                        Cursor::new(&stream),
+                        layout,
+                        &zeros,
+                        &mut target,
+                        &sha,
+                        len as u64,
+                        |_| {},
+                    )
+                    .unwrap_or_else(|e| panic!("{len} {ranges:?} {fill:?} {layout:?}: {e}"));
+                    all_direct &= report.direct_io;
+                    drop(target);
+                    let back = std::fs::read(&path).unwrap();
+                    assert!(
+                        back[..len] == data[..],
+                        "{len} {ranges:?} {fill:?} {layout:?}: read back differs"
+                    );
+                }
+            }
+        }
+        all_direct
+    }
+
+    /// A file in `dir` filled with `len + 8192` bytes of 0xff (old data,
+    /// also past the image's end), opened as a target.
+    fn dirty_file_in(dir: &Path, len: usize) -> (PathBuf, Target) {
+        let path = dir.join(format!("disk-{len}"));
+        std::fs::write(&path, vec![0xffu8; len + 8192]).unwrap();
+        let target = Target::open(&path).unwrap();
+        (path, target)
+    }
+
+    #[test]
+    fn unaligned_image_ends_and_zero_edges_read_back_equal_with_o_direct() {
+        let dir = tempfile::tempdir().unwrap();
+        let direct = Target::open(&dirty_file_in(dir.path(), 0).0)
+            .unwrap()
+            .is_direct();
+        let all_direct = write_shapes(
+            &|len| dirty_file_in(dir.path(), len),
+            &[ZeroFill::PunchHole, ZeroFill::WriteZeros],
+        );
+        if direct {
+            // The unaligned pieces went buffered without costing the rest
+            // its O_DIRECT.
+            assert!(all_direct, "a write fell back to the page cache");
+        } else {
+            eprintln!(
+                "NOTE: {} refuses O_DIRECT; checked buffered writes only",
+                dir.path().display()
+            );
+        }
+    }
+
+    #[test]
+    fn unaligned_shapes_on_a_block_device_with_512_byte_sectors() {
+        const DISK: usize = 8 << 20;
+        let backing = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(backing.path(), vec![0xffu8; DISK]).unwrap();
+        let Some(disk) = Loop::attach(backing) else {
+            eprintln!("SKIPPED: cannot attach a loop device here (needs root)");
+            return;
+        };
+        let probe = Target::open(&disk.dev).unwrap();
+        assert_eq!(probe.block.map(|b| b.1), Some(512));
+        assert_eq!(probe.direct, Some(512));
+        drop(probe);
+        let dev = disk.dev.clone();
+        let all_direct = write_shapes(
+            &|_| {
+                std::fs::write(&dev, vec![0xffu8; DISK]).unwrap();
+                (dev.clone(), Target::open(&dev).unwrap())
+            },
+            &[ZeroFill::BlockZeroOut, ZeroFill::WriteZeros],
+        );
+        assert!(all_direct);
+    }
+
+    #[test]
+    fn o_direct_refused_at_open_falls_back_to_buffered_writes() {
+        // tmpfs refused O_DIRECT before Linux 6.6 and accepts it since, so
+        // the refusal is made here (EINVAL, what the kernel answers) to
+        // exercise the fallback on any kernel; the writes then go to a
+        // real tmpfs file.
+        let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+        let open = |len: usize| {
+            let path = dir.path().join(format!("disk-{len}"));
+            std::fs::write(&path, vec![0xffu8; len + 8192]).unwrap();
+            let mut tried = Vec::new();
+            let file = open_direct_or_buffered(&path, |direct| {
+                tried.push(direct);
+                if direct {
+                    return Err(io::Error::from_raw_os_error(libc::EINVAL));
+                }
+                OpenOptions::new().write(true).open(&path)
+            })
+            .unwrap();
+            assert_eq!(tried, [true, false]);
+            let target = Target::new(file).unwrap();
+            assert!(!target.is_direct());
+            (path, target)
+        };
+        assert!(!write_shapes(&open, &[ZeroFill::PunchHole]));
+        // Other open errors are not taken for a refusal of O_DIRECT.
+        let e = open_direct_or_buffered(Path::new("/nonexistent"), |_| {
+            Err(io::Error::from_raw_os_error(libc::EACCES))
+        })
+        .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EACCES));
+        // And the real tmpfs, whichever way this kernel answers.
+        let tmpfs = write_shapes(
+            &|len| dirty_file_in(dir.path(), len),
+            &[ZeroFill::PunchHole],
+        );
+        eprintln!(
+            "tmpfs /dev/shm: O_DIRECT {}",
+            if tmpfs { "used" } else { "refused" }
+        );
+    }
+
+    #[test]
+    fn o_direct_refused_at_a_write_falls_back_for_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let (data, zeros, sha) = image_with_ranges(LEN, &[]);
+        let (path, target) = dirty_file_in(dir.path(), LEN);
+        if !target.is_direct() {
+            eprintln!("SKIPPED: {} refuses O_DIRECT at open", dir.path().display());
+            return;
+        }
+        // Alignment 1: the whole 1 MiB chunks (aligned offsets, aligned
+        // buffer) go direct, the image's 1000-byte end does not fit the
+        // kernel's rules and gets EINVAL.
+        let mut target = target.with_direct_align(1);
+        let report = write_image(
+            Cursor::new(&data),
+            StreamLayout::Full,
+            &zeros,
+            &mut target,
+            &sha,
+            LEN as u64,
+            |_| {},
+        )
+        .unwrap();
+        assert!(!report.direct_io);
+        assert!(!target.is_direct());
+        drop(target);
+        assert_eq!(&std::fs::read(&path).unwrap()[..LEN], &data[..]);
     }
 
     #[test]
