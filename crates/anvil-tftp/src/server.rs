@@ -77,6 +77,8 @@ struct Ctx {
     observer: Arc<dyn TftpObserver>,
     permits: Arc<Semaphore>,
     max_transfers: usize,
+    /// `[tftp] ack_polling`: poll for fast clients' ACKs (see `AckSpin`).
+    ack_polling: bool,
     /// CPUs this process may run on (polling for ACKs needs a spare one).
     cpus: usize,
     /// Bounds the refusals (write requests, "busy") being answered at once:
@@ -121,6 +123,7 @@ impl TftpServer {
                 observer,
                 permits: Arc::new(Semaphore::new(config.max_transfers)),
                 max_transfers: config.max_transfers,
+                ack_polling: config.ack_polling,
                 cpus: std::thread::available_parallelism().map_or(1, usize::from),
                 refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
                 active: Mutex::new(HashSet::new()),
@@ -525,7 +528,11 @@ impl Start {
             // rather than after its ACK.
             machine.prepare_ahead();
             let due = deadline.is_some_and(|at| at <= sent_at);
-            let budget = spin.budget(self.ctx.active_transfers(), self.ctx.cpus);
+            let budget = if self.ctx.ack_polling {
+                spin.budget(self.ctx.active_transfers(), self.ctx.cpus)
+            } else {
+                None
+            };
             if let Some(budget) = budget.filter(|_| !due && !cancel.has_changed().unwrap_or(true))
                 && let Some(received) = poll_for_reply(sock, &mut buf, budget)
             {

@@ -113,14 +113,10 @@ async fn a_client_that_answers_slowly_gets_the_whole_file() {
 /// Windows 2 and 5 are not acknowledged the first time: the server, which
 /// had already prepared the window after each, resends the unacknowledged
 /// one when its timer fires, and then carries on with the prepared one.
-/// Every size of last window: a full one, a short one, the empty block.
+/// Every size of last window: a full one, a short one, the empty block;
+/// with ACK polling and without (`ack_polling = false`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withheld_ack_gets_the_window_again_and_the_transfer_completes() {
-    let config = TftpConfig {
-        timeout_ms: 20,
-        retries: 5,
-        ..TftpConfig::default()
-    };
     let sizes = [
         ("full", 6 * 8 * 512 - 10),
         ("short", 5 * 8 * 512 + 100),
@@ -132,28 +128,39 @@ async fn a_withheld_ack_gets_the_window_again_and_the_transfer_completes() {
         .map(|(i, &(name, len))| (name, random_bytes(len, 30 + i as u64)))
         .collect();
     let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, c)| (*n, &c[..])).collect();
-    let server = Server::start_with(config, &refs).await;
-    let addr = server.addr;
-    for (name, content) in &files {
-        let file = name.to_string();
-        let (got, repeats) = tokio::task::spawn_blocking(move || {
-            fetch(addr, &file, 512, 8, |window| {
-                if window == 2 || window == 5 {
-                    AtWindowEnd::Withhold
-                } else {
-                    AtWindowEnd::Ack
-                }
+    for ack_polling in [true, false] {
+        let config = TftpConfig {
+            timeout_ms: 20,
+            retries: 5,
+            ack_polling,
+            ..TftpConfig::default()
+        };
+        let server = Server::start_with(config, &refs).await;
+        let addr = server.addr;
+        for (name, content) in &files {
+            let file = name.to_string();
+            let (got, repeats) = tokio::task::spawn_blocking(move || {
+                fetch(addr, &file, 512, 8, |window| {
+                    if window == 2 || window == 5 {
+                        AtWindowEnd::Withhold
+                    } else {
+                        AtWindowEnd::Ack
+                    }
+                })
             })
-        })
-        .await
-        .expect("client");
-        assert!(got == *content, "{name}: bytes differ");
-        assert_eq!(repeats, 0, "{name}: the window came again from its start");
+            .await
+            .expect("client");
+            assert!(
+                got == *content,
+                "{name}, polling {ack_polling}: bytes differ"
+            );
+            assert_eq!(repeats, 0, "{name}: the window came again from its start");
+        }
+        for (name, content) in &files {
+            let r = server.recorder.wait_for(name, 1).await;
+            assert_eq!(r[0].outcome, TransferOutcome::Completed, "{name}");
+            assert_eq!(r[0].bytes, content.len() as u64, "{name}");
+        }
+        server.stop().await.expect("clean stop");
     }
-    for (name, content) in &files {
-        let r = server.recorder.wait_for(name, 1).await;
-        assert_eq!(r[0].outcome, TransferOutcome::Completed, "{name}");
-        assert_eq!(r[0].bytes, content.len() as u64, "{name}");
-    }
-    server.stop().await.expect("clean stop");
 }
