@@ -219,9 +219,6 @@ struct Pair {
     /// Every datagram the server sent, in order.
     sent: Vec<Vec<u8>>,
     reads: Vec<(u64, usize)>,
-    /// Whether the server prepares the next window whenever it is idle, as
-    /// the service does (on by default).
-    prepare: bool,
 }
 
 impl Pair {
@@ -243,7 +240,6 @@ impl Pair {
             to_server: Link::perfect(),
             sent: Vec::new(),
             reads: Vec::new(),
-            prepare: true,
         }
     }
 
@@ -269,10 +265,6 @@ impl Pair {
                 Action::Finished => self.outcome = Some(Ok(())),
                 Action::Failed(f) => self.outcome = Some(Err(f)),
             }
-        }
-        if self.prepare {
-            self.server.prepare_ahead();
-            assert_eq!(self.server.poll_action(), None, "preparing is silent");
         }
         for pkt in std::mem::take(&mut self.client.outbox) {
             self.to_server.send(self.now, &pkt);
@@ -811,95 +803,5 @@ fn hostile_peer_cannot_break_the_machine() {
             };
             t.handle(now, Event::Packet(&pkt));
         }
-    }
-}
-
-/// Runs the same transfer with and without `prepare_ahead` and checks that
-/// the server sent exactly the same datagrams.
-fn same_with_and_without_preparing(
-    file: Vec<u8>,
-    mode: Mode,
-    options: &[(&str, &str)],
-    lose_to_server: impl Fn(u64, &[u8]) -> bool + Clone + 'static,
-) {
-    let mut runs = Vec::new();
-    for prepare in [false, true] {
-        let mut p = Pair::new(file.clone(), mode, options, &Limits::default());
-        p.prepare = prepare;
-        let lose = lose_to_server.clone();
-        p.to_server = Link::new(move |n, pkt| {
-            if lose(n, pkt) {
-                Fate::Drop
-            } else {
-                Fate::Deliver
-            }
-        });
-        p.run();
-        assert_eq!(p.outcome, Some(Ok(())), "prepare {prepare}, {options:?}");
-        assert!(p.client.done, "prepare {prepare}");
-        runs.push(p.sent);
-    }
-    assert!(
-        runs[0] == runs[1],
-        "datagrams differ with preparing, {} bytes, {options:?}",
-        file.len()
-    );
-}
-
-/// File ends on and around block and window boundaries, the final short or
-/// empty block, lock-step and windows.
-#[test]
-fn prepared_windows_carry_the_same_datagrams_at_the_file_end() {
-    for (bs, window) in [(512usize, 1usize), (512, 4), (1468, 16), (8, 3)] {
-        let w = bs * window;
-        for len in [
-            0,
-            1,
-            bs - 1,
-            bs,
-            bs + 1,
-            w - 1,
-            w,
-            w + 1,
-            2 * w,
-            3 * w + 17,
-            70_000,
-        ] {
-            let (b, ws) = (bs.to_string(), window.to_string());
-            let options = [("blksize", b.as_str()), ("windowsize", ws.as_str())];
-            same_with_and_without_preparing(
-                random_file(len, len as u64),
-                Mode::Octet,
-                &options,
-                |_, _| false,
-            );
-        }
-    }
-}
-
-/// A lost ACK makes the server resend the window it had prepared past: the
-/// resent window and the one after it are the same as without preparing.
-#[test]
-fn prepared_windows_survive_lost_acks_and_resends() {
-    for (bs, window) in [("512", "1"), ("512", "8"), ("1468", "16")] {
-        for nth in [2, 3, 5] {
-            same_with_and_without_preparing(
-                random_file(200_000, 9),
-                Mode::Octet,
-                &[("blksize", bs), ("windowsize", window)],
-                move |n, _| n % nth == 0,
-            );
-        }
-        // netascii: prepared blocks come from the converted bytes.
-        let text: Vec<u8> = random_file(30_000, 10)
-            .into_iter()
-            .map(|b| if b % 7 == 0 { b'\n' } else { b })
-            .collect();
-        same_with_and_without_preparing(
-            text,
-            Mode::Netascii,
-            &[("blksize", bs), ("windowsize", window)],
-            |n, _| n % 4 == 0,
-        );
     }
 }

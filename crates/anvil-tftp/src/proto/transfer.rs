@@ -151,10 +151,6 @@ pub struct ReadTransfer {
     /// The current window was resent since the last progress (bounds resends
     /// triggered by duplicate ACKs).
     resent: bool,
-    /// DATA packets encoded ahead by [`ReadTransfer::prepare_ahead`], for
-    /// the blocks from `prepared_first` on.
-    prepared: VecDeque<Bytes>,
-    prepared_first: u64,
     actions: VecDeque<Action>,
 }
 
@@ -194,8 +190,6 @@ impl ReadTransfer {
             retries: 0,
             acked_bytes: 0,
             resent: false,
-            prepared: VecDeque::new(),
-            prepared_first: 1,
             actions: VecDeque::new(),
         };
         if mode == Mode::Mail {
@@ -242,81 +236,6 @@ impl ReadTransfer {
     /// The next action to carry out, if any.
     pub fn poll_action(&mut self) -> Option<Action> {
         self.actions.pop_front()
-    }
-
-    /// Encodes the DATA packets of the window after the one in flight, so
-    /// that the ACK which opens it only has to send them. Call it when idle,
-    /// after the current window's datagrams went out; it only changes how
-    /// fast the next [`Action::Send`]s come, never what they contain.
-    ///
-    /// A block's payload never changes, so a prepared packet stays valid
-    /// whatever the client acknowledges: a go-back-N resend of earlier
-    /// blocks encodes those afresh and then meets the prepared ones again.
-    /// Prepares only blocks whose bytes are already buffered (the full
-    /// block, or the final short block once the file's end is known).
-    pub fn prepare_ahead(&mut self) {
-        if self.phase != Phase::Sending {
-            return;
-        }
-        let bs = usize::from(self.params.blksize);
-        // The window the next in-order ACK opens: the blocks after the ones
-        // sent, up to a window's worth.
-        let mut end = self.sent_upto + u64::from(self.params.windowsize);
-        if let Some(last) = self.last_block {
-            end = end.min(last);
-        }
-        let mut next = self.prepared_first + self.prepared.len() as u64;
-        if next <= self.sent_upto {
-            // Everything prepared was already sent (or not needed).
-            self.prepared.clear();
-            self.prepared_first = self.sent_upto + 1;
-            next = self.prepared_first;
-        }
-        let mut arena = BytesMut::new();
-        while next <= end {
-            let Some(range) = self.payload(next, bs) else {
-                break; // waiting for file bytes
-            };
-            if arena.capacity() < 4 + range.len() {
-                // One allocation for the window; each packet is split off it.
-                let blocks_left = usize::try_from(end + 1 - next).unwrap_or(1);
-                arena.reserve((4 + bs).saturating_mul(blocks_left));
-            }
-            arena.put_u16(Opcode::Data as u16);
-            arena.put_u16(wire_block(next));
-            arena.put_slice(self.pending.get(range).unwrap_or_default());
-            self.prepared.push_back(arena.split().freeze());
-            next += 1;
-        }
-    }
-
-    /// Where block `block`'s payload lies in `pending`, if all of it is
-    /// buffered: a full block, or the final (short, maybe empty) one.
-    fn payload(&self, block: u64, bs: usize) -> Option<std::ops::Range<usize>> {
-        let start = usize::try_from(block.checked_sub(self.base)?)
-            .ok()?
-            .checked_mul(bs)?;
-        if self.pending.len() >= start.saturating_add(bs) {
-            Some(start..start + bs)
-        } else if self.last_block.is_some_and(|last| block <= last) {
-            Some(start.min(self.pending.len())..self.pending.len())
-        } else {
-            None
-        }
-    }
-
-    /// The packet [`ReadTransfer::prepare_ahead`] encoded for `block`, if
-    /// any; drops prepared packets of blocks before it (acknowledged).
-    fn take_prepared(&mut self, block: u64) -> Option<Bytes> {
-        while self.prepared_first < block && self.prepared.pop_front().is_some() {
-            self.prepared_first += 1;
-        }
-        if self.prepared_first != block {
-            return None; // a resend of an earlier block, or nothing prepared
-        }
-        let pkt = self.prepared.pop_front()?;
-        self.prepared_first += 1;
-        Some(pkt)
     }
 
     /// Feeds one event at time `now`.
@@ -475,16 +394,17 @@ impl ReadTransfer {
         let mut sent_any = false;
         while self.sent_upto < window_end {
             let block = self.sent_upto + 1;
-            if let Some(pkt) = self.take_prepared(block) {
-                self.actions.push_back(Action::Send(pkt));
-                self.sent_upto = block;
-                sent_any = true;
-                continue;
-            }
-            let Some(range) = self.payload(block, bs) else {
+            let start = usize::try_from(block - self.base)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(bs);
+            let end = if self.pending.len() >= start.saturating_add(bs) {
+                start + bs
+            } else if self.last_block.is_some() {
+                self.pending.len() // the final, short block
+            } else {
                 break; // waiting for file bytes
             };
-            let payload = self.pending.get(range).unwrap_or_default();
+            let payload = self.pending.get(start.min(end)..end).unwrap_or_default();
             if arena.capacity() < 4 + payload.len() {
                 // One allocation per window; each packet is split off it.
                 let blocks_left = usize::try_from(window_end - self.sent_upto).unwrap_or(1);
@@ -509,17 +429,14 @@ impl ReadTransfer {
         }
         let window_bytes =
             usize::from(self.params.windowsize).saturating_mul(usize::from(self.params.blksize));
-        // Keep the window in flight and the next one buffered, so that the
-        // next window can be prepared (`prepare_ahead`) before its ACK comes
-        // and no read ever sits between an ACK and the window it opens.
-        if self.pending.len() >= window_bytes.saturating_mul(2) {
+        if self.pending.len() >= window_bytes {
             return;
         }
         // Read well ahead of the window: one read serves several windows
         // (many blocks in lock-step), so most ACKs need no read at all. In
         // netascii the converted bytes outnumber the file bytes, so this
         // may buffer a little more.
-        let target = window_bytes.saturating_mul(3).max(READ_AHEAD);
+        let target = window_bytes.saturating_mul(2).max(READ_AHEAD);
         let len = target - self.pending.len();
         self.reading = Some(len);
         self.actions.push_back(Action::Read {
@@ -575,66 +492,6 @@ mod tests {
         netascii_extend(&mut out, b"a\nb\r\nc\r");
         netascii_extend(&mut out, b"\n");
         assert_eq!(&out[..], b"a\r\nb\r\0\r\nc\r\0\r\n");
-    }
-
-    /// Sends of the pending actions; answers reads from `file`.
-    fn drive(t: &mut ReadTransfer, now: Instant, file: &[u8]) -> Vec<Bytes> {
-        let mut sent = Vec::new();
-        while let Some(action) = t.poll_action() {
-            match action {
-                Action::Send(pkt) => sent.push(pkt),
-                Action::Read { offset, len } => {
-                    let start = usize::try_from(offset).expect("offset").min(file.len());
-                    let end = start.saturating_add(len).min(file.len());
-                    t.handle(now, Event::Data(&file[start..end]));
-                }
-                _ => {}
-            }
-        }
-        sent
-    }
-
-    fn ack(block: u16) -> Vec<u8> {
-        let b = block.to_be_bytes();
-        vec![0, 4, b[0], b[1]]
-    }
-
-    /// The ACK that opens a window sends the packets prepared while the
-    /// previous one was in flight — the very same buffers, nothing encoded
-    /// on the way — and the window after the file's end is the short last
-    /// block alone.
-    #[test]
-    fn the_ack_sends_the_window_prepared_ahead() {
-        let now = Instant::now();
-        let file: Vec<u8> = (0..4 * 512 + 100).map(|i| (i % 251) as u8).collect();
-        let options = [TftpOption {
-            name: "windowsize",
-            value: "2",
-        }];
-        let mut t = ReadTransfer::new(now, Mode::Octet, &options, None, &Limits::default());
-        drive(&mut t, now, &file); // OACK
-        t.handle(now, Event::Packet(&ack(0)));
-        assert_eq!(drive(&mut t, now, &file).len(), 2, "blocks 1 and 2");
-        for (acked, expect) in [(2u16, vec![3u16, 4]), (4, vec![5])] {
-            t.prepare_ahead();
-            assert_eq!(t.poll_action(), None, "preparing is silent");
-            let ready: Vec<Bytes> = t.prepared.iter().cloned().collect();
-            assert_eq!(ready.len(), expect.len());
-            t.handle(now, Event::Packet(&ack(acked)));
-            let sent = drive(&mut t, now, &file);
-            let blocks: Vec<u16> = sent
-                .iter()
-                .map(|p| u16::from_be_bytes([p[2], p[3]]))
-                .collect();
-            assert_eq!(blocks, expect);
-            for (pkt, prepared) in sent.iter().zip(&ready) {
-                assert_eq!(pkt.as_ptr(), prepared.as_ptr(), "block {:?}", &pkt[..4]);
-            }
-        }
-        t.prepare_ahead();
-        assert!(t.prepared.is_empty(), "nothing past the last block");
-        t.handle(now, Event::Packet(&ack(5)));
-        assert_eq!(t.poll_action(), Some(Action::Finished));
     }
 
     #[test]
