@@ -524,9 +524,6 @@ impl Start {
             }
             self.flush(sock, &mut sender, &mut batch).await;
             let sent_at = Instant::now();
-            // Idle until the client answers: encode its next window now
-            // rather than after its ACK.
-            machine.prepare_ahead();
             let due = deadline.is_some_and(|at| at <= sent_at);
             let budget = if self.ctx.ack_polling {
                 spin.budget(self.ctx.active_transfers(), self.ctx.cpus)

@@ -1,9 +1,9 @@
 //! How the service waits for ACKs: it polls the socket for a short while
 //! after each window (when CPUs are spare, as on this 2-CPU test runtime)
-//! and prepares the next window meanwhile. These clients answer slowly or
-//! not at all, to show that neither changes what arrives: a slow client
-//! makes the polling give up, a withheld ACK is recovered by the
-//! retransmission timer with the same bytes.
+//! before it sleeps. These clients answer slowly or not at all, to show
+//! that this changes nothing that arrives: a slow client is soon no longer
+//! polled for, a withheld ACK is recovered by the retransmission timer with
+//! the same bytes, while the server polls and while it does not.
 
 mod common;
 
@@ -111,9 +111,8 @@ async fn a_client_that_answers_slowly_gets_the_whole_file() {
 }
 
 /// Windows 2 and 5 are not acknowledged the first time: the server, which
-/// had already prepared the window after each, resends the unacknowledged
-/// one when its timer fires, and then carries on with the prepared one.
-/// Every size of last window: a full one, a short one, the empty block;
+/// polled for the ACK in vain and then slept, resends the unacknowledged
+/// window when its timer fires, and carries on. Every size of last window: a full one, a short one, the empty block;
 /// with ACK polling and without (`ack_polling = false`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_withheld_ack_gets_the_window_again_and_the_transfer_completes() {
