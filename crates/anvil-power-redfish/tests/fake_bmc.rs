@@ -632,12 +632,20 @@ async fn discovered_with_old_document(bmc: &FakeBmc) -> RedfishDriver {
     d
 }
 
+/// `set_boot_and_power_on` of a PXE-once override on a new BMC in `state`,
+/// through a driver whose remembered document is old.
+async fn pxe_power_on_with_old_document(state: State) -> (FakeBmc, Result<(), PowerError>) {
+    let bmc = start(state).await;
+    let d = discovered_with_old_document(&bmc).await;
+    let r = d.set_boot_and_power_on(pxe_once()).await;
+    (bmc, r)
+}
+
 #[tokio::test]
 async fn pxe_and_power_on_sends_two_requests_when_the_layout_is_known() {
     init();
-    let bmc = start(State::default()).await;
-    let d = discovered_with_old_document(&bmc).await;
-    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    let (bmc, r) = pxe_power_on_with_old_document(State::default()).await;
+    r.unwrap();
     assert_eq!(
         bmc.state().requests,
         [
@@ -670,14 +678,13 @@ async fn pxe_and_power_on_sends_two_requests_when_the_layout_is_known() {
 async fn refused_quick_steps_are_done_again_from_a_fresh_read() {
     init();
     // On while on answered 409: read, see On, done.
-    let bmc = start(State {
+    let (bmc, r) = pxe_power_on_with_old_document(State {
         power: "On".into(),
         refuse_redundant_on: true,
         ..State::default()
     })
     .await;
-    let d = discovered_with_old_document(&bmc).await;
-    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    r.unwrap();
     assert_eq!(
         bmc.state().requests,
         [
@@ -691,13 +698,12 @@ async fn refused_quick_steps_are_done_again_from_a_fresh_read() {
 
     // A BMC that demands If-Match (428): read for the ETag, PATCH again
     // with it, then power on.
-    let bmc = start(State {
+    let (bmc, r) = pxe_power_on_with_old_document(State {
         etags: true,
         ..State::default()
     })
     .await;
-    let d = discovered_with_old_document(&bmc).await;
-    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    r.unwrap();
     assert_eq!(
         bmc.state().requests,
         [
@@ -731,13 +737,12 @@ async fn vendors_whose_boot_patch_depends_on_the_system_always_read_first() {
     init();
     // Supermicro echoes the current boot mode: read it now, not from an
     // old document.
-    let bmc = start(State {
+    let (bmc, r) = pxe_power_on_with_old_document(State {
         manufacturer: "Supermicro".into(),
         ..State::default()
     })
     .await;
-    let d = discovered_with_old_document(&bmc).await;
-    d.set_boot_and_power_on(pxe_once()).await.unwrap();
+    r.unwrap();
     let requests = bmc.state().requests.clone();
     assert_eq!(requests[0], "GET /redfish/v1/Systems/1", "{requests:?}");
     assert_eq!(
