@@ -540,6 +540,8 @@ fn deploy(uefi: bool) {
         "BlockZeroOut",
         "a real block device"
     );
+    // virtio-blk takes O_DIRECT: the image went past the page cache.
+    assert_eq!(result(1)["direct_io"], true, "{context}");
     let g = result(2);
     assert_eq!(g["filesystem"], "ext4", "{context}");
     assert_eq!(g["fs_resized"], true, "{context}");
