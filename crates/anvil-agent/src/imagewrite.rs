@@ -359,7 +359,8 @@ impl Target {
     /// Opens an existing block device or file for writing. Never creates a
     /// file: a mistyped `/dev/sdX` must fail, not fill the ramdisk. A block
     /// device is opened with `O_EXCL`, which the kernel refuses while it
-    /// is mounted or part of a RAID/LVM.
+    /// is mounted or part of a RAID/LVM. Both are opened with `O_DIRECT`
+    /// unless the kernel refuses it (see the module documentation).
     pub fn open(path: &Path) -> Result<Target, WriteError> {
         let open_err = |source| WriteError::Open {
             path: path.to_path_buf(),
