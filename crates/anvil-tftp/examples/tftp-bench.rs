@@ -10,6 +10,11 @@
 //! alternating servers run by run, checking every copy's SHA-256. Prints
 //! MB/s per run, medians, the ratio, and the servers' CPU time per transfer.
 //!
+//! `--poll-client` adds runs of the same minimal client polling its socket
+//! instead of sleeping in `recv`: a load generator that never waits for a
+//! wake-up, so a window's time is the server's (and the loopback's) alone.
+//! Both servers get the same client.
+//!
 //! `--raw-client` adds runs with a minimal client built in (one `recv` per
 //! DATA, nothing written to disk), which costs far less per packet than
 //! atftp's `pselect` + `recvmsg` + `write`, so the server side dominates.
@@ -41,6 +46,7 @@ struct Args {
     windows: Vec<u16>,
     atftpd: Option<PathBuf>,
     raw_client: bool,
+    poll_client: bool,
 }
 
 fn parse_args() -> Result<Args, Error> {
@@ -51,6 +57,7 @@ fn parse_args() -> Result<Args, Error> {
         windows: vec![1, 16],
         atftpd: None,
         raw_client: false,
+        poll_client: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,10 +74,11 @@ fn parse_args() -> Result<Args, Error> {
             }
             "--atftpd" => args.atftpd = Some(PathBuf::from(value()?)),
             "--raw-client" => args.raw_client = true,
+            "--poll-client" => args.poll_client = true,
             "-h" | "--help" => {
                 println!(
                     "tftp-bench [--size-mib 64] [--runs 5] [--blksize 1468] \
-                     [--windows 1,16] [--atftpd PATH] [--raw-client]"
+                     [--windows 1,16] [--atftpd PATH] [--raw-client] [--poll-client]"
                 );
                 std::process::exit(0);
             }
@@ -207,11 +215,39 @@ fn fetch_atftp(addr: SocketAddr, blksize: u16, window: u16, out: &Path) -> Resul
     Ok(secs)
 }
 
-/// A minimal RFC 7440 client: blocking `recv`, ACK at each window's end,
-/// bytes hashed rather than written. No loss handling: loopback only.
-fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<RawFetch, Error> {
+/// Receives one datagram: blocking, or (`busy`) by polling the non-blocking
+/// socket until one is there, so that the client never sleeps and never
+/// waits for a wake-up: what is left of a window's time is the server's.
+fn recv_datagram(
+    sock: &UdpSocket,
+    buf: &mut [u8],
+    busy: bool,
+) -> Result<(usize, SocketAddr), Error> {
+    if !busy {
+        return Ok(sock.recv_from(buf)?);
+    }
+    let since = Instant::now();
+    loop {
+        match sock.recv_from(buf) {
+            Ok(got) => return Ok(got),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if since.elapsed() > Duration::from_secs(5) {
+                    return Err("no datagram within 5 s".into());
+                }
+                std::hint::spin_loop();
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A minimal RFC 7440 client: `recv` per DATA (blocking, or busy-polling
+/// with `busy`), ACK at each window's end, bytes hashed rather than
+/// written. No loss handling: loopback only.
+fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16, busy: bool) -> Result<RawFetch, Error> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(5)))?;
+    sock.set_nonblocking(busy)?;
     let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
     let start = Instant::now();
     sock.send_to(rrq.as_bytes(), addr)?;
@@ -219,7 +255,7 @@ fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<RawFetch, Er
     let mut hash = Sha256::new();
     let mut expected: u16 = 1;
     let mut in_window = 0;
-    let (n, tid) = sock.recv_from(&mut buf)?;
+    let (n, tid) = recv_datagram(&sock, &mut buf, busy)?;
     if buf.get(..2) != Some(&[0, 6]) {
         return Err(format!("expected OACK, got {:?}", &buf[..n.min(32)]).into());
     }
@@ -229,7 +265,10 @@ fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16) -> Result<RawFetch, Er
     let mut turnaround = Vec::new();
     let mut receive = Vec::new();
     loop {
-        let n = sock.recv(&mut buf)?;
+        let (n, from) = recv_datagram(&sock, &mut buf, busy)?;
+        if from != tid {
+            return Err(format!("a datagram from {from}, not the server's {tid}").into());
+        }
         let now = Instant::now();
         if in_window == 0 {
             first_at = now;
@@ -344,6 +383,9 @@ async fn main() -> Result<(), Error> {
         if args.raw_client {
             clients.push("raw");
         }
+        if args.poll_client {
+            clients.push("poll");
+        }
         let mut table = Vec::new();
         for client in &clients {
             for &window in &args.windows {
@@ -362,7 +404,7 @@ async fn main() -> Result<(), Error> {
                             }
                             (secs, f64::NAN, f64::NAN)
                         } else {
-                            let got = fetch_raw(addr, args.blksize, window)?;
+                            let got = fetch_raw(addr, args.blksize, window, *client == "poll")?;
                             if got.sha256 != want {
                                 return Err(format!("{} sent wrong bytes", servers[i].0).into());
                             }
@@ -386,7 +428,7 @@ async fn main() -> Result<(), Error> {
                     let mut receive: Vec<f64> = samples[i].iter().map(|s| s.receive_us).collect();
                     let runs: Vec<String> = rates.iter().map(|r| format!("{r:.0}")).collect();
                     let m = median(&mut rates);
-                    let timing = if *client == "raw" {
+                    let timing = if *client != "atftp" {
                         format!(
                             ", per window: ACK -> DATA {:.1} us, receive {:.1} us",
                             median(&mut turnaround),
