@@ -1400,10 +1400,7 @@ mod tests {
     #[test]
     fn unaligned_shapes_on_a_block_device_with_512_byte_sectors() {
         const DISK: usize = 8 << 20;
-        let backing = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(backing.path(), vec![0xffu8; DISK]).unwrap();
-        let Some(disk) = Loop::attach(backing) else {
-            eprintln!("SKIPPED: cannot attach a loop device here (needs root)");
+        let Some(disk) = Loop::dirty(DISK) else {
             return;
         };
         let probe = Target::open(&disk.dev).unwrap();
@@ -1510,6 +1507,18 @@ mod tests {
     }
 
     impl Loop {
+        /// A loop device over `len` bytes of 0xff (old data a write must
+        /// replace), or `None`, saying so, where loop devices cannot be made.
+        fn dirty(len: usize) -> Option<Loop> {
+            let backing = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(backing.path(), vec![0xffu8; len]).unwrap();
+            let disk = Loop::attach(backing);
+            if disk.is_none() {
+                eprintln!("SKIPPED: cannot attach a loop device here (needs root)");
+            }
+            disk
+        }
+
         /// `None` where loop devices cannot be made (not root, no
         /// /dev/loop-control, a container): the test then says so and
         /// checks nothing else.
@@ -1542,10 +1551,7 @@ mod tests {
     #[test]
     fn block_device_gets_the_image_and_zeroed_ranges() {
         const DISK: usize = 8 << 20;
-        let backing = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(backing.path(), vec![0xffu8; DISK]).unwrap();
-        let Some(disk) = Loop::attach(backing) else {
-            eprintln!("SKIPPED: cannot attach a loop device here (needs root)");
+        let Some(disk) = Loop::dirty(DISK) else {
             return;
         };
         let (data, zeros, sha) = image(LEN, &holes());
