@@ -80,44 +80,50 @@ static ZEROS: AlignedZeros = AlignedZeros([0; 64 * 1024]);
 #[repr(C, align(4096))]
 struct AlignedZeros([u8; 64 * 1024]);
 
-/// The write's one data buffer, aligned to [`BUFFER_ALIGN`] for `O_DIRECT`
-/// (a `Vec<u8>` only promises 1-byte alignment).
+/// The layout of the write's one data buffer. Checked when compiling (a
+/// bad size or alignment fails the build), so allocating it at run time
+/// has nothing left to check.
+const BUFFER_LAYOUT: Layout = match Layout::from_size_align(BUFFER_LEN, BUFFER_ALIGN) {
+    Ok(layout) => layout,
+    Err(_) => panic!("BUFFER_LEN and BUFFER_ALIGN make no allocation layout"),
+};
+const _: () = assert!(BUFFER_LEN > 0, "alloc_zeroed needs a non-zero size");
+
+/// The write's one data buffer ([`BUFFER_LAYOUT`]: `BUFFER_LEN` bytes
+/// aligned to [`BUFFER_ALIGN`] for `O_DIRECT`; a `Vec<u8>` only promises
+/// 1-byte alignment).
 struct AlignedBuf {
     ptr: NonNull<u8>,
-    len: usize,
 }
 
 impl AlignedBuf {
-    fn new(len: usize) -> AlignedBuf {
-        let layout = Layout::from_size_align(len, BUFFER_ALIGN).expect("valid buffer layout");
-        assert!(len > 0, "an empty buffer cannot be allocated");
-        // SAFETY: the layout has a non-zero size (checked above).
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(layout));
-        AlignedBuf { ptr, len }
+    fn new() -> AlignedBuf {
+        // SAFETY: BUFFER_LAYOUT has a non-zero size (checked at compile time).
+        let ptr = unsafe { alloc::alloc_zeroed(BUFFER_LAYOUT) };
+        let ptr = NonNull::new(ptr).unwrap_or_else(|| alloc::handle_alloc_error(BUFFER_LAYOUT));
+        AlignedBuf { ptr }
     }
 }
 
 impl Deref for AlignedBuf {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        // SAFETY: ptr points to len initialised (zeroed) bytes owned by self.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        // SAFETY: ptr points to BUFFER_LEN initialised (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), BUFFER_LEN) }
     }
 }
 
 impl DerefMut for AlignedBuf {
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in deref, and &mut self makes the access unique.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), BUFFER_LEN) }
     }
 }
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.len, BUFFER_ALIGN).expect("valid buffer layout");
         // SAFETY: allocated in new() with this very layout.
-        unsafe { alloc::dealloc(self.ptr.as_ptr(), layout) };
+        unsafe { alloc::dealloc(self.ptr.as_ptr(), BUFFER_LAYOUT) };
     }
 }
 
@@ -753,7 +759,7 @@ pub fn write_image(
         StreamLayout::Full => expected_len,
         StreamLayout::NonZeroOnly => expected_len - zero_map.zero_bytes(),
     };
-    let mut buf = AlignedBuf::new(BUFFER_LEN);
+    let mut buf = AlignedBuf::new();
     let mut hasher = Sha256::new();
     let mut at = Progress {
         done: 0,

@@ -554,22 +554,33 @@ impl RedfishDriver {
     }
 
     async fn post_reset(&self, reset: &ResetAction, reset_type: &str) -> Result<(), PowerError> {
+        let r = self
+            .send_reset(reset, reset_type)
+            .await?
+            .ok(&self.http, &format!("ComputerSystem.Reset {reset_type}"))?;
+        self.reset_accepted(&r, reset_type).await
+    }
+
+    /// POSTs the Reset and forgets the remembered system: whatever the
+    /// answer (even none: a timeout may have taken effect), the PowerState
+    /// read before is now stale.
+    async fn send_reset(
+        &self,
+        reset: &ResetAction,
+        reset_type: &str,
+    ) -> Result<http::Response, PowerError> {
         let body = json!({ "ResetType": reset_type });
         let sent = self
             .http
             .send(Method::POST, &reset.target, Some(&body), None)
             .await;
-        // Whatever the answer (even none: a timeout may have taken effect),
-        // the PowerState read before is now stale.
         self.forget_system();
-        let r = sent?.ok(&self.http, &format!("ComputerSystem.Reset {reset_type}"))?;
+        sent
+    }
+
+    async fn reset_accepted(&self, r: &http::Response, reset_type: &str) -> Result<(), PowerError> {
         debug!(bmc = %self.address(), reset_type, status = r.status.as_u16(), "reset accepted");
-        if r.status == StatusCode::ACCEPTED
-            && let Some(monitor) = &r.location
-        {
-            self.wait_task(monitor).await?;
-        }
-        Ok(())
+        self.await_task_of(r).await
     }
 
     async fn do_power(&self, action: PowerAction) -> Result<(), PowerError> {
@@ -638,6 +649,15 @@ impl RedfishDriver {
         }
     }
 
+    /// A `202 Accepted` with a task monitor (`Location`) is polled until its
+    /// task ends; any other success is done already.
+    async fn await_task_of(&self, r: &http::Response) -> Result<(), PowerError> {
+        match &r.location {
+            Some(monitor) if r.status == StatusCode::ACCEPTED => self.wait_task(monitor).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Polls a task monitor (a 202's `Location`) until the task ends.
     async fn wait_task(&self, monitor: &str) -> Result<(), PowerError> {
         let deadline = tokio::time::Instant::now() + self.options.poll_timeout;
@@ -678,11 +698,7 @@ impl RedfishDriver {
 
     async fn do_set_boot(&self, boot: BootOverride) -> Result<(), PowerError> {
         let d = self.discover().await?;
-        let target = match boot.device {
-            BootDevice::Pxe => "Pxe",
-            BootDevice::Disk => "Hdd",
-        };
-        let enabled = if boot.once { "Once" } else { "Continuous" };
+        let (target, enabled) = override_values(boot);
         let mode = boot.mode.map(|m| match m {
             BootMode::Uefi => "UEFI",
             BootMode::Legacy => "Legacy",
@@ -724,11 +740,7 @@ impl RedfishDriver {
             match r.status {
                 s if s.is_success() => {
                     debug!(bmc = %self.address(), target, enabled, "boot override set");
-                    if s == StatusCode::ACCEPTED
-                        && let Some(monitor) = &r.location
-                    {
-                        self.wait_task(monitor).await?;
-                    }
+                    self.await_task_of(&r).await?;
                     return Ok(());
                 }
                 // Changed since we read it (412), or an ETag is demanded
@@ -793,11 +805,7 @@ impl RedfishDriver {
             return self.do_power(PowerAction::On).await;
         };
 
-        let target = match boot.device {
-            BootDevice::Pxe => "Pxe",
-            BootDevice::Disk => "Hdd",
-        };
-        let enabled = if boot.once { "Once" } else { "Continuous" };
+        let (target, enabled) = override_values(boot);
         let patched = match boot_patch(&sys.body, target, enabled, None, d.quirks.boot_mode) {
             Ok(patch) => {
                 let sent = self
@@ -811,11 +819,7 @@ impl RedfishDriver {
                     }
                     Ok(r) if r.status.is_success() => {
                         self.boot_written();
-                        if r.status == StatusCode::ACCEPTED
-                            && let Some(monitor) = &r.location
-                        {
-                            self.wait_task(monitor).await?;
-                        }
+                        self.await_task_of(&r).await?;
                         true
                     }
                     Ok(r) => {
@@ -835,29 +839,12 @@ impl RedfishDriver {
 
         let reset = self.reset_action(&sys.body).await?;
         let on = self.choose(&reset, d.quirks.power_on)?;
-        let sent = self
-            .http
-            .send(
-                Method::POST,
-                &reset.target,
-                Some(&json!({ "ResetType": on })),
-                None,
-            )
-            .await;
-        // Whatever the answer, the remembered state is stale now.
-        self.forget_system();
-        let r = sent?;
+        let r = self.send_reset(&reset, &on).await?;
         if !r.status.is_success() {
             debug!(bmc = %self.address(), status = r.status.as_u16(), "On without a read refused; reading the system");
             return self.do_power(PowerAction::On).await;
         }
-        debug!(bmc = %self.address(), reset_type = %on, status = r.status.as_u16(), "reset accepted");
-        if r.status == StatusCode::ACCEPTED
-            && let Some(monitor) = &r.location
-        {
-            self.wait_task(monitor).await?;
-        }
-        Ok(())
+        self.reset_accepted(&r, &on).await
     }
 
     /// The same PATCH on the system's settings object (`@Redfish.Settings`).
@@ -874,11 +861,7 @@ impl RedfishDriver {
             )
             .await?
             .ok(&self.http, &format!("PATCH {settings} Boot"))?;
-        if r.status == StatusCode::ACCEPTED
-            && let Some(monitor) = &r.location
-        {
-            self.wait_task(monitor).await?;
-        }
+        self.await_task_of(&r).await?;
         Ok(())
     }
 
@@ -1109,6 +1092,15 @@ impl Drop for RedfishDriver {
             http::delete_session_detached(client, url, token);
         }
     }
+}
+
+/// `BootSourceOverrideTarget` and `BootSourceOverrideEnabled` for `boot`.
+fn override_values(boot: BootOverride) -> (&'static str, &'static str) {
+    let target = match boot.device {
+        BootDevice::Pxe => "Pxe",
+        BootDevice::Disk => "Hdd",
+    };
+    (target, if boot.once { "Once" } else { "Continuous" })
 }
 
 /// The PATCH body for a boot override, or what the BMC cannot do.

@@ -21,6 +21,8 @@
 //! Needs root and the packages of `e2e::prerequisites` plus `openipmi
 //! ipmitool`; `ANVIL_SKIP_VM_TESTS=1` skips it.
 
+#[path = "e2e/commission_lab.rs"]
+mod commission_lab;
 mod common;
 mod e2e;
 
@@ -60,35 +62,9 @@ fn ipmi_prerequisites() {
 /// Anvil as the boot network's only server: DHCP (full), TFTP, HTTP boot
 /// and Router Advertisements on `br0`.
 fn anvil_boot_toml(lab: &Lab) -> String {
-    let n = lab.n;
-    let server = lab.server_ip();
     format!(
-        r#"[ipv6_ra]
-interfaces = ["br0"]
-
-[tftp]
-enabled = true
-listen = "{server}:69"
-root = "/usr/lib/ipxe"
-
-[dhcp]
-enabled = true
-interfaces = ["br0"]
-
-[[dhcp.network]]
-name = "e2e"
-subnet = "10.77.{n}.0/24"
-mode = "full"
-interface = "br0"
-server_address = "{server}"
-range_start = "10.77.{n}.100"
-range_end = "10.77.{n}.199"
-router = "{server}"
-lease_time_secs = 3600
-
-[dhcp.network.boot]
-http_port = 8080
-"#
+        "[ipv6_ra]\ninterfaces = [\"br0\"]\n\n{}",
+        commission_lab::network_boot_toml(lab, "e2e")
     )
 }
 
