@@ -15,6 +15,27 @@
 //! wake-up, so a window's time is the server's (and the loopback's) alone.
 //! Both servers get the same client.
 //!
+//! `--clients atftp,raw,poll,mmsg,gro` picks exactly these clients.
+//!
+//! `--floor` adds a third server for lock-step runs (windowsize 1): a
+//! thread that answers one client at a time from memory on a connected
+//! socket, polling without sleeping, with no file, timer, retransmission or
+//! check — not a TFTP server, but the least any server can take per block
+//! over this loopback. It runs in the same rotation as the other two, and
+//! the table shows Anvil / floor and floor / atftpd: how close Anvil is to
+//! that limit, and whether a ratio to atftpd is reachable at all with a
+//! given client.
+//!
+//! `--mmsg-client` adds runs of a client that takes a window in with
+//! `recvmmsg` (polling, never sleeping), each datagram's payload scattered
+//! straight to its place in a buffer for the whole file, and hashes the
+//! file only after the transfer (outside the timed part): a load generator
+//! that does as little per datagram as a client can, so that what is timed
+//! is the server and the loopback. Both servers get the same client.
+//!
+//! The `gro` client (only through `--clients`) is the `mmsg` client with
+//! `UDP_GRO` on its socket; see `fetch_gro`.
+//!
 //! `--raw-client` adds runs with a minimal client built in (one `recv` per
 //! DATA, nothing written to disk), which costs far less per packet than
 //! atftp's `pselect` + `recvmsg` + `write`, so the server side dominates.
@@ -47,6 +68,12 @@ struct Args {
     atftpd: Option<PathBuf>,
     raw_client: bool,
     poll_client: bool,
+    mmsg_client: bool,
+    /// `--floor`: also time the built-in clients at windowsize 1 against
+    /// `floor_server`.
+    floor: bool,
+    /// `--clients`: exactly these clients, in this order.
+    clients: Option<Vec<String>>,
 }
 
 fn parse_args() -> Result<Args, Error> {
@@ -58,6 +85,9 @@ fn parse_args() -> Result<Args, Error> {
         atftpd: None,
         raw_client: false,
         poll_client: false,
+        mmsg_client: false,
+        clients: None,
+        floor: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -75,10 +105,25 @@ fn parse_args() -> Result<Args, Error> {
             "--atftpd" => args.atftpd = Some(PathBuf::from(value()?)),
             "--raw-client" => args.raw_client = true,
             "--poll-client" => args.poll_client = true,
+            "--mmsg-client" => args.mmsg_client = true,
+            "--floor" => args.floor = true,
+            "--clients" => {
+                let list: Vec<String> = value()?.split(',').map(str::to_string).collect();
+                if let Some(bad) = list
+                    .iter()
+                    .find(|c| !["atftp", "raw", "poll", "mmsg", "gro"].contains(&c.as_str()))
+                {
+                    return Err(
+                        format!("unknown client {bad} (atftp, raw, poll, mmsg, gro)").into(),
+                    );
+                }
+                args.clients = Some(list);
+            }
             "-h" | "--help" => {
                 println!(
                     "tftp-bench [--size-mib 64] [--runs 5] [--blksize 1468] \
-                     [--windows 1,16] [--atftpd PATH] [--raw-client] [--poll-client]"
+                     [--windows 1,16] [--atftpd PATH] [--raw-client] [--poll-client] [--mmsg-client] \
+                     [--clients atftp,raw,poll,mmsg,gro] [--floor]"
                 );
                 std::process::exit(0);
             }
@@ -158,20 +203,21 @@ fn stat_cpu_seconds(path: &Path) -> f64 {
 }
 
 /// CPU seconds used so far by a server: a whole process (atftpd, including
-/// its finished transfer threads), or Anvil's service threads only, since
-/// this process also runs the raw client.
-fn server_cpu_seconds(pid: u32, anvil: bool) -> f64 {
-    if !anvil {
+/// its finished transfer threads), or only its threads named `threads…`
+/// (Anvil's service, the floor server), since this process also runs the
+/// built-in clients.
+fn server_cpu_seconds(pid: u32, threads: Option<&str>) -> f64 {
+    let Some(prefix) = threads else {
         return stat_cpu_seconds(Path::new(&format!("/proc/{pid}/stat")));
-    }
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+    };
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return f64::NAN;
     };
     tasks
         .filter_map(Result::ok)
         .filter(|t| {
             std::fs::read_to_string(t.path().join("comm"))
-                .is_ok_and(|name| name.starts_with("anvil-tftp"))
+                .is_ok_and(|name| name.starts_with(prefix))
         })
         .map(|t| stat_cpu_seconds(&t.path().join("stat")))
         .sum()
@@ -300,6 +346,317 @@ fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16, busy: bool) -> Result<
     }
 }
 
+/// Receives into `msgs` (their iovecs already pointing at where each
+/// datagram goes) by polling `recvmmsg` until at least one datagram is
+/// there; returns how many came.
+fn recvmmsg_polling(fd: i32, msgs: &mut [libc::mmsghdr]) -> Result<usize, Error> {
+    let since = Instant::now();
+    loop {
+        // SAFETY: every mmsghdr's iovecs point into buffers that outlive
+        // the call, and `msgs.len()` bounds what the kernel writes.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n > 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if n == 0 || e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(format!("recvmmsg: {e}").into());
+        }
+        if since.elapsed() > Duration::from_secs(5) {
+            return Err("no datagram within 5 s".into());
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// The leanest client: a connected, polled socket; a window taken in with
+/// `recvmmsg`, each DATA's header to a small array and its payload straight
+/// to its place in one buffer for the whole file; ACK at each window's end.
+/// The SHA-256 is computed after the transfer, outside the timed part.
+/// No loss handling: loopback only.
+fn fetch_mmsg(addr: SocketAddr, blksize: u16, window: u16, size: usize) -> Result<RawFetch, Error> {
+    use std::os::fd::AsRawFd;
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_nonblocking(true)?;
+    let fd = sock.as_raw_fd();
+    let blk = usize::from(blksize);
+    let win = usize::from(window);
+    // Room for a whole window past the end, so a window's iovecs never
+    // need clipping.
+    let mut file = vec![0u8; size + blk * (win + 1)];
+    let mut headers = vec![[0u8; 4]; win];
+    let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
+    let start = Instant::now();
+    sock.send_to(rrq.as_bytes(), addr)?;
+    let mut oack = [0u8; 512];
+    let (_, tid) = recv_datagram(&sock, &mut oack, true)?;
+    if oack[..2] != [0, 6] {
+        return Err(format!("expected OACK, got {:?}", &oack[..16]).into());
+    }
+    sock.connect(tid)?;
+    sock.send(&[0, 4, 0, 0])?;
+    let mut acked_at = Instant::now();
+    let mut turnaround = Vec::new();
+    let mut receive = Vec::new();
+    let mut received = 0usize; // blocks received so far
+    let mut total = 0usize; // payload bytes received so far
+    loop {
+        // One window: iovecs for blocks received+1 ..= received+win.
+        let mut iovecs: Vec<[libc::iovec; 2]> = (0..win)
+            .map(|i| {
+                let at = (received + i) * blk;
+                [
+                    libc::iovec {
+                        iov_base: headers[i].as_mut_ptr().cast(),
+                        iov_len: 4,
+                    },
+                    libc::iovec {
+                        iov_base: file[at..at + blk].as_mut_ptr().cast(),
+                        iov_len: blk,
+                    },
+                ]
+            })
+            .collect();
+        // SAFETY: mmsghdr is plain data; all-zero is a valid value.
+        let mut msgs: Vec<libc::mmsghdr> =
+            (0..win).map(|_| unsafe { std::mem::zeroed() }).collect();
+        for (msg, iov) in msgs.iter_mut().zip(iovecs.iter_mut()) {
+            msg.msg_hdr.msg_iov = iov.as_mut_ptr();
+            msg.msg_hdr.msg_iovlen = 2;
+        }
+        let mut got = 0;
+        let mut first_at = acked_at;
+        let mut last = false;
+        while got < win && !last {
+            let n = recvmmsg_polling(fd, &mut msgs[got..])?;
+            if got == 0 {
+                first_at = Instant::now();
+                turnaround.push((first_at - acked_at).as_secs_f64() * 1e6);
+            }
+            for i in got..got + n {
+                let block = (received + i + 1) as u16;
+                let h = headers[i];
+                if h[..2] != [0, 3] || u16::from_be_bytes([h[2], h[3]]) != block {
+                    return Err(format!("unexpected packet {h:?}, want DATA {block}").into());
+                }
+                let len = msgs[i].msg_len as usize;
+                total += len.saturating_sub(4);
+                if len < 4 + blk {
+                    last = true;
+                }
+            }
+            got += n;
+        }
+        receive.push((Instant::now() - first_at).as_secs_f64() * 1e6);
+        received += got;
+        let b = (received as u16).to_be_bytes();
+        sock.send(&[0, 4, b[0], b[1]])?;
+        acked_at = Instant::now();
+        if last {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if total != size {
+        return Err(format!("{total} bytes received for a {size}-byte file").into());
+    }
+    let sha256 = Sha256::digest(&file[..size]).to_vec();
+    Ok(RawFetch {
+        secs,
+        sha256,
+        turnaround_us: median(&mut turnaround),
+        receive_us: median(&mut receive),
+    })
+}
+
+/// `UDP_GRO` (linux/udp.h): let the kernel hand a GSO send to this socket
+/// as one datagram, unsegmented.
+const UDP_GRO: libc::c_int = 104;
+
+/// The `mmsg` client with `UDP_GRO` on its socket: a server's GSO send of
+/// a window arrives as one datagram, which `recvmsg` scatters (header,
+/// payload, header, payload…) straight to the blocks' places; separately
+/// sent DATA arrive one per `recvmsg` as usual. This is how a modern UDP
+/// receiver (a QUIC stack, say) takes in bulk data; it lets the server's
+/// batching reach the client, instead of the kernel cutting each window
+/// back into datagrams on the way.
+fn fetch_gro(addr: SocketAddr, blksize: u16, window: u16, size: usize) -> Result<RawFetch, Error> {
+    use std::os::fd::AsRawFd;
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    sock.set_nonblocking(true)?;
+    let fd = sock.as_raw_fd();
+    let on: libc::c_int = 1;
+    // SAFETY: an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(format!("UDP_GRO: {}", std::io::Error::last_os_error()).into());
+    }
+    let blk = usize::from(blksize);
+    let seg = blk + 4;
+    let win = usize::from(window);
+    let mut file = vec![0u8; size + blk * (win + 1)];
+    let mut headers = vec![[0u8; 4]; win];
+    let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
+    let start = Instant::now();
+    sock.send_to(rrq.as_bytes(), addr)?;
+    let mut oack = [0u8; 512];
+    let (_, tid) = recv_datagram(&sock, &mut oack, true)?;
+    if oack[..2] != [0, 6] {
+        return Err(format!("expected OACK, got {:?}", &oack[..16]).into());
+    }
+    sock.connect(tid)?;
+    sock.send(&[0, 4, 0, 0])?;
+    let mut acked_at = Instant::now();
+    let mut turnaround = Vec::new();
+    let mut receive = Vec::new();
+    let mut received = 0usize; // blocks received so far
+    let mut total = 0usize; // payload bytes received so far
+    let mut iovecs: Vec<libc::iovec> = Vec::with_capacity(2 * win);
+    loop {
+        let mut got = 0; // blocks of this window received
+        let mut first_at = acked_at;
+        let mut last = false;
+        while got < win && !last {
+            // Header and payload of every block still due in this window.
+            iovecs.clear();
+            for (i, header) in headers.iter_mut().enumerate().skip(got) {
+                let at = (received + i) * blk;
+                iovecs.push(libc::iovec {
+                    iov_base: header.as_mut_ptr().cast(),
+                    iov_len: 4,
+                });
+                iovecs.push(libc::iovec {
+                    iov_base: file[at..at + blk].as_mut_ptr().cast(),
+                    iov_len: blk,
+                });
+            }
+            // SAFETY: msghdr is plain data; all-zero is a valid value.
+            let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+            msg.msg_iov = iovecs.as_mut_ptr();
+            msg.msg_iovlen = iovecs.len() as _;
+            let since = Instant::now();
+            let n = loop {
+                // SAFETY: the iovecs point into `headers` and `file`, alive
+                // and not otherwise borrowed during the call.
+                let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+                if n >= 0 {
+                    break n as usize;
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    return Err(format!("recvmsg: {e}").into());
+                }
+                if since.elapsed() > Duration::from_secs(5) {
+                    return Err("no datagram within 5 s".into());
+                }
+                std::hint::spin_loop();
+            };
+            if got == 0 {
+                first_at = Instant::now();
+                turnaround.push((first_at - acked_at).as_secs_f64() * 1e6);
+            }
+            if msg.msg_flags & libc::MSG_TRUNC != 0 || n < 4 {
+                return Err(format!("a datagram of {n} bytes does not fit a window").into());
+            }
+            let segments = n.div_ceil(seg);
+            for (i, h) in headers.iter().enumerate().skip(got).take(segments) {
+                let block = (received + i + 1) as u16;
+                if h[..2] != [0, 3] || u16::from_be_bytes([h[2], h[3]]) != block {
+                    return Err(format!("unexpected packet {h:?}, want DATA {block}").into());
+                }
+            }
+            let tail = n - (segments - 1) * seg;
+            total += n - 4 * segments;
+            last = tail < seg;
+            got += segments;
+        }
+        receive.push((Instant::now() - first_at).as_secs_f64() * 1e6);
+        received += got;
+        let b = (received as u16).to_be_bytes();
+        sock.send(&[0, 4, b[0], b[1]])?;
+        acked_at = Instant::now();
+        if last {
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    if total != size {
+        return Err(format!("{total} bytes received for a {size}-byte file").into());
+    }
+    Ok(RawFetch {
+        secs,
+        sha256: Sha256::digest(&file[..size]).to_vec(),
+        turnaround_us: median(&mut turnaround),
+        receive_us: median(&mut receive),
+    })
+}
+
+/// `--floor`: the least a lock-step server can do over this loopback. A
+/// thread that answers one RRQ for `content` (blksize and windowsize 1
+/// only) from a connected socket, polling without sleeping, each DATA
+/// built in a reused buffer: no file, no timers, no retransmission, no
+/// checks. Not a TFTP server; a yardstick for how much of a lock-step
+/// block's time is left to any server at all.
+fn floor_server(content: Arc<Vec<u8>>, blksize: u16) -> Result<SocketAddr, Error> {
+    let listen = UdpSocket::bind("127.0.0.1:0")?;
+    let addr = listen.local_addr()?;
+    std::thread::Builder::new()
+        .name("floor-server".into())
+        .spawn(move || -> Result<(), Error> {
+            let blk = usize::from(blksize);
+            let mut buf = [0u8; 1024];
+            loop {
+                let (_, peer) = listen.recv_from(&mut buf)?;
+                let sock = UdpSocket::bind("127.0.0.1:0")?;
+                sock.connect(peer)?;
+                sock.set_nonblocking(true)?;
+                sock.send(format!("\x00\x06blksize\0{blksize}\0windowsize\x001\0").as_bytes())?;
+                let mut packet = vec![0u8; 4 + blk];
+                packet[1] = 3;
+                let mut block: usize = 0;
+                loop {
+                    let n = match sock.recv(&mut buf) {
+                        Ok(n) => n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::hint::spin_loop();
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    };
+                    if n < 4 || u16::from_be_bytes([buf[2], buf[3]]) != block as u16 {
+                        continue;
+                    }
+                    let start = block * blk;
+                    if start > content.len() {
+                        break; // the last block was ACKed
+                    }
+                    let end = (start + blk).min(content.len());
+                    block += 1;
+                    packet[2..4].copy_from_slice(&(block as u16).to_be_bytes());
+                    packet[4..4 + end - start].copy_from_slice(&content[start..end]);
+                    sock.send(&packet[..4 + end - start])?;
+                }
+            }
+        })?;
+    Ok(addr)
+}
+
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
@@ -320,7 +677,12 @@ async fn main() -> Result<(), Error> {
     StdRng::seed_from_u64(1).fill_bytes(&mut content);
     std::fs::write(&file, &content)?;
     let want = Sha256::digest(&content).to_vec();
-    drop(content);
+    let floor_addr = if args.floor {
+        Some(floor_server(Arc::new(content), args.blksize)?)
+    } else {
+        drop(content);
+        None
+    };
     // atftpd drops privileges and wants a world-accessible directory.
     Command::new("chmod")
         .args(["-R", "a+rwX"])
@@ -364,10 +726,15 @@ async fn main() -> Result<(), Error> {
     let result = tokio::task::spawn_blocking(move || -> Result<(), Error> {
         wait_ready(atftpd_addr)?;
         wait_ready(anvil_addr)?;
-        let servers = [
-            ("anvil", anvil_addr, std::process::id()),
-            ("atftpd", atftpd_addr, atftpd_child.id()),
+        // (name, address, process, the process's threads that are the
+        // server: None for all of them).
+        let mut servers = vec![
+            ("anvil", anvil_addr, std::process::id(), Some("anvil-tftp")),
+            ("atftpd", atftpd_addr, atftpd_child.id(), None),
         ];
+        if let Some(floor) = floor_addr {
+            servers.push(("floor", floor, std::process::id(), Some("floor-server")));
+        }
         let mb = (args.size_mib << 20) as f64 / 1e6;
         let out = work.path().join("fetched.bin");
         println!(
@@ -386,31 +753,44 @@ async fn main() -> Result<(), Error> {
         if args.poll_client {
             clients.push("poll");
         }
+        if args.mmsg_client {
+            clients.push("mmsg");
+        }
+        if let Some(only) = &args.clients {
+            clients = only.iter().map(String::as_str).collect();
+        }
+        let size = args.size_mib << 20;
         let mut table = Vec::new();
         for client in &clients {
             for &window in &args.windows {
-                let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
+                // The floor server does lock-step only.
+                let count = if window == 1 { servers.len() } else { 2 };
+                let mut samples: Vec<Vec<Sample>> = (0..count).map(|_| Vec::new()).collect();
                 for run in 0..args.runs {
-                    // Alternate which server goes first, so drifting load
-                    // on a shared machine hits both alike.
-                    let order: [usize; 2] = if run % 2 == 0 { [0, 1] } else { [1, 0] };
-                    for i in order {
-                        let (_, addr, pid) = servers[i];
-                        let cpu_before = server_cpu_seconds(pid, i == 0);
+                    // Rotate which server goes first, so drifting load on a
+                    // shared machine hits all alike.
+                    for k in 0..count {
+                        let i = (run + k) % count;
+                        let (name, addr, pid, threads) = servers[i];
+                        let cpu_before = server_cpu_seconds(pid, threads);
                         let (secs, turnaround_us, receive_us) = if *client == "atftp" {
                             let secs = fetch_atftp(addr, args.blksize, window, &out)?;
                             if sha256_file(&out)? != want {
-                                return Err(format!("{} sent wrong bytes", servers[i].0).into());
+                                return Err(format!("{name} sent wrong bytes").into());
                             }
                             (secs, f64::NAN, f64::NAN)
                         } else {
-                            let got = fetch_raw(addr, args.blksize, window, *client == "poll")?;
+                            let got = match *client {
+                                "mmsg" => fetch_mmsg(addr, args.blksize, window, size)?,
+                                "gro" => fetch_gro(addr, args.blksize, window, size)?,
+                                other => fetch_raw(addr, args.blksize, window, other == "poll")?,
+                            };
                             if got.sha256 != want {
-                                return Err(format!("{} sent wrong bytes", servers[i].0).into());
+                                return Err(format!("{name} sent wrong bytes").into());
                             }
                             (got.secs, got.turnaround_us, got.receive_us)
                         };
-                        let server_cpu = server_cpu_seconds(pid, i == 0) - cpu_before;
+                        let server_cpu = server_cpu_seconds(pid, threads) - cpu_before;
                         samples[i].push(Sample {
                             secs,
                             server_cpu,
@@ -420,7 +800,7 @@ async fn main() -> Result<(), Error> {
                     }
                 }
                 let mut medians = Vec::new();
-                for (i, (name, _, _)) in servers.iter().enumerate() {
+                for (i, (name, _, _, _)) in servers.iter().take(count).enumerate() {
                     let mut rates: Vec<f64> = samples[i].iter().map(|s| mb / s.secs).collect();
                     let mut cpu: Vec<f64> = samples[i].iter().map(|s| s.server_cpu).collect();
                     let mut turnaround: Vec<f64> =
@@ -445,17 +825,23 @@ async fn main() -> Result<(), Error> {
                     );
                     medians.push((m, median(&mut cpu)));
                 }
-                table.push((client.to_string(), window, medians[0], medians[1]));
+                table.push((client.to_string(), window, medians));
             }
         }
         println!();
         println!(
-            "| client | windowsize | Anvil MB/s | atftpd MB/s | ratio | Anvil CPU s | atftpd CPU s |"
+            "| client | windowsize | Anvil MB/s | atftpd MB/s | ratio | Anvil CPU s | atftpd CPU s \
+             | floor MB/s | Anvil / floor | floor / atftpd |"
         );
-        println!("|---|---|---|---|---|---|---|");
-        for (client, window, (a, acpu), (b, bcpu)) in table {
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        for (client, window, medians) in &table {
+            let ((a, acpu), (b, bcpu)) = (medians[0], medians[1]);
+            let floor = match medians.get(2) {
+                Some((f, _)) => format!("{f:.0} | {:.2} | {:.2}x", a / f, f / b),
+                None => " | | ".to_string(),
+            };
             println!(
-                "| {client} | {window} | {a:.0} | {b:.0} | {:.2}x | {acpu:.3} | {bcpu:.3} |",
+                "| {client} | {window} | {a:.0} | {b:.0} | {:.2}x | {acpu:.3} | {bcpu:.3} | {floor} |",
                 a / b
             );
         }

@@ -23,6 +23,14 @@
 //!   are active than there are CPUs — with more, the thread has other work
 //!   and rarely sleeps anyway — and never on a single CPU, where polling
 //!   would take the CPU from everything else, a local client included.
+//!
+//! Between two polls the thread yields its CPU, in case the client waits to
+//! run there — except for a client that answers within [`SPIN_ONLY_US`] on
+//! average: that one is running on another CPU already (a client woken on
+//! this CPU would first have to wait for a yield), and a yield, a trip
+//! through the scheduler, would only delay noticing its reply. Should such a
+//! client come to need this CPU after all, its replies slow down to the
+//! poll budget, the average rises past the threshold and yielding resumes.
 
 use std::time::Duration;
 
@@ -32,21 +40,26 @@ pub(crate) const MAX_BUDGET_US: u64 = 100;
 /// Shortest poll, in µs (a fast reply that came a little late still hits).
 pub(crate) const MIN_BUDGET_US: u64 = 20;
 
+/// Clients answering faster than this on average, in µs, are polled for
+/// without yielding the CPU between polls.
+pub(crate) const SPIN_ONLY_US: u64 = 10;
+
 /// Weight of a new reply time in the average: 1/8.
 const SMOOTHING_SHIFT: u32 = 3;
 
 /// Per-transfer polling decisions.
 #[derive(Debug)]
 pub(crate) struct AckSpin {
-    /// Moving average of the client's reply time, in µs.
-    reply_us: u64,
+    /// Moving average of the client's reply time, in ns (in µs, the
+    /// integer average would stick several µs above replies of a few µs).
+    reply_ns: u64,
 }
 
 impl Default for AckSpin {
     /// Starts out assuming a fast client: the first replies show otherwise.
     fn default() -> Self {
         AckSpin {
-            reply_us: MIN_BUDGET_US,
+            reply_ns: MIN_BUDGET_US * 1000,
         }
     }
 }
@@ -55,21 +68,28 @@ impl AckSpin {
     /// How long to poll before sleeping, if at all, with `active` transfers
     /// running (this one included) on a machine with `cpus` CPUs available.
     pub(crate) fn budget(&self, active: usize, cpus: usize) -> Option<Duration> {
-        if cpus < 2 || active >= cpus || self.reply_us > MAX_BUDGET_US {
+        let reply_us = self.reply_ns / 1000;
+        if cpus < 2 || active >= cpus || reply_us > MAX_BUDGET_US {
             return None;
         }
-        let us = (self.reply_us + self.reply_us / 2).clamp(MIN_BUDGET_US, MAX_BUDGET_US);
+        let us = (reply_us + reply_us / 2).clamp(MIN_BUDGET_US, MAX_BUDGET_US);
         Some(Duration::from_micros(us))
+    }
+
+    /// Whether to poll without yielding the CPU between polls (see the
+    /// module documentation).
+    pub(crate) fn spin_only(&self) -> bool {
+        self.reply_ns <= SPIN_ONLY_US * 1000
     }
 
     /// The client answered `after` the end of the send it answers.
     pub(crate) fn record_reply(&mut self, after: Duration) {
-        let us = u64::try_from(after.as_micros()).unwrap_or(u64::MAX);
+        let ns = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX);
         // Capped so that one very late reply cannot keep polling off for
         // long once the client is fast again.
-        let us = us.min(4 * MAX_BUDGET_US);
-        self.reply_us =
-            self.reply_us - (self.reply_us >> SMOOTHING_SHIFT) + (us >> SMOOTHING_SHIFT);
+        let ns = ns.min(4 * MAX_BUDGET_US * 1000);
+        self.reply_ns =
+            self.reply_ns - (self.reply_ns >> SMOOTHING_SHIFT) + (ns >> SMOOTHING_SHIFT);
     }
 }
 
@@ -132,6 +152,26 @@ mod tests {
         }
         spin.record_reply(Duration::from_millis(5));
         assert!(spin.budget(1, 2).is_some());
+    }
+
+    #[test]
+    fn spins_without_yielding_only_for_a_client_answering_within_microseconds() {
+        let mut spin = AckSpin::default();
+        assert!(!spin.spin_only(), "an unknown client gets yields");
+        for _ in 0..100 {
+            spin.record_reply(Duration::from_nanos(3_500));
+        }
+        assert!(spin.spin_only());
+        // A client that came to need this CPU answers no sooner than the
+        // budget: yielding resumes within a few windows.
+        let windows = (1..100)
+            .find(|_| {
+                spin.record_reply(us(MIN_BUDGET_US));
+                !spin.spin_only()
+            })
+            .expect("yields again");
+        assert!(windows <= 8, "after {windows} slow replies");
+        assert!(spin.budget(1, 2).is_some(), "still polls, with yields");
     }
 
     #[test]

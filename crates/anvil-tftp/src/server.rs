@@ -412,14 +412,23 @@ impl Start {
         _active: ActiveGuard,
     ) {
         let _gauge = ActiveGauge::new();
-        let sock = match UdpSocket::bind(self.local).await {
-            Ok(sock) => sock,
+        let sockets = net::transfer_sockets(self.local, self.peer).and_then(|pair| {
+            let strangers = pair.strangers.map(UdpSocket::from_std).transpose()?;
+            Ok((UdpSocket::from_std(pair.main)?, strangers))
+        });
+        let (sock, strangers) = match sockets {
+            Ok(sockets) => sockets,
             Err(e) => {
                 warn!(local = %self.local, error = %e, "cannot bind a TFTP transfer socket");
                 finish(&self.ctx, self.report(TransferOutcome::SocketFailed));
                 return;
             }
         };
+        let sockets = Sockets {
+            main: sock,
+            strangers,
+        };
+        let sock = &sockets.main;
         debug!(peer = %self.peer, file = %self.request.filename, "TFTP read request");
         let report = match self
             .ctx
@@ -427,15 +436,15 @@ impl Start {
             .open(&self.request.filename, self.peer)
             .await
         {
-            Ok(Some(file)) => self.send_file(&sock, file, &mut cancel).await,
+            Ok(Some(file)) => self.send_file(&sockets, file, &mut cancel).await,
             Ok(None) => {
-                send_error(&sock, self.peer, ErrorCode::FileNotFound, "file not found").await;
+                send_error(sock, self.peer, ErrorCode::FileNotFound, "file not found").await;
                 self.report(TransferOutcome::NotFound)
             }
             Err(e @ TftpError::AccessDenied { .. }) => {
                 info!(peer = %self.peer, error = %e, "TFTP request refused");
                 send_error(
-                    &sock,
+                    sock,
                     self.peer,
                     ErrorCode::AccessViolation,
                     "access violation",
@@ -445,7 +454,7 @@ impl Start {
             }
             Err(e) => {
                 warn!(peer = %self.peer, error = %ErrorChain(&e), "TFTP source failed");
-                send_error(&sock, self.peer, ErrorCode::NotDefined, "cannot open file").await;
+                send_error(sock, self.peer, ErrorCode::NotDefined, "cannot open file").await;
                 self.report(TransferOutcome::OpenFailed)
             }
         };
@@ -455,10 +464,11 @@ impl Start {
     /// Drives the protocol state machine over the transfer socket.
     async fn send_file(
         &self,
-        sock: &UdpSocket,
+        sockets: &Sockets,
         file: OpenFile,
         cancel: &mut watch::Receiver<bool>,
     ) -> TransferReport {
+        let sock = &sockets.main;
         let options: Vec<TftpOption<'_>> = self
             .request
             .options
@@ -476,8 +486,9 @@ impl Start {
         let window_bytes = usize::from(machine.blksize()) * usize::from(machine.windowsize());
         let mut reader = Reader::new(file.content, window_bytes);
         let mut batch: Vec<Bytes> = Vec::with_capacity(usize::from(machine.windowsize()) + 1);
-        let mut sender = net::Sender::new();
+        let mut sender = net::Sender::new(sockets.strangers.is_some());
         let mut buf = vec![0u8; MAX_REPLY];
+        let mut stranger_buf = [0u8; 4];
         // The machine moves its deadline at every window. Resetting a tokio
         // timer that often costs more than the rest of an ACK's handling,
         // so the timer only ever moves earlier; when it fires before the
@@ -531,7 +542,7 @@ impl Start {
                 None
             };
             if let Some(budget) = budget.filter(|_| !due && !cancel.has_changed().unwrap_or(true))
-                && let Some(received) = poll_for_reply(sock, &mut buf, budget)
+                && let Some(received) = poll_for_reply(sock, &mut buf, budget, spin.spin_only())
             {
                 self.on_reply(sock, &mut machine, &mut spin, sent_at, received, &buf)
                     .await;
@@ -542,6 +553,11 @@ impl Start {
                 _ = cancel.changed() => machine.cancel("server shutting down"),
                 received = sock.recv_from(&mut buf) => {
                     self.on_reply(sock, &mut machine, &mut spin, sent_at, received, &buf).await;
+                }
+                received = sockets.recv_stranger(&mut stranger_buf) => {
+                    if let Ok((_, stranger)) = received {
+                        sockets.answer_stranger(stranger).await;
+                    }
                 }
                 () = &mut timer => {
                     let now = Instant::now();
@@ -588,11 +604,8 @@ impl Start {
                 spin.record_reply(now.saturating_duration_since(sent_at));
                 machine.handle(now, Event::Packet(buf.get(..n).unwrap_or_default()));
             }
-            Ok((_, stranger)) => {
-                // RFC 1350: answer a wrong TID with ERROR 5 and carry on.
-                metrics::counter!(DROPPED, "reason" => "unknown_tid").increment(1);
-                send_error(sock, stranger, ErrorCode::UnknownTid, "unknown transfer ID").await;
-            }
+            // Only an unconnected socket (see `Sockets`) gets these.
+            Ok((_, stranger)) => answer_stranger(sock, stranger).await,
             // E.g. an ICMP error for an earlier datagram: the timer
             // takes care of whatever was lost.
             Err(e) => debug!(peer = %self.peer, error = %e, "TFTP receive failed"),
@@ -615,6 +628,36 @@ impl Start {
     }
 }
 
+/// A transfer's sockets (see `net::TransferSockets`).
+struct Sockets {
+    /// The TID: connected to the client when `strangers` is there.
+    main: UdpSocket,
+    /// Everyone else's datagrams to the TID.
+    strangers: Option<UdpSocket>,
+}
+
+impl Sockets {
+    /// The next datagram from a stranger; never, without a strangers'
+    /// socket. Its content does not matter: only its sender is answered.
+    async fn recv_stranger(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        match &self.strangers {
+            Some(sock) => sock.recv_from(buf).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn answer_stranger(&self, stranger: SocketAddr) {
+        answer_stranger(self.strangers.as_ref().unwrap_or(&self.main), stranger).await;
+    }
+}
+
+/// RFC 1350: a datagram to a transfer's TID from anyone but its client gets
+/// ERROR 5, and the transfer carries on.
+async fn answer_stranger(sock: &UdpSocket, stranger: SocketAddr) {
+    metrics::counter!(DROPPED, "reason" => "unknown_tid").increment(1);
+    send_error(sock, stranger, ErrorCode::UnknownTid, "unknown transfer ID").await;
+}
+
 /// Polls `sock` without blocking until a datagram (or a receive error)
 /// comes or `budget` has passed (`None`). Blocks the service thread for at
 /// most `budget`; see `AckSpin` for when that is worth it.
@@ -622,11 +665,14 @@ impl Start {
 /// Between two polls it yields the CPU rather than spinning: a socket
 /// wake-up tends to move the woken thread (here: the client, when local)
 /// onto the waker's CPU, and a spinning server would keep it from running
-/// there. With nothing else runnable the yield returns at once.
+/// there. With nothing else runnable the yield returns at once, but still
+/// passes through the scheduler; `spin_only` (a client answering within a
+/// few µs, so running elsewhere) skips it.
 fn poll_for_reply(
     sock: &UdpSocket,
     buf: &mut [u8],
     budget: Duration,
+    spin_only: bool,
 ) -> Option<std::io::Result<(usize, SocketAddr)>> {
     let start = Instant::now();
     loop {
@@ -638,7 +684,11 @@ fn poll_for_reply(
         if start.elapsed() >= budget {
             return None;
         }
-        std::thread::yield_now();
+        if spin_only {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
