@@ -17,8 +17,8 @@ use anvil_api_types::deploy::{
     BootEntryParams, CloudInitParams, EraseMode, EraseParams, GrowRootParams, RescueParams,
     WriteImageParams,
 };
+use ring::digest::{Context, SHA256};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::disk::{self, Disk};
 use crate::fetch::Fetcher;
@@ -765,7 +765,7 @@ pub fn cloud_init(ctx: &Ctx, p: &CloudInitParams, progress: Progress<'_>) -> Out
         let (_, mut body) = ctx.fetch.get(&p.url)?;
         f.seek(SeekFrom::Start(start))
             .map_err(|e| format!("seek: {e}"))?;
-        let mut hasher = Sha256::new();
+        let mut hasher = Context::new(&SHA256);
         let mut buf = vec![0u8; 256 * 1024];
         let mut n = 0u64;
         loop {
@@ -786,7 +786,7 @@ pub fn cloud_init(ctx: &Ctx, p: &CloudInitParams, progress: Progress<'_>) -> Out
             f.write_all(&buf[..got])
                 .map_err(|e| format!("write: {e}"))?;
         }
-        let sha = hex(&hasher.finalize());
+        let sha = hex(hasher.finish().as_ref());
         if n != p.size_bytes {
             return Err(format!(
                 "the cloud-init image has {n} bytes, expected {}",
@@ -1336,6 +1336,7 @@ mod tests {
     use super::*;
     use crate::disk::fixture;
     use anvil_api_types::deploy::DiskRef;
+    use sha2::{Digest, Sha256};
 
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut x = seed | 1;

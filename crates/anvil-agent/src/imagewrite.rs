@@ -55,7 +55,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
-use sha2::{Digest, Sha256};
+use ring::digest::{Context, SHA256};
 
 /// The one data buffer of a write, whatever the image size. 1 MiB: large
 /// enough that syscalls cost nothing next to the copy, small enough for a
@@ -760,7 +760,7 @@ pub fn write_image(
         StreamLayout::NonZeroOnly => expected_len - zero_map.zero_bytes(),
     };
     let mut buf = AlignedBuf::new();
-    let mut hasher = Sha256::new();
+    let mut hasher = Context::new(&SHA256);
     let mut at = Progress {
         done: 0,
         total: expected_len,
@@ -840,7 +840,7 @@ pub fn write_image(
             expected: stream_len,
         });
     }
-    let actual = hex(&hasher.finalize());
+    let actual = hex(hasher.finish().as_ref());
     if actual != expected_sha256 {
         return Err(WriteError::ChecksumMismatch {
             expected: expected_sha256,
@@ -933,6 +933,7 @@ pub fn write_image_with_retries<R: Read>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
     use std::io::Cursor;
 
     const K64: u64 = 64 * 1024;
