@@ -346,6 +346,56 @@ fn fetch_raw(addr: SocketAddr, blksize: u16, window: u16, busy: bool) -> Result<
     }
 }
 
+/// Sends the RRQ from `sock`, waits for the OACK, connects `sock` to the
+/// server's TID and ACKs block 0; returns when the transfer started.
+fn open_connected(
+    sock: &UdpSocket,
+    addr: SocketAddr,
+    blksize: u16,
+    window: u16,
+) -> Result<Instant, Error> {
+    let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
+    let start = Instant::now();
+    sock.send_to(rrq.as_bytes(), addr)?;
+    let mut oack = [0u8; 512];
+    let (_, tid) = recv_datagram(sock, &mut oack, true)?;
+    if oack[..2] != [0, 6] {
+        return Err(format!("expected OACK, got {:?}", &oack[..16]).into());
+    }
+    sock.connect(tid)?;
+    sock.send(&[0, 4, 0, 0])?;
+    Ok(start)
+}
+
+/// ACKs `block` (wrapping, as the block numbers do) on the connected
+/// `sock`; returns when.
+fn ack(sock: &UdpSocket, block: usize) -> Result<Instant, Error> {
+    let b = (block as u16).to_be_bytes();
+    sock.send(&[0, 4, b[0], b[1]])?;
+    Ok(Instant::now())
+}
+
+/// What a client that kept the whole file in `file` measured: the length
+/// checked, the SHA-256 computed now, after the timed part.
+fn fetched(
+    secs: f64,
+    file: &[u8],
+    size: usize,
+    total: usize,
+    turnaround: &mut [f64],
+    receive: &mut [f64],
+) -> Result<RawFetch, Error> {
+    if total != size {
+        return Err(format!("{total} bytes received for a {size}-byte file").into());
+    }
+    Ok(RawFetch {
+        secs,
+        sha256: Sha256::digest(&file[..size]).to_vec(),
+        turnaround_us: median(turnaround),
+        receive_us: median(receive),
+    })
+}
+
 /// Receives into `msgs` (their iovecs already pointing at where each
 /// datagram goes) by polling `recvmmsg` until at least one datagram is
 /// there; returns how many came.
@@ -393,16 +443,7 @@ fn fetch_mmsg(addr: SocketAddr, blksize: u16, window: u16, size: usize) -> Resul
     // need clipping.
     let mut file = vec![0u8; size + blk * (win + 1)];
     let mut headers = vec![[0u8; 4]; win];
-    let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
-    let start = Instant::now();
-    sock.send_to(rrq.as_bytes(), addr)?;
-    let mut oack = [0u8; 512];
-    let (_, tid) = recv_datagram(&sock, &mut oack, true)?;
-    if oack[..2] != [0, 6] {
-        return Err(format!("expected OACK, got {:?}", &oack[..16]).into());
-    }
-    sock.connect(tid)?;
-    sock.send(&[0, 4, 0, 0])?;
+    let start = open_connected(&sock, addr, blksize, window)?;
     let mut acked_at = Instant::now();
     let mut turnaround = Vec::new();
     let mut receive = Vec::new();
@@ -457,24 +498,12 @@ fn fetch_mmsg(addr: SocketAddr, blksize: u16, window: u16, size: usize) -> Resul
         }
         receive.push((Instant::now() - first_at).as_secs_f64() * 1e6);
         received += got;
-        let b = (received as u16).to_be_bytes();
-        sock.send(&[0, 4, b[0], b[1]])?;
-        acked_at = Instant::now();
+        acked_at = ack(&sock, received)?;
         if last {
-            break;
+            let secs = start.elapsed().as_secs_f64();
+            return fetched(secs, &file, size, total, &mut turnaround, &mut receive);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    if total != size {
-        return Err(format!("{total} bytes received for a {size}-byte file").into());
-    }
-    let sha256 = Sha256::digest(&file[..size]).to_vec();
-    Ok(RawFetch {
-        secs,
-        sha256,
-        turnaround_us: median(&mut turnaround),
-        receive_us: median(&mut receive),
-    })
 }
 
 /// `UDP_GRO` (linux/udp.h): let the kernel hand a GSO send to this socket
@@ -512,16 +541,7 @@ fn fetch_gro(addr: SocketAddr, blksize: u16, window: u16, size: usize) -> Result
     let win = usize::from(window);
     let mut file = vec![0u8; size + blk * (win + 1)];
     let mut headers = vec![[0u8; 4]; win];
-    let rrq = format!("\x00\x01bench.bin\0octet\0blksize\0{blksize}\0windowsize\0{window}\0");
-    let start = Instant::now();
-    sock.send_to(rrq.as_bytes(), addr)?;
-    let mut oack = [0u8; 512];
-    let (_, tid) = recv_datagram(&sock, &mut oack, true)?;
-    if oack[..2] != [0, 6] {
-        return Err(format!("expected OACK, got {:?}", &oack[..16]).into());
-    }
-    sock.connect(tid)?;
-    sock.send(&[0, 4, 0, 0])?;
+    let start = open_connected(&sock, addr, blksize, window)?;
     let mut acked_at = Instant::now();
     let mut turnaround = Vec::new();
     let mut receive = Vec::new();
@@ -588,23 +608,12 @@ fn fetch_gro(addr: SocketAddr, blksize: u16, window: u16, size: usize) -> Result
         }
         receive.push((Instant::now() - first_at).as_secs_f64() * 1e6);
         received += got;
-        let b = (received as u16).to_be_bytes();
-        sock.send(&[0, 4, b[0], b[1]])?;
-        acked_at = Instant::now();
+        acked_at = ack(&sock, received)?;
         if last {
-            break;
+            let secs = start.elapsed().as_secs_f64();
+            return fetched(secs, &file, size, total, &mut turnaround, &mut receive);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    if total != size {
-        return Err(format!("{total} bytes received for a {size}-byte file").into());
-    }
-    Ok(RawFetch {
-        secs,
-        sha256: Sha256::digest(&file[..size]).to_vec(),
-        turnaround_us: median(&mut turnaround),
-        receive_us: median(&mut receive),
-    })
 }
 
 /// `--floor`: the least a lock-step server can do over this loopback. A
