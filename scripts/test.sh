@@ -41,6 +41,8 @@ PACKAGES+=(syslinux syslinux-common mtools fdisk e2fsprogs systemd-boot-efi)
 PACKAGES+=(dropbear-bin)
 # mdadm                             the RAID 1 deploy test examines its disks' md superblocks
 PACKAGES+=(mdadm)
+# debian-installer-12-netboot-amd64 python3   e2e_installer boots the real Debian installer; its mirror is http.server
+PACKAGES+=(debian-installer-12-netboot-amd64 python3)
 need=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need+=("$pkg")
