@@ -110,14 +110,19 @@ fn start_vm(lab: &Lab, name: &str, mac: &str) -> (PathBuf, Instant) {
 }
 
 /// The lab's network boot, with a name server in the DHCP answer as a
-/// site's DHCP has: without one the installer's netcfg asks for name servers
-/// at priority critical, before it fetches the preseed (which therefore
-/// cannot answer it). Nothing answers DNS in the lab; the mirror is an
+/// site's DHCP has (`dns`), or without one. Without one, the installer's
+/// netcfg asks for name servers at priority critical before it fetches the
+/// preseed (which therefore cannot answer it); Anvil's script answers it on
+/// the kernel command line. Nothing answers DNS in the lab; the mirror is an
 /// address, so the installer needs none.
-fn lab_toml(lab: &Lab) -> String {
+fn lab_toml(lab: &Lab, dns: bool) -> String {
     let toml = commission_lab::network_boot_toml(lab, "e2e");
     let lease = "lease_time_secs = 3600\n";
     assert!(toml.contains(lease), "{toml}");
+    if !dns {
+        assert!(!toml.contains("dns"), "{toml}");
+        return toml;
+    }
     toml.replacen(
         lease,
         &format!("{lease}dns = [\"{}\"]\n", lab.server_ip()),
@@ -252,6 +257,17 @@ fn ready_machine(anvil: &Anvil, mac: &str) -> String {
 
 #[test]
 fn debian_installer_boots_from_anvil_and_follows_its_preseed_to_the_mirror() {
+    installer_to_the_mirror(true);
+}
+
+/// A boot network whose DHCP offers no name server: the installer must not
+/// stop to ask for one.
+#[test]
+fn debian_installer_goes_on_without_a_name_server_from_dhcp() {
+    installer_to_the_mirror(false);
+}
+
+fn installer_to_the_mirror(dns: bool) {
     if e2e::prerequisites(false).is_none() {
         return;
     }
@@ -265,7 +281,7 @@ fn debian_installer_boots_from_anvil_and_follows_its_preseed_to_the_mirror() {
     }
     let t0 = Instant::now();
     let lab = Lab::new();
-    let anvil = Anvil::start(&lab, &lab_toml(&lab));
+    let anvil = Anvil::start(&lab, &lab_toml(&lab, dns));
     let mirror_ip = lab.addr(10);
     start_mirror(&lab, &mirror_ip);
 
@@ -295,7 +311,12 @@ fn debian_installer_boots_from_anvil_and_follows_its_preseed_to_the_mirror() {
     assert_eq!(st, 200, "{script}");
     let script = script.as_str().unwrap_or_default().to_string();
     let kernel_line = line(&script, "kernel ");
-    for a in ["auto=true", "priority=critical", "console=ttyS0,115200"] {
+    for a in [
+        "auto=true",
+        "priority=critical",
+        "console=ttyS0,115200",
+        "netcfg/get_nameservers=",
+    ] {
         assert!(
             kernel_line.split_whitespace().any(|w| w == a),
             "{a}: {kernel_line}"
@@ -409,7 +430,7 @@ fn debian_installer_boots_from_anvil_and_follows_its_preseed_to_the_mirror() {
     e2e::append_timing(
         "timings.txt",
         &format!(
-            "e2e-installer timing: debian-12 netboot qemu_start_to_mirror={:.1}s milestones: {} test_total={:.1}s",
+            "e2e-installer timing: debian-12 netboot dns_from_dhcp={dns} qemu_start_to_mirror={:.1}s milestones: {} test_total={:.1}s",
             to_mirror.as_secs_f64(),
             seen.iter()
                 .map(|(n, t)| format!("{n}={:.1}s", t.as_secs_f64()))
