@@ -1410,7 +1410,7 @@ mod tests {
         let Some(disk) = Loop::dirty(DISK) else {
             return;
         };
-        let probe = Target::open(&disk.dev).unwrap();
+        let probe = open_loop(&disk.dev);
         assert_eq!(probe.block.map(|b| b.1), Some(512));
         assert_eq!(probe.direct, Some(512));
         drop(probe);
@@ -1418,7 +1418,7 @@ mod tests {
         let all_direct = write_shapes(
             &|_| {
                 std::fs::write(&dev, vec![0xffu8; DISK]).unwrap();
-                (dev.clone(), Target::open(&dev).unwrap())
+                (dev.clone(), open_loop(&dev))
             },
             &[ZeroFill::BlockZeroOut, ZeroFill::WriteZeros],
         );
@@ -1508,6 +1508,25 @@ mod tests {
     }
 
     /// A loop device over a temporary file, detached (by its own name) on drop.
+    /// Opens a test's loop device, waiting out `EBUSY`: right after the
+    /// test wrote the device and closed it, the host's udev probes it (a
+    /// close after writing triggers that) and for a moment the exclusive
+    /// open is refused. The agent's ramdisk runs no udev.
+    fn open_loop(dev: &Path) -> Target {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Target::open(dev) {
+                Err(WriteError::Open { source, .. })
+                    if source.kind() == io::ErrorKind::ResourceBusy
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => return other.unwrap(),
+            }
+        }
+    }
+
     struct Loop {
         dev: PathBuf,
         _backing: tempfile::NamedTempFile,
@@ -1562,7 +1581,7 @@ mod tests {
             return;
         };
         let (data, zeros, sha) = image(LEN, &holes());
-        let mut target = Target::open(&disk.dev).unwrap();
+        let mut target = open_loop(&disk.dev);
         assert_eq!(target.block.map(|b| b.0), Some(DISK as u64));
         assert_eq!(target.zero_fill, ZeroFill::BlockZeroOut);
         // O_EXCL: a second writer (or a mount) is refused while we hold it.
@@ -1591,7 +1610,7 @@ mod tests {
         );
         // An image larger than the disk is refused before any write.
         let big = LEN as u64 + DISK as u64;
-        let mut target = Target::open(&disk.dev).unwrap();
+        let mut target = open_loop(&disk.dev);
         let e = write_image(
             Cursor::new(&data),
             StreamLayout::Full,
