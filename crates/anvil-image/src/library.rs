@@ -7,6 +7,7 @@
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
@@ -21,8 +22,12 @@ use crate::zeromap::{self, ZeroMapBuilder, ZeroMapReader};
 
 /// Size of the buffers passed from the reader thread to the writer.
 const CHUNK: usize = 4 << 20;
-/// Buffers in flight between the two: bounds memory at ~(DEPTH + 2) × CHUNK.
-const DEPTH: usize = 4;
+/// Buffers in the pool the reader fills and the stages give back: bounds the
+/// data in flight (and the import's memory) at BUFFERS × CHUNK.
+const BUFFERS: usize = 24;
+/// Messages that may wait for a stage. Most are zero runs, which hold no
+/// buffer; data messages are bounded by `BUFFERS`.
+const QUEUE: usize = 1024;
 /// zstd level: 1 compresses OS images nearly as well as 3 at twice the speed.
 const ZSTD_LEVEL: i32 = 1;
 static ZEROS: [u8; 256 * 1024] = [0; 256 * 1024];
@@ -223,12 +228,14 @@ impl ImageLibrary {
         let map_out = map_tmp
             .reopen()
             .map_err(Error::io("reopen", map_tmp.path()))?;
-        let (decoded_tx, decoded_rx) = sync_channel::<Result<Msg>>(DEPTH);
-        let (hashed_tx, hashed_rx) = sync_channel::<Result<Msg>>(DEPTH);
-        let (empty_tx, empty_rx) = sync_channel::<Vec<u8>>(2 * DEPTH + 3);
-        for _ in 0..2 * DEPTH + 3 {
-            empty_tx
-                .send(Vec::with_capacity(CHUNK + (2 << 20)))
+        // Messages are small (a shared buffer, or a zero run's length); what
+        // bounds the data in flight is the pool of buffers. Room for many
+        // messages lets the producer run through zero runs ahead of a busy
+        // stage instead of waiting for it.
+        let (to_write, from_producer) = sync_channel::<Result<Msg>>(QUEUE);
+        let (pool, empty_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+        for _ in 0..BUFFERS {
+            pool.send(Vec::with_capacity(CHUNK + (2 << 20)))
                 .expect("channel has room");
         }
         let data_path = data_tmp.path().to_owned();
@@ -239,27 +246,23 @@ impl ImageLibrary {
         };
         let (digest, written) = match hash_input {
             HashInput::Pipeline => std::thread::scope(|scope| {
-                scope.spawn(move || produce(source, decoded_tx, empty_rx, None));
-                let hasher = scope.spawn(move || hash(decoded_rx, hashed_tx));
-                let written = write(
-                    hashed_rx, empty_tx, data_out, &data_path, map_out, &map_path,
-                );
+                let (to_hash, hash_rx) = sync_channel::<Msg>(QUEUE);
+                scope.spawn(move || produce(source, to_write, Some(to_hash), empty_rx, pool, None));
+                let hasher = scope.spawn(move || hash(hash_rx));
+                let written = write(from_producer, data_out, &data_path, map_out, &map_path);
                 (hasher.join().map_err(|_| hash_panicked()), written)
             }),
             HashInput::Separate(second, file) => {
-                drop((hashed_tx, hashed_rx));
                 let stop = AtomicBool::new(false);
                 let pipeline_read = AtomicU64::new(0);
                 let (digest, written) = std::thread::scope(|scope| {
                     scope.spawn(|| {
-                        produce(source, decoded_tx, empty_rx, Some(&pipeline_read));
+                        produce(source, to_write, None, empty_rx, pool, Some(&pipeline_read));
                         pipeline_read.store(u64::MAX, Ordering::Relaxed);
                     });
                     let hasher =
                         scope.spawn(|| hash_source(second, &stop, &pipeline_read, HASH_LEAD));
-                    let written = write(
-                        decoded_rx, empty_tx, data_out, &data_path, map_out, &map_path,
-                    );
+                    let written = write(from_producer, data_out, &data_path, map_out, &map_path);
                     if written.is_err() {
                         stop.store(true, Ordering::Relaxed);
                     }
@@ -381,16 +384,56 @@ fn copy_stream(mut from: impl Read, to: &mut File, format: &'static str) -> Resu
 }
 
 enum Msg {
-    Data(Vec<u8>),
+    Data(Chunk),
     Zero(u64),
 }
 
-/// Reads `source` into buffers from `empty` and sends them on; counts the
-/// data bytes read in `read` (for the hash's separate reading to keep near).
+/// A buffer of decoded data, shared by the stages that read it (the writer,
+/// and the hash when it is fed from the pipeline); the last one to drop it
+/// gives it back to the pool the producer takes buffers from, so the data in
+/// flight stays bounded however far one stage runs ahead of the other.
+struct Chunk {
+    buf: Option<Arc<Vec<u8>>>,
+    pool: SyncSender<Vec<u8>>,
+}
+
+impl Chunk {
+    fn share(&self) -> Chunk {
+        Chunk {
+            buf: self.buf.clone(),
+            pool: self.pool.clone(),
+        }
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.buf.as_deref().map_or(&[], Vec::as_slice)
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // `into_inner` hands the buffer to exactly one of the last owners,
+        // even when they drop at the same moment.
+        if let Some(buf) = self.buf.take().and_then(Arc::into_inner) {
+            let _ = self.pool.try_send(buf);
+        }
+    }
+}
+
+/// Reads `source` into buffers from the pool (`empty`, refilled through
+/// `pool`) and sends each piece to the writer and, when the hash is a
+/// pipeline stage, to the hash too; counts the data bytes read in `read`
+/// (for the hash's separate reading to keep near). A read error goes to the
+/// writer, which reports it; the hash then just ends.
 fn produce<S: RawSource>(
     mut source: S,
-    decoded: SyncSender<Result<Msg>>,
+    to_write: SyncSender<Result<Msg>>,
+    to_hash: Option<SyncSender<Msg>>,
     empty: Receiver<Vec<u8>>,
+    pool: SyncSender<Vec<u8>>,
     read: Option<&AtomicU64>,
 ) {
     let mut spare = None;
@@ -409,17 +452,31 @@ fn produce<S: RawSource>(
             Ok(Some(Piece::Data)) if zeromap::is_zero(&buf) => {
                 let n = buf.len() as u64;
                 spare = Some(buf);
-                Ok(Msg::Zero(n))
+                Msg::Zero(n)
             }
-            Ok(Some(Piece::Data)) => Ok(Msg::Data(buf)),
+            Ok(Some(Piece::Data)) => Msg::Data(Chunk {
+                buf: Some(Arc::new(buf)),
+                pool: pool.clone(),
+            }),
             Ok(Some(Piece::Zero(n))) => {
                 spare = Some(buf);
-                Ok(Msg::Zero(n))
+                Msg::Zero(n)
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                let _ = to_write.send(Err(e));
+                return;
+            }
         };
-        let failed = msg.is_err();
-        if decoded.send(msg).is_err() || failed {
+        if let Some(to_hash) = &to_hash {
+            let copy = match &msg {
+                Msg::Data(chunk) => Msg::Data(chunk.share()),
+                Msg::Zero(n) => Msg::Zero(*n),
+            };
+            if to_hash.send(copy).is_err() {
+                return;
+            }
+        }
+        if to_write.send(Ok(msg)).is_err() {
             return;
         }
     }
@@ -509,17 +566,16 @@ fn hash_zeros(hasher: &mut Sha256, mut n: u64) {
     }
 }
 
-/// The sha256 stage: hashes each piece, then passes it on.
-fn hash(decoded: Receiver<Result<Msg>>, hashed: SyncSender<Result<Msg>>) -> [u8; 32] {
+/// The sha256 of the pieces the producer sends, in order. It runs beside
+/// the writer, not in front of it: while it grinds through a disk's zeros
+/// (as costly to hash as data) the producer and the compressor go on with
+/// the data that follows.
+fn hash(pieces: Receiver<Msg>) -> [u8; 32] {
     let mut hasher = Sha256::new();
-    for msg in decoded {
+    for msg in pieces {
         match &msg {
-            Ok(Msg::Data(buf)) => hasher.update(buf),
-            Ok(Msg::Zero(n)) => hash_zeros(&mut hasher, *n),
-            Err(_) => {}
-        }
-        if hashed.send(msg).is_err() {
-            break;
+            Msg::Data(buf) => hasher.update(&buf[..]),
+            Msg::Zero(n) => hash_zeros(&mut hasher, *n),
         }
     }
     hasher.finalize().into()
@@ -658,8 +714,7 @@ impl<W: Write> FrameWriter<W> {
 }
 
 fn write(
-    hashed: Receiver<Result<Msg>>,
-    empty: SyncSender<Vec<u8>>,
+    pieces: Receiver<Result<Msg>>,
     data_out: File,
     data_path: &Path,
     map_out: File,
@@ -676,7 +731,7 @@ fn write(
     let mut map =
         ZeroMapBuilder::new(map_out, zeromap::GRANULARITY).map_err(write_err(map_path))?;
     let mut head = Vec::with_capacity(partition::HEAD_LEN);
-    for msg in hashed {
+    for msg in pieces {
         match msg? {
             Msg::Data(buf) => {
                 if head.len() < partition::HEAD_LEN {
@@ -685,7 +740,6 @@ fn write(
                 }
                 map.data(&buf).map_err(write_err(map_path))?;
                 encoder.write_all(&buf).map_err(write_err(data_path))?;
-                let _ = empty.send(buf);
             }
             Msg::Zero(n) => {
                 if head.len() < partition::HEAD_LEN {
