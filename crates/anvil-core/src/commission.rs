@@ -371,6 +371,21 @@ impl App {
                 })
                 .await;
         }
+        self.follow_agent_run(job_id, m, run_id, purpose).await;
+    }
+
+    /// The rest of a run's job, once the machine is booting: wait for the
+    /// run to end, power off when the purpose asks for it, record the job's
+    /// outcome. Also where an instance taking over another's job starts
+    /// (`instances.rs`): the run itself lives in the store.
+    pub(crate) async fn follow_agent_run(
+        &self,
+        job_id: Uuid,
+        m: Machine,
+        run_id: Uuid,
+        purpose: AgentPurpose,
+    ) {
+        let has_power = m.bmc.is_some() && self.power.is_some();
         // The agent's reports and the watcher end the run; follow it. Woken
         // when any run ends (the store says whether it was this one), with
         // a slow poll as a safety net for runs ended by another instance.

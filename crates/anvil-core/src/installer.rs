@@ -840,7 +840,13 @@ impl App {
     /// (or asks the operator to), then follows the run until the installer
     /// calls back, the machine leaves `deploying`, or the deploy timeout
     /// fails it.
-    async fn run_installer_job(&self, job_id: Uuid, m: Machine, run_id: Uuid, actor: String) {
+    pub(crate) async fn run_installer_job(
+        &self,
+        job_id: Uuid,
+        m: Machine,
+        run_id: Uuid,
+        actor: String,
+    ) {
         let _ = self.store.start_job(job_id, now()).await;
         if m.bmc.is_some() && self.power.is_some() {
             if let Err(e) = self
@@ -863,6 +869,13 @@ impl App {
                 })
                 .await;
         }
+        self.follow_installer_run(job_id, m, run_id).await;
+    }
+
+    /// The rest of an installer deployment's job, once the machine is
+    /// booting: follow the run to its end and record the job's outcome.
+    /// Also where an instance taking over another's job starts.
+    pub(crate) async fn follow_installer_run(&self, job_id: Uuid, m: Machine, run_id: Uuid) {
         let outcome = loop {
             let ended = INSTALLER_RUN_ENDED.notified();
             tokio::pin!(ended);

@@ -13,6 +13,7 @@ pub mod deploy;
 mod error;
 pub mod images;
 pub mod installer;
+mod instances;
 mod machines;
 pub mod netbox;
 pub mod netconfig;
@@ -22,6 +23,7 @@ mod principals;
 
 pub use crypto::{KeyError, SecretBox};
 pub use error::{Error, Result, error_chain};
+pub use instances::Sweep;
 pub use principals::{AdminBootstrap, Principal, SessionCookie, SessionInfo};
 
 use anvil_store::Store;
@@ -51,12 +53,15 @@ pub struct App {
     commissioning: std::sync::Arc<commission::CommissioningConfig>,
     deploy: std::sync::Arc<deploy::DeployConfig>,
     netbox: Option<std::sync::Arc<netbox::NetboxCtl>>,
+    /// This process among the instances sharing the store (`instances.rs`).
+    instance: uuid::Uuid,
 }
 
 impl App {
     pub fn new(store: Store, secrets: SecretBox) -> Self {
+        let instance = uuid::Uuid::now_v7();
         App {
-            store,
+            store: store.for_instance(instance),
             secrets,
             session_ttl: time::Duration::hours(12),
             boot: std::sync::Arc::new(boot::BootState::new()),
@@ -66,6 +71,7 @@ impl App {
             commissioning: Default::default(),
             deploy: Default::default(),
             netbox: None,
+            instance,
         }
     }
 

@@ -681,11 +681,6 @@ impl App {
             }
         });
     }
-
-    /// Marks jobs of a previous run that never finished as failed.
-    pub async fn fail_orphaned_jobs(&self) -> Result<u64> {
-        Ok(self.store.fail_orphaned_jobs(now()).await?)
-    }
 }
 
 /// The MACs an enrolment names (`macs`): parsed, without repeats, at most 64.

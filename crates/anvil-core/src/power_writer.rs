@@ -17,7 +17,7 @@
 //! are retried for up to a minute (`RETRY_FOR`). A crash
 //! between the BMC answering and that commit (a few milliseconds) leaves
 //! the job `queued` or `running` in the store; the next start fails it as
-//! interrupted (`fail_orphaned_jobs`), so a result is never lost without a
+//! interrupted (`instances.rs`), so a result is never lost without a
 //! trace, and the power state is read again by the poller.
 
 use std::time::Duration;

@@ -345,6 +345,23 @@ impl Store {
         })
     }
 
+    /// The agent run a job follows.
+    pub async fn commissioning_run_for_job(&self, job_id: Uuid) -> Result<Option<RunRecord>> {
+        on_pool!(self, |p, _b| {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM commissioning_runs WHERE job_id = $1"
+            )))
+            .bind(job_id)
+            .fetch_optional(p)
+            .await
+            .map_err(query_err("get run of job"))?;
+            match row {
+                Some(row) => Ok(Some(run_from_row!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// A machine's runs, newest first.
     pub async fn commissioning_runs(&self, machine_id: Uuid, limit: u32) -> Result<Vec<RunRecord>> {
         on_pool!(self, |p, _b| {

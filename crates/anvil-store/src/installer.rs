@@ -249,6 +249,22 @@ impl Store {
         })
     }
 
+    /// The installer run a job follows.
+    pub async fn installer_run_for_job(&self, job_id: Uuid) -> Result<Option<InstallerRunRecord>> {
+        on_pool!(self, |p, _b| {
+            let sql = format!("SELECT {RUN_COLUMNS} FROM installer_runs WHERE job_id = $1");
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(job_id)
+                .fetch_optional(p)
+                .await
+                .map_err(query_err("get installer run of job"))?;
+            match row {
+                Some(row) => Ok(Some(run_from_row!(&row))),
+                None => Ok(None),
+            }
+        })
+    }
+
     /// The machine's latest installer run, whatever its state.
     pub async fn latest_installer_run(
         &self,

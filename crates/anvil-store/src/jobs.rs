@@ -48,6 +48,24 @@ macro_rules! job_from_row {
     }};
 }
 
+/// An Anvil instance on record (`anvil serve` process).
+#[derive(Debug, Clone)]
+pub struct InstanceRecord {
+    pub id: Uuid,
+    pub hostname: String,
+    pub started_at: OffsetDateTime,
+    pub seen_at: OffsetDateTime,
+    pub stopped_at: Option<OffsetDateTime>,
+}
+
+/// A queued or running job whose owner is gone, with that owner (`None`: not
+/// recorded).
+#[derive(Debug, Clone)]
+pub struct OrphanJob {
+    pub job: Job,
+    pub owner: Option<Uuid>,
+}
+
 /// One step of a job's life, for [`Store::apply_job_updates`], which writes
 /// many of them (of many jobs) in one transaction.
 #[derive(Debug, Clone)]
@@ -87,8 +105,8 @@ impl Store {
             let mut tx = p.begin_with(begin).await.map_err(query_err("begin"))?;
             for job in jobs {
                 sqlx::query(
-                    "INSERT INTO jobs (id, kind, machine_id, status, actor, params, result, error, created_at, started_at, finished_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    "INSERT INTO jobs (id, kind, machine_id, status, actor, params, result, error, created_at, started_at, finished_at, owner)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
                 )
                 .bind(job.id)
                 .bind(&job.kind)
@@ -101,6 +119,7 @@ impl Store {
                 .bind(Ts(job.created_at))
                 .bind(job.started_at.map(Ts))
                 .bind(job.finished_at.map(Ts))
+                .bind(self.instance)
                 .execute(&mut *tx)
                 .await
                 .map_err(query_err("insert job"))?;
@@ -261,20 +280,172 @@ impl Store {
         })
     }
 
-    /// Jobs a previous run left queued or running: after a restart they can
-    /// only be failed (the process that ran them is gone).
-    pub async fn fail_orphaned_jobs(&self, at: OffsetDateTime) -> Result<u64> {
+    /// This handle, stamping the jobs it inserts with `instance` as their
+    /// owner (see [`Store::orphaned_jobs`]).
+    pub fn for_instance(mut self, instance: Uuid) -> Store {
+        self.instance = Some(instance);
+        self
+    }
+
+    /// The instance this handle stamps its jobs with.
+    pub fn instance(&self) -> Option<Uuid> {
+        self.instance
+    }
+
+    /// Records a starting instance.
+    pub async fn register_instance(
+        &self,
+        id: Uuid,
+        hostname: &str,
+        at: OffsetDateTime,
+    ) -> Result<()> {
         let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
-            let done = sqlx::query(
-                "UPDATE jobs SET status = 'failed', error = 'interrupted: anvil restarted while the job ran', finished_at = $1
-                 WHERE status IN ('queued', 'running')",
+            sqlx::query(
+                "INSERT INTO instances (id, hostname, started_at, seen_at) VALUES ($1, $2, $3, $3)",
             )
+            .bind(id)
+            .bind(hostname)
             .bind(Ts(at))
             .execute(p)
             .await
-            .map_err(query_err("fail orphaned jobs"))?;
+            .map_err(query_err("register instance"))?;
+        });
+        Ok(())
+    }
+
+    /// The instance's heartbeat. `false` when it is no longer registered as
+    /// running (another instance took it for dead and its jobs over).
+    pub async fn instance_seen(&self, id: Uuid, at: OffsetDateTime) -> Result<bool> {
+        let _serialised = self.write_guard().await;
+        on_pool!(self, |p, _b| {
+            let done = sqlx::query(
+                "UPDATE instances SET seen_at = $1 WHERE id = $2 AND stopped_at IS NULL",
+            )
+            .bind(Ts(at))
+            .bind(id)
+            .execute(p)
+            .await
+            .map_err(query_err("instance heartbeat"))?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    /// Marks instances stopped: `id` alone (a clean shutdown), or every
+    /// instance but `id` (`others`: SQLite, where the file lock proves no
+    /// other process is using the database). Their queued and running jobs
+    /// become orphans at once.
+    pub async fn stop_instances(&self, id: Uuid, others: bool, at: OffsetDateTime) -> Result<u64> {
+        let _serialised = self.write_guard().await;
+        let sql = if others {
+            "UPDATE instances SET stopped_at = $1 WHERE id <> $2 AND stopped_at IS NULL"
+        } else {
+            "UPDATE instances SET stopped_at = $1 WHERE id = $2 AND stopped_at IS NULL"
+        };
+        on_pool!(self, |p, _b| {
+            let done = sqlx::query(sql)
+                .bind(Ts(at))
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err("stop instances"))?;
             Ok(done.rows_affected())
+        })
+    }
+
+    /// The instances on record, newest first.
+    pub async fn list_instances(&self) -> Result<Vec<InstanceRecord>> {
+        on_pool!(self, |p, _b| {
+            let rows = sqlx::query(
+                "SELECT id, hostname, started_at, seen_at, stopped_at FROM instances ORDER BY started_at DESC",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(query_err("list instances"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let started: Ts = row
+                    .try_get("started_at")
+                    .map_err(|e| corrupt("started_at", e))?;
+                let seen: Ts = row.try_get("seen_at").map_err(|e| corrupt("seen_at", e))?;
+                let stopped: Option<Ts> = row
+                    .try_get("stopped_at")
+                    .map_err(|e| corrupt("stopped_at", e))?;
+                out.push(InstanceRecord {
+                    id: row.try_get("id").map_err(|e| corrupt("id", e))?,
+                    hostname: row
+                        .try_get("hostname")
+                        .map_err(|e| corrupt("hostname", e))?,
+                    started_at: started.0,
+                    seen_at: seen.0,
+                    stopped_at: stopped.map(|t| t.0),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Forgets stopped instances (and silent ones) not seen since `before`
+    /// that own no queued or running job.
+    pub async fn prune_instances(&self, before: OffsetDateTime) -> Result<u64> {
+        let _serialised = self.write_guard().await;
+        on_pool!(self, |p, _b| {
+            let done = sqlx::query(
+                "DELETE FROM instances WHERE seen_at < $1
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.owner = instances.id AND jobs.status IN ('queued', 'running'))",
+            )
+            .bind(Ts(before))
+            .execute(p)
+            .await
+            .map_err(query_err("prune instances"))?;
+            Ok(done.rows_affected())
+        })
+    }
+
+    /// Queued and running jobs whose owner is not a live instance: stopped,
+    /// not seen since `live_since`, or unknown (jobs from before owners were
+    /// recorded). Oldest first.
+    pub async fn orphaned_jobs(&self, live_since: OffsetDateTime) -> Result<Vec<OrphanJob>> {
+        on_pool!(self, |p, _b| {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {JOB_COLUMNS}, owner FROM jobs
+                 WHERE status IN ('queued', 'running')
+                 AND (owner IS NULL OR owner NOT IN
+                      (SELECT id FROM instances WHERE stopped_at IS NULL AND seen_at >= $1))
+                 ORDER BY created_at, id"
+            )))
+            .bind(Ts(live_since))
+            .fetch_all(p)
+            .await
+            .map_err(query_err("list orphaned jobs"))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for row in &rows {
+                out.push(OrphanJob {
+                    job: job_from_row!(row),
+                    owner: row.try_get("owner").map_err(|e| corrupt("owner", e))?,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Makes `to` the owner of an orphaned job, if it is still queued or
+    /// running and still owned by `from`: of several instances sweeping at
+    /// once, exactly one takes each job.
+    pub async fn adopt_job(&self, id: Uuid, from: Option<Uuid>, to: Uuid) -> Result<bool> {
+        let _serialised = self.write_guard().await;
+        let sql = if from.is_some() {
+            "UPDATE jobs SET owner = $1 WHERE id = $2 AND status IN ('queued', 'running') AND owner = $3"
+        } else {
+            "UPDATE jobs SET owner = $1 WHERE id = $2 AND status IN ('queued', 'running') AND owner IS NULL"
+        };
+        on_pool!(self, |p, _b| {
+            let mut q = sqlx::query(sql).bind(to).bind(id);
+            if let Some(from) = from {
+                q = q.bind(from);
+            }
+            let done = q.execute(p).await.map_err(query_err("adopt job"))?;
+            Ok(done.rows_affected() == 1)
         })
     }
 

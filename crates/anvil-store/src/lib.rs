@@ -24,7 +24,7 @@ pub use commission::{AgentTokenRecord, FactsRecord, RunEnd, RunRecord, StepRecor
 pub use error::{Result, StoreError};
 pub use images::{ImageDelete, ImageRecord, ImageUser};
 pub use installer::{InstallerImageRecord, InstallerRunRecord};
-pub use jobs::JobUpdate;
+pub use jobs::{InstanceRecord, JobUpdate, OrphanJob};
 pub use machines::{EventFilter, MachineFilter, MachineWrite, NewEvent, SecretUpdate, SortKey};
 pub use netbox::{NetboxRun, NetboxRunCounts, OutboxEntry};
 pub use open::{Access, Backend, redact_url};
@@ -56,6 +56,9 @@ pub struct Store {
     /// SQLite: the connection DHCP lease batches are committed on (see
     /// `boot.rs`), opened on first use. `None` for PostgreSQL.
     lease_conn: Option<Arc<tokio::sync::Mutex<Option<sqlx::SqliteConnection>>>>,
+    /// The Anvil instance this handle works for: the owner stamped on the
+    /// jobs it inserts (`for_instance`). `None` for tools and tests.
+    instance: Option<uuid::Uuid>,
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool, once per backend.

@@ -104,6 +104,7 @@ impl Store {
             _lock: lock,
             writers: Some(Arc::new(tokio::sync::Mutex::new(()))),
             lease_conn: Some(Arc::new(tokio::sync::Mutex::new(None))),
+            instance: None,
         })
     }
 
@@ -134,6 +135,7 @@ impl Store {
             _lock: None,
             writers: None,
             lease_conn: None,
+            instance: None,
         })
     }
 }

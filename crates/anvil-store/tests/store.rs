@@ -868,10 +868,12 @@ async fn jobs_and_power_state(s: Store) {
     other.id = fresh;
     assert!(s.insert_jobs(&[other, again]).await.is_err());
     assert!(s.get_job(fresh).await.unwrap().is_none());
-    assert_eq!(s.fail_orphaned_jobs(at).await.unwrap(), 1);
+    s.finish_job(j2.id, Err("the BMC refused"), at)
+        .await
+        .unwrap();
     let failed = s.get_job(j2.id).await.unwrap().unwrap();
     assert_eq!(failed.status, JobStatus::Failed);
-    assert!(failed.error.unwrap().contains("restarted"));
+    assert_eq!(failed.error.as_deref(), Some("the BMC refused"));
     let listed = s.list_jobs(Some(m.id), 10).await.unwrap();
     assert_eq!(
         listed.iter().map(|j| j.id).collect::<Vec<_>>(),
@@ -2051,4 +2053,122 @@ mod job_updates_conformance {
         );
         s.apply_job_updates(&[]).await.unwrap();
     }
+}
+
+// Instances and job owners (migration 0009).
+mod instances_conformance {
+    use super::*;
+    conformance!(orphaned_jobs_are_those_of_gone_instances);
+}
+
+async fn orphaned_jobs_are_those_of_gone_instances(s: Store) {
+    use anvil_types::{Job, JobStatus};
+    let at = now();
+    let job = |kind: &str| Job {
+        id: Uuid::now_v7(),
+        kind: kind.into(),
+        machine_id: None,
+        status: JobStatus::Queued,
+        actor: "test".into(),
+        params: json!({}),
+        result: None,
+        error: None,
+        created_at: at,
+        started_at: None,
+        finished_at: None,
+    };
+    let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    for (id, host) in [(a, "a"), (b, "b"), (c, "c")] {
+        s.register_instance(id, host, at).await.unwrap();
+    }
+    let on_a = s.clone().for_instance(a);
+    let on_b = s.clone().for_instance(b);
+    assert_eq!(on_a.instance(), Some(a));
+    let (ja, jb, jb_done, unowned) = (job("deploy"), job("power-on"), job("power-off"), job("x"));
+    on_a.insert_job(&ja).await.unwrap();
+    on_b.insert_jobs(&[jb.clone(), jb_done.clone()])
+        .await
+        .unwrap();
+    s.insert_job(&unowned).await.unwrap();
+    on_b.finish_job(jb_done.id, Ok(&json!({})), at)
+        .await
+        .unwrap();
+    let orphan_ids = |v: Vec<anvil_store::OrphanJob>| -> Vec<(Uuid, Option<Uuid>)> {
+        v.into_iter().map(|o| (o.job.id, o.owner)).collect()
+    };
+
+    // All three instances live: only the job without an owner is an orphan.
+    let live_since = at - time::Duration::seconds(60);
+    assert_eq!(
+        orphan_ids(s.orphaned_jobs(live_since).await.unwrap()),
+        [(unowned.id, None)]
+    );
+    // b stops cleanly: its unfinished job (not the finished one) is orphaned.
+    assert_eq!(s.stop_instances(b, false, at).await.unwrap(), 1);
+    assert!(
+        !s.instance_seen(b, at).await.unwrap(),
+        "a stopped instance stays stopped"
+    );
+    assert_eq!(
+        orphan_ids(s.orphaned_jobs(live_since).await.unwrap()),
+        [(jb.id, Some(b)), (unowned.id, None)]
+    );
+    // a falls silent: once `live_since` passes its last heartbeat, its job
+    // is an orphan too; a heartbeat makes it live again.
+    let later = at + time::Duration::seconds(120);
+    assert!(s.instance_seen(c, later).await.unwrap());
+    let live_since = later - time::Duration::seconds(60);
+    assert_eq!(
+        orphan_ids(s.orphaned_jobs(live_since).await.unwrap()),
+        [(ja.id, Some(a)), (jb.id, Some(b)), (unowned.id, None)]
+    );
+    assert!(s.instance_seen(a, later).await.unwrap());
+    assert_eq!(s.orphaned_jobs(live_since).await.unwrap().len(), 2);
+
+    // Taking over is a compare-and-set on the owner: one instance wins.
+    assert!(s.adopt_job(jb.id, Some(b), c).await.unwrap());
+    assert!(
+        !s.adopt_job(jb.id, Some(b), a).await.unwrap(),
+        "taken already"
+    );
+    assert!(s.adopt_job(unowned.id, None, c).await.unwrap());
+    assert!(!s.adopt_job(unowned.id, None, a).await.unwrap());
+    assert!(s.orphaned_jobs(live_since).await.unwrap().is_empty());
+    // A finished job is nobody's to take.
+    assert!(!s.adopt_job(jb_done.id, Some(b), c).await.unwrap());
+
+    // On SQLite a starting instance stops all others at once.
+    assert_eq!(
+        s.stop_instances(c, true, later).await.unwrap(),
+        1,
+        "a; b was stopped"
+    );
+    assert_eq!(
+        orphan_ids(s.orphaned_jobs(live_since).await.unwrap()),
+        [(ja.id, Some(a))]
+    );
+    let listed = s.list_instances().await.unwrap();
+    assert_eq!(listed.len(), 3);
+    let of = |id| listed.iter().find(|i| i.id == id).unwrap();
+    assert!(of(a).stopped_at.is_some() && of(b).stopped_at.is_some());
+    assert!(of(c).stopped_at.is_none());
+    assert_eq!(of(c).hostname, "c");
+
+    // Pruning forgets old instances that own no unfinished job: b (its job
+    // went to c), not a (its job is still queued), not c (seen since).
+    let much_later = later + time::Duration::days(8);
+    assert_eq!(
+        s.prune_instances(much_later - time::Duration::days(7))
+            .await
+            .unwrap(),
+        1
+    );
+    let left: Vec<Uuid> = s
+        .list_instances()
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.id)
+        .collect();
+    assert!(left.contains(&a) && left.contains(&c) && !left.contains(&b));
 }

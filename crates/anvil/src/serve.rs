@@ -71,14 +71,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(n) => app.with_netbox(n.settings()?),
         None => app,
     };
-    match app.fail_orphaned_jobs().await {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            jobs = n,
-            "marked jobs interrupted by the last shutdown as failed"
+    // This process joins the instances sharing the store; the jobs that
+    // stopped instances left are taken over (runs' jobs followed on, the
+    // rest failed as interrupted).
+    match app.start_instance().await {
+        Ok(sweep) if sweep == Default::default() => {}
+        Ok(sweep) => tracing::warn!(
+            resumed = sweep.resumed,
+            failed = sweep.failed,
+            "took over the jobs a stopped instance left unfinished"
         ),
-        Err(e) => tracing::warn!(error = %e, "cannot clean up interrupted jobs"),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "cannot register this instance or take over orphaned jobs")
+        }
     }
+    let instance = app.clone();
 
     match app
         .bootstrap_admin(&cfg.data_dir)
@@ -218,6 +225,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         }
     }
     tracing::info!("shutting down");
+    if let Err(e) = instance.stop_instance().await {
+        tracing::warn!(error = %format!("{e:#}"), "cannot mark this instance stopped");
+    }
     store.close().await;
     outcome
 }

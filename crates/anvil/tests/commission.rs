@@ -978,3 +978,140 @@ async fn on_discovery_an_unknown_machine_is_commissioned_in_its_first_boot() {
     assert!(events.contains("commission.on-discovery"), "{events}");
     assert!(!events.contains("commission.manual-power"), "{events}");
 }
+
+/// Anvil crashes (SIGKILL) in the middle of a commissioning run and is
+/// started again on the same data directory. The run's job is not failed:
+/// the new process takes it over (the run lives in the store), the agent
+/// goes on where it was, and the job ends with the run. A power job left
+/// hanging on a BMC that never answers is failed as interrupted: whether
+/// its BMC call happened cannot be known.
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_crash_a_run_job_goes_on_and_a_power_job_is_failed_as_interrupted() {
+    let mut s = Server::start();
+    let mac = "52:54:00:c0:0e:01";
+    // A "BMC" that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_addr = format!("http://{}", silent.local_addr().unwrap());
+    let (run_job, power_job, token) = {
+        let api = Api::new(&s);
+        api.create_machine("rs-1", mac).await;
+        let (st, job) = api.post("/machines/rs-1/actions/commission", None).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+        let token = api.boot_token(mac).await;
+        let agent = Agent {
+            api: &api,
+            token: token.clone(),
+        };
+        assert_eq!(agent.register(mac).await.0, StatusCode::OK);
+
+        let (st, m) = api
+            .post(
+                "/machines",
+                Some(json!({"hostname": "rs-2", "interfaces": [{"mac": "52:54:00:c0:0e:02"}],
+                    "bmc": {"driver": "redfish", "address": silent_addr, "username": "u", "password": "p"}})),
+            )
+            .await;
+        assert_eq!(st, StatusCode::CREATED, "{m}");
+        let (st, power) = api.post("/machines/rs-2/actions/power-on", None).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{power}");
+        let id = power["id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while api.get(&format!("/jobs/{id}")).await.1["status"] != "running" {
+            assert!(Instant::now() < deadline, "the power job did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (job["id"].as_str().unwrap().to_string(), id, token)
+    };
+
+    // Crash: no clean shutdown, nothing marked.
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+    let (child, url) = common::spawn_serve(s.data_path(), &[]);
+    (s.child, s.url) = (child, url);
+    let api = Api::new(&s);
+
+    let (_, j) = api.get(&format!("/jobs/{run_job}")).await;
+    assert_eq!(j["status"], "running", "the run's job goes on: {j}");
+    let (_, p) = api.get(&format!("/jobs/{power_job}")).await;
+    assert_eq!(p["status"], "failed", "{p}");
+    assert_eq!(
+        p["error"], "interrupted: the anvil instance running it stopped",
+        "{p}"
+    );
+
+    // The agent never noticed: it goes on with the new process.
+    let agent = Agent { api: &api, token };
+    let ack = agent
+        .inventory(facts(mac, &[("vda", "VIRTIO-1", 10 << 30)]))
+        .await;
+    assert_eq!(ack["run_state"], "succeeded", "{ack}");
+    let j = api.wait_job(&run_job, Duration::from_secs(10)).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    assert_eq!(j["result"]["run"], 1, "{j}");
+    assert_eq!(api.state("rs-1").await.0, "ready");
+    drop(silent);
+}
+
+/// Two instances share one PostgreSQL database. Starting the second does
+/// not fail the first one's running job (it used to: every start failed
+/// all running jobs); once the first stops, the second takes its run's job
+/// over and ends it with the run.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_instance_leaves_a_live_ones_jobs_alone_and_takes_them_over_when_it_stops() {
+    let Ok(admin_url) = std::env::var("ANVIL_TEST_POSTGRES_URL") else {
+        if std::env::var("ANVIL_SKIP_POSTGRES").as_deref() == Ok("1") {
+            return;
+        }
+        panic!("ANVIL_TEST_POSTGRES_URL is not set: run scripts/test.sh");
+    };
+    use sqlx::Executor;
+    let db = format!("anvil_instances_{}", uuid::Uuid::new_v4().simple());
+    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+        .await
+        .unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+        .await
+        .unwrap();
+    let url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
+
+    let mut first = Server::start_with(&["--database-url", &url]);
+    let mac = "52:54:00:c0:0e:11";
+    let (run_job, token) = {
+        let api = Api::new(&first);
+        api.create_machine("pg-rs-1", mac).await;
+        let (st, job) = api.post("/machines/pg-rs-1/actions/commission", None).await;
+        assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+        let token = api.boot_token(mac).await;
+        let agent = Agent {
+            api: &api,
+            token: token.clone(),
+        };
+        assert_eq!(agent.register(mac).await.0, StatusCode::OK);
+        (job["id"].as_str().unwrap().to_string(), token)
+    };
+
+    let second = Server::start_with(&["--database-url", &url]);
+    let api2 = Api::new(&second);
+    let (_, j) = api2.get(&format!("/jobs/{run_job}")).await;
+    assert_eq!(j["status"], "running", "a live instance's job: {j}");
+
+    // The first instance stops cleanly; the second takes the job over at
+    // its next look for orphans (every 15 s).
+    first.terminate();
+    let agent = Agent { api: &api2, token };
+    let ack = agent
+        .inventory(facts(mac, &[("vda", "VIRTIO-1", 10 << 30)]))
+        .await;
+    assert_eq!(ack["run_state"], "succeeded", "{ack}");
+    let j = api2.wait_job(&run_job, Duration::from_secs(40)).await;
+    assert_eq!(j["status"], "succeeded", "{j}");
+    let log = std::fs::read_to_string(second.data_path().join("serve.log")).unwrap();
+    assert!(log.contains("took over a run's job"), "{log}");
+
+    drop((first, second));
+    let _ = c
+        .execute(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {db} WITH (FORCE)"
+        )))
+        .await;
+}
