@@ -20,3 +20,12 @@ ALTER TABLE jobs ADD COLUMN owner BLOB;
 -- A taken-over job finds the run it follows by the run's job_id.
 CREATE INDEX commissioning_runs_job ON commissioning_runs (job_id);
 CREATE INDEX installer_runs_job ON installer_runs (job_id);
+
+-- One NetBox sync at a time across instances: a sync records its instance,
+-- and at most one run is 'running' (a second waits for it). Runs left
+-- running by a server that stopped before this migration are closed first.
+ALTER TABLE netbox_sync_runs ADD COLUMN owner BLOB;
+UPDATE netbox_sync_runs SET status = 'failed', finished_at = started_at,
+    error = 'the server stopped during the sync' WHERE status = 'running';
+CREATE UNIQUE INDEX netbox_sync_runs_one_running ON netbox_sync_runs (status)
+    WHERE status = 'running';

@@ -106,6 +106,22 @@ impl App {
         Ok(())
     }
 
+    /// Whether this instance does the work only one instance should do (the
+    /// NetBox sync and write-back, the power poller): the longest-running
+    /// live instance does. An instance that is not registered (a test, a
+    /// tool) counts as alone. When the leader stops, the next one takes
+    /// over within [`SILENT_FOR`] (at once after a clean stop).
+    pub(crate) async fn is_leader(&self) -> bool {
+        match self.store.instance_leader(now() - SILENT_FOR).await {
+            Ok(Some(leader)) => leader == self.instance,
+            Ok(None) => true,
+            Err(e) => {
+                tracing::warn!(error = %crate::error_chain(&e), "cannot tell which instance leads");
+                false
+            }
+        }
+    }
+
     /// Takes over the orphaned jobs: follows those of runs, fails the rest.
     pub async fn sweep_orphans(&self) -> Result<Sweep> {
         let live_since = now() - SILENT_FOR;

@@ -189,13 +189,44 @@ impl App {
             })?
     }
 
+    /// Records the start of a sync run, once no other sync is running: one
+    /// at a time, here or on another instance (the store allows one
+    /// `running` run). Called with `ctl.running` held, so a run of this
+    /// instance still `running` is a leftover; those and the runs of gone
+    /// instances are closed first.
+    async fn begin_netbox_run(&self, kind: &str, dry_run: bool) -> Result<i64> {
+        let waited = Instant::now();
+        loop {
+            let live_since = now() - crate::instances::SILENT_FOR;
+            let closed = self
+                .store
+                .netbox_fail_running(now(), live_since, self.instance)
+                .await?;
+            if closed > 0 {
+                tracing::warn!(
+                    runs = closed,
+                    "closed NetBox runs of an instance that stopped"
+                );
+            }
+            if let Some(run) = self.store.netbox_run_start(kind, dry_run, now()).await? {
+                return Ok(run);
+            }
+            if waited.elapsed() > Duration::from_secs(3600) {
+                return Err(Error::Netbox(
+                    "another instance's NetBox sync has been running for an hour; not starting a second".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     async fn netbox_sync_to_end(&self, by: &Principal, dry_run: bool) -> Result<SyncReport> {
         let ctl = self.netbox_ctl()?.clone();
         let _one = ctl.running.lock().await;
         let kind = if dry_run { "dry-run" } else { "full" };
         tracing::info!(actor = %by.actor(), kind, "NetBox sync started");
         let started = Instant::now();
-        let run = self.store.netbox_run_start(kind, dry_run, now()).await?;
+        let run = self.begin_netbox_run(kind, dry_run).await?;
         // Outbox entries older than this read are covered by it.
         let covered: Vec<Uuid> = self
             .store
@@ -579,7 +610,7 @@ impl App {
         let ctl = self.netbox_ctl()?.clone();
         let _one = ctl.running.lock().await;
         let started = Instant::now();
-        let run = self.store.netbox_run_start(kind, false, now()).await?;
+        let run = self.begin_netbox_run(kind, false).await?;
         let client = &ctl.settings.client;
         let scoped = ctl.settings.scope != Scope::default();
         let mut devices = Vec::new();
@@ -759,9 +790,6 @@ impl App {
         };
         let app = self.clone();
         tokio::spawn(async move {
-            if let Err(e) = app.store.netbox_fail_running(now()).await {
-                tracing::warn!(error = %crate::error_chain(&e), "cannot close interrupted NetBox runs");
-            }
             let interval = ctl.settings.interval.max(Duration::from_secs(1));
             let tick = Duration::from_secs(2).min(interval);
             let mut next_full = Instant::now();
@@ -769,6 +797,12 @@ impl App {
             let mut outbox_failures = 0u32;
             let mut next_outbox = Instant::now();
             loop {
+                // One instance syncs: two would write the same changes to
+                // NetBox twice. The others stay ready to take over.
+                if !app.is_leader().await {
+                    tokio::time::sleep(tick).await;
+                    continue;
+                }
                 if Instant::now() >= next_full {
                     match app.netbox_sync(&Principal::System, false).await {
                         Ok(r) if r.error.is_none() => {

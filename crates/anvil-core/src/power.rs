@@ -661,6 +661,10 @@ impl App {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(ctl.limits.poll_interval).await;
+                // One instance polls; the others would only repeat its reads.
+                if !app.is_leader().await {
+                    continue;
+                }
                 let ids = match app.store.machines_with_bmc().await {
                     Ok(ids) => ids,
                     Err(e) => {

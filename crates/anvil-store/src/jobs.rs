@@ -385,6 +385,22 @@ impl Store {
         })
     }
 
+    /// The instance that runs the work only one instance should do (the
+    /// NetBox sync, the power poller): the longest-running live one, i.e.
+    /// not stopped and seen since `live_since`. `None` when none is live.
+    pub async fn instance_leader(&self, live_since: OffsetDateTime) -> Result<Option<Uuid>> {
+        on_pool!(self, |p, _b| {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM instances WHERE stopped_at IS NULL AND seen_at >= $1
+                 ORDER BY started_at, id LIMIT 1",
+            )
+            .bind(Ts(live_since))
+            .fetch_optional(p)
+            .await
+            .map_err(query_err("find the leading instance"))
+        })
+    }
+
     /// Forgets stopped instances (and silent ones) not seen since `before`
     /// that own no queued or running job.
     pub async fn prune_instances(&self, before: OffsetDateTime) -> Result<u64> {

@@ -1,7 +1,7 @@
 //! NetBox synchronisation: machine ↔ device links, sync runs, the
 //! write-back outbox and cursors.
 
-use crate::error::{Result, corrupt, query_err};
+use crate::error::{Result, StoreError, corrupt, query_err};
 use crate::ts::Ts;
 use crate::{Store, on_pool};
 use sqlx::Row;
@@ -154,18 +154,26 @@ impl Store {
         kind: &str,
         dry_run: bool,
         at: OffsetDateTime,
-    ) -> Result<i64> {
+    ) -> Result<Option<i64>> {
         let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
-            sqlx::query_scalar::<_, i64>(
-                "INSERT INTO netbox_sync_runs (kind, dry_run, status, started_at) VALUES ($1, $2, 'running', $3) RETURNING id",
+            let started = sqlx::query_scalar::<_, i64>(
+                "INSERT INTO netbox_sync_runs (kind, dry_run, status, started_at, owner) VALUES ($1, $2, 'running', $3, $4) RETURNING id",
             )
             .bind(kind)
             .bind(dry_run)
             .bind(Ts(at))
+            .bind(self.instance)
             .fetch_one(p)
             .await
-            .map_err(query_err("start netbox run"))
+            .map_err(query_err("start netbox run"));
+            match started {
+                Ok(id) => Ok(Some(id)),
+                // The one-running index: another sync (here or on another
+                // instance) has not ended yet.
+                Err(StoreError::Duplicate { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
         })
     }
 
@@ -223,14 +231,26 @@ impl Store {
         })
     }
 
-    /// Marks runs left `running` by a stopped server as failed.
-    pub async fn netbox_fail_running(&self, at: OffsetDateTime) -> Result<u64> {
+    /// Marks runs left `running` as failed: those of instances that are gone
+    /// (stopped, not seen since `live_since`, or unknown) and those of `me`,
+    /// the caller, which must hold its own one-sync-at-a-time lock: a run of
+    /// its own still `running` then is one whose end could not be recorded.
+    pub async fn netbox_fail_running(
+        &self,
+        at: OffsetDateTime,
+        live_since: OffsetDateTime,
+        me: Uuid,
+    ) -> Result<u64> {
         let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
             let done = sqlx::query(
-                "UPDATE netbox_sync_runs SET status = 'failed', finished_at = $1, error = 'the server stopped during the sync' WHERE status = 'running'",
+                "UPDATE netbox_sync_runs SET status = 'failed', finished_at = $1, error = 'the server stopped during the sync'
+                 WHERE status = 'running' AND (owner IS NULL OR owner = $3 OR owner NOT IN
+                     (SELECT id FROM instances WHERE stopped_at IS NULL AND seen_at >= $2))",
             )
             .bind(Ts(at))
+            .bind(Ts(live_since))
+            .bind(me)
             .execute(p)
             .await
             .map_err(query_err("fail running netbox runs"))?;

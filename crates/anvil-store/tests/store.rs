@@ -1447,10 +1447,17 @@ async fn netbox_links_runs_outbox_and_cursors(s: Store) {
         .unwrap();
     assert!(s.netbox_links().await.unwrap().is_empty());
 
-    // Runs.
-    let r1 = s.netbox_run_start("full", false, at).await.unwrap();
-    let r2 = s.netbox_run_start("full", true, at).await.unwrap();
-    assert!(r2 > r1);
+    // Runs: one at a time.
+    let r1 = s
+        .netbox_run_start("full", false, at)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        s.netbox_run_start("full", true, at).await.unwrap(),
+        None,
+        "a second sync waits for the running one"
+    );
     let counts = NetboxRunCounts {
         created: 3,
         updated: 2,
@@ -1463,6 +1470,8 @@ async fn netbox_links_runs_outbox_and_cursors(s: Store) {
     s.netbox_run_finish(r1, at, counts, None, &report)
         .await
         .unwrap();
+    let r2 = s.netbox_run_start("full", true, at).await.unwrap().unwrap();
+    assert!(r2 > r1);
     s.netbox_run_finish(
         r2,
         at,
@@ -1481,10 +1490,47 @@ async fn netbox_links_runs_outbox_and_cursors(s: Store) {
     assert!(!runs[1].dry_run && runs[0].dry_run);
     assert_eq!(runs[0].status, "failed");
     assert_eq!(runs[0].error.as_deref(), Some("NetBox is down"));
-    let r3 = s.netbox_run_start("webhook", false, at).await.unwrap();
+    // A run of a live instance is left alone by another instance; once that
+    // instance is stopped, or by the instance itself (holding its sync
+    // lock), it is closed as failed.
+    let (live, other) = (Uuid::now_v7(), Uuid::now_v7());
+    s.register_instance(live, "live", at).await.unwrap();
+    s.register_instance(other, "other", at).await.unwrap();
+    let r3 = s
+        .clone()
+        .for_instance(live)
+        .netbox_run_start("webhook", false, at)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(s.netbox_runs(Some("webhook"), 10).await.unwrap()[0].id, r3);
     assert_eq!(s.netbox_runs(Some("webhook"), 10).await.unwrap().len(), 1);
-    assert_eq!(s.netbox_fail_running(at).await.unwrap(), 1);
+    let live_since = at - time::Duration::seconds(60);
+    assert_eq!(
+        s.netbox_fail_running(at, live_since, other).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        s.netbox_fail_running(at, live_since, live).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        s.netbox_runs(Some("webhook"), 1).await.unwrap()[0].status,
+        "failed"
+    );
+    let r4 = s
+        .clone()
+        .for_instance(live)
+        .netbox_run_start("webhook", false, at)
+        .await
+        .unwrap()
+        .unwrap();
+    s.stop_instances(live, false, at).await.unwrap();
+    assert_eq!(
+        s.netbox_fail_running(at, live_since, other).await.unwrap(),
+        1
+    );
+    assert_eq!(s.netbox_runs(Some("webhook"), 1).await.unwrap()[0].id, r4);
     assert_eq!(
         s.netbox_runs(Some("webhook"), 1).await.unwrap()[0].status,
         "failed"
@@ -2061,6 +2107,10 @@ mod instances_conformance {
     conformance!(orphaned_jobs_are_those_of_gone_instances);
 }
 
+fn much_later_fn(t: OffsetDateTime) -> OffsetDateTime {
+    t + time::Duration::days(1)
+}
+
 async fn orphaned_jobs_are_those_of_gone_instances(s: Store) {
     use anvil_types::{Job, JobStatus};
     let at = now();
@@ -2125,6 +2175,10 @@ async fn orphaned_jobs_are_those_of_gone_instances(s: Store) {
     assert!(s.instance_seen(a, later).await.unwrap());
     assert_eq!(s.orphaned_jobs(live_since).await.unwrap().len(), 2);
 
+    // The leader is the longest-running live instance: a (started first)
+    // while it is live, c once a is silent.
+    assert_eq!(s.instance_leader(live_since).await.unwrap(), Some(a));
+
     // Taking over is a compare-and-set on the owner: one instance wins.
     assert!(s.adopt_job(jb.id, Some(b), c).await.unwrap());
     assert!(
@@ -2146,6 +2200,12 @@ async fn orphaned_jobs_are_those_of_gone_instances(s: Store) {
     assert_eq!(
         orphan_ids(s.orphaned_jobs(live_since).await.unwrap()),
         [(ja.id, Some(a))]
+    );
+    assert_eq!(s.instance_leader(live_since).await.unwrap(), Some(c));
+    assert_eq!(
+        s.instance_leader(much_later_fn(later)).await.unwrap(),
+        None,
+        "nobody seen since"
     );
     let listed = s.list_instances().await.unwrap();
     assert_eq!(listed.len(), 3);
