@@ -504,3 +504,35 @@ pub struct BulkSelector {
 pub struct JobList {
     pub items: Vec<Job>,
 }
+
+/// An `anvil serve` process sharing the database (several share one
+/// PostgreSQL database; SQLite has one at a time).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    pub id: Uuid,
+    /// The host it runs on.
+    pub hostname: String,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub started_at: time::OffsetDateTime,
+    /// Its last heartbeat (every 5 s while it runs).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub seen_at: time::OffsetDateTime,
+    /// When it stopped cleanly, or was taken for gone by another instance.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub stopped_at: Option<time::OffsetDateTime>,
+    /// Running and heard from within the last 60 s: its jobs are its own.
+    pub live: bool,
+    /// The live instance that runs the NetBox sync and the power poller.
+    pub leader: bool,
+    /// The instance that answered this request.
+    pub this: bool,
+}
+
+/// The instances on record, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceList {
+    pub items: Vec<Instance>,
+}

@@ -63,6 +63,7 @@ pub fn router(app: App) -> Router {
         .route("/actions/{action}", post(bulk_action))
         .route("/jobs", get(list_jobs))
         .route("/jobs/{id}", get(get_job))
+        .route("/instances", get(list_instances))
         .route("/enroll", post(enroll))
         .route("/discovery/callhome", post(call_home))
         .route("/events", get(events))
@@ -107,7 +108,7 @@ async fn method_not_allowed() -> ApiError {
         whoami, list_machines, create_machine, get_machine, update_machine, delete_machine,
         change_state, machine_events, list_interfaces, add_interface, update_interface,
         delete_interface, machine_action, bulk_action, machine_jobs, list_jobs, get_job, refresh_power, enroll, boot_timeline, list_leases, call_home, events, list_tokens, create_token, revoke_token, list_users,
-        create_user, set_password,
+        create_user, set_password, list_instances,
     ),
     components(schemas(Problem)),
     modifiers(&BearerAuth),
@@ -118,6 +119,7 @@ async fn method_not_allowed() -> ApiError {
         (name = "boot", description = "Network boot: leases, boot timelines, discovery"),
         (name = "power", description = "BMCs: enrolment, power actions as jobs"),
         (name = "auth", description = "Users and API tokens"),
+        (name = "system", description = "The Anvil instances sharing the database"),
     )
 )]
 pub struct ApiDoc;
@@ -507,6 +509,16 @@ async fn machine_jobs(
 async fn list_jobs(State(app): State<App>, Auth(_caller): Auth) -> ApiResult<J<JobList>> {
     Ok(axum::Json(JobList {
         items: app.list_jobs(None, 100).await?,
+    }))
+}
+
+/// The `anvil serve` instances sharing the database: which are live (their
+/// jobs are their own), which one runs the NetBox sync and the power poller,
+/// and which one answered.
+#[utoipa::path(get, path = "/instances", tag = "system", responses((status = 200, body = InstanceList)))]
+async fn list_instances(State(app): State<App>, Auth(_caller): Auth) -> ApiResult<J<InstanceList>> {
+    Ok(axum::Json(InstanceList {
+        items: app.list_instances().await?,
     }))
 }
 

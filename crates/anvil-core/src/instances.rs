@@ -122,6 +122,28 @@ impl App {
         }
     }
 
+    /// The instances on record, which of them are live and which leads.
+    pub async fn list_instances(&self) -> Result<Vec<anvil_api_types::Instance>> {
+        let live_since = now() - SILENT_FOR;
+        let leader = self.store.instance_leader(live_since).await?;
+        Ok(self
+            .store
+            .list_instances()
+            .await?
+            .into_iter()
+            .map(|i| anvil_api_types::Instance {
+                live: i.stopped_at.is_none() && i.seen_at >= live_since,
+                leader: leader == Some(i.id),
+                this: i.id == self.instance,
+                id: i.id,
+                hostname: i.hostname,
+                started_at: i.started_at,
+                seen_at: i.seen_at,
+                stopped_at: i.stopped_at,
+            })
+            .collect())
+    }
+
     /// Takes over the orphaned jobs: follows those of runs, fails the rest.
     pub async fn sweep_orphans(&self) -> Result<Sweep> {
         let live_since = now() - SILENT_FOR;

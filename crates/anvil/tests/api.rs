@@ -501,3 +501,52 @@ async fn postgres_backend_serves_the_api() {
         )))
         .await;
 }
+
+/// `GET /instances`: the running server is live, leads and answers; after a
+/// restart on the same SQLite file the old process is listed as stopped and
+/// the new one has taken its place.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_list_the_live_leader_and_the_stopped_ones() {
+    let mut s = Server::start();
+    let c = client();
+    let get = |s: &Server| {
+        let req = c.get(s.api("/instances")).bearer_auth(&s.token);
+        async move {
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.unwrap()["items"]
+                .as_array()
+                .unwrap()
+                .clone()
+        }
+    };
+    let first = get(&s).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let me = &first[0];
+    assert_eq!(
+        (&me["live"], &me["leader"], &me["this"]),
+        (&json!(true), &json!(true), &json!(true)),
+        "{me}"
+    );
+    assert!(me["stopped_at"].is_null() && !me["hostname"].as_str().unwrap().is_empty());
+
+    s.terminate();
+    let (child, url) = common::spawn_serve(s.data_path(), &[]);
+    (s.child, s.url) = (child, url);
+    let both = get(&s).await;
+    assert_eq!(both.len(), 2, "{both:?}");
+    let (new, old) = (&both[0], &both[1]);
+    assert_eq!(old["id"], me["id"]);
+    assert!(
+        old["stopped_at"].is_string(),
+        "a clean stop is recorded: {old}"
+    );
+    assert_eq!(
+        (&old["live"], &old["leader"], &old["this"]),
+        (&json!(false), &json!(false), &json!(false))
+    );
+    assert_eq!(
+        (&new["live"], &new["leader"], &new["this"]),
+        (&json!(true), &json!(true), &json!(true))
+    );
+}

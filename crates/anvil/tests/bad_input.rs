@@ -136,6 +136,7 @@ fn routes(machine: &str, iface: &str, token: &str) -> Vec<Route> {
             false,
         ),
         r(Method::GET, "/jobs".into(), None, None, false),
+        r(Method::GET, "/instances".into(), None, None, false),
         r(Method::GET, format!("/jobs/{token}"), None, None, false),
         r(
             Method::POST,
