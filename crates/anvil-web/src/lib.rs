@@ -81,6 +81,7 @@ pub fn router(app: App) -> Router {
         )
         .route("/netbox", get(views::netbox::page))
         .route("/images", get(views::images::page))
+        .route("/instances", get(views::instances::page))
         .route("/static/{*path}", get(assets::serve))
         .fallback(error::not_found)
         .layer(axum::middleware::map_response(security::headers))

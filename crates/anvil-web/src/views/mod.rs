@@ -7,6 +7,7 @@ pub(crate) mod deploy;
 pub(crate) mod enroll;
 pub(crate) mod hardware;
 pub(crate) mod images;
+pub(crate) mod instances;
 pub(crate) mod login;
 pub(crate) mod machine_form;
 pub(crate) mod machines;

@@ -5,6 +5,7 @@ mod deploy;
 mod hardware;
 mod http;
 mod images;
+mod instances;
 mod netbox;
 mod power;
 mod support;
