@@ -70,12 +70,18 @@ impl App {
             let mut last_sweep = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
-                match app.store.instance_seen(app.instance, now()).await {
+                let stopped = app.stopped.lock().await;
+                if *stopped {
+                    return;
+                }
+                let seen = app.store.instance_seen(app.instance, now()).await;
+                drop(stopped);
+                match seen {
                     Ok(true) => {}
                     Ok(false) => tracing::error!(
                         instance = %app.instance,
-                        "this instance is marked stopped in the store (silent for over {} s?): \
-                         other instances may have taken its jobs over",
+                        "this instance was taken for stopped (silent for over {} s?) and is recorded as \
+                         running again; other instances may have taken its jobs over",
                         SILENT_FOR.as_secs()
                     ),
                     Err(e) => {
@@ -100,6 +106,8 @@ impl App {
     /// Marks this instance stopped (a clean shutdown): its unfinished jobs
     /// become orphans for the other instances, or for the next start, at once.
     pub async fn stop_instance(&self) -> Result<()> {
+        let mut stopped = self.stopped.lock().await;
+        *stopped = true;
         self.store
             .stop_instances(self.instance, false, now())
             .await?;

@@ -55,6 +55,9 @@ pub struct App {
     netbox: Option<std::sync::Arc<netbox::NetboxCtl>>,
     /// This process among the instances sharing the store (`instances.rs`).
     instance: uuid::Uuid,
+    /// Set by `stop_instance`, under the lock the heartbeat holds while it
+    /// writes: once stopped, no heartbeat records the instance running again.
+    stopped: std::sync::Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl App {
@@ -72,6 +75,7 @@ impl App {
             deploy: Default::default(),
             netbox: None,
             instance,
+            stopped: Default::default(),
         }
     }
 

@@ -315,7 +315,9 @@ impl Store {
     }
 
     /// The instance's heartbeat. `false` when it is no longer registered as
-    /// running (another instance took it for dead and its jobs over).
+    /// running (another instance took it for dead and its jobs over): it is
+    /// then recorded as running again, so that the jobs it creates from now
+    /// on are not taken for orphans.
     pub async fn instance_seen(&self, id: Uuid, at: OffsetDateTime) -> Result<bool> {
         let _serialised = self.write_guard().await;
         on_pool!(self, |p, _b| {
@@ -327,7 +329,16 @@ impl Store {
             .execute(p)
             .await
             .map_err(query_err("instance heartbeat"))?;
-            Ok(done.rows_affected() == 1)
+            if done.rows_affected() == 1 {
+                return Ok(true);
+            }
+            sqlx::query("UPDATE instances SET seen_at = $1, stopped_at = NULL WHERE id = $2")
+                .bind(Ts(at))
+                .bind(id)
+                .execute(p)
+                .await
+                .map_err(query_err("instance heartbeat"))?;
+            Ok(false)
         })
     }
 

@@ -2155,14 +2155,22 @@ async fn orphaned_jobs_are_those_of_gone_instances(s: Store) {
     );
     // b stops cleanly: its unfinished job (not the finished one) is orphaned.
     assert_eq!(s.stop_instances(b, false, at).await.unwrap(), 1);
-    assert!(
-        !s.instance_seen(b, at).await.unwrap(),
-        "a stopped instance stays stopped"
-    );
     assert_eq!(
         orphan_ids(s.orphaned_jobs(live_since).await.unwrap()),
         [(jb.id, Some(b)), (unowned.id, None)]
     );
+    // An instance taken for stopped that is still running learns it from
+    // its next heartbeat and is live again (for the jobs it creates next).
+    assert!(!s.instance_seen(b, at).await.unwrap());
+    assert!(
+        s.orphaned_jobs(live_since)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| o.job.id != jb.id)
+    );
+    assert!(s.instance_seen(b, at).await.unwrap());
+    s.stop_instances(b, false, at).await.unwrap();
     // a falls silent: once `live_since` passes its last heartbeat, its job
     // is an orphan too; a heartbeat makes it live again.
     let later = at + time::Duration::seconds(120);
