@@ -17,6 +17,7 @@ mod client;
 mod commission;
 mod deploy;
 mod image;
+mod instance;
 mod machine;
 mod netbox;
 mod output;
@@ -30,6 +31,7 @@ pub use client::Client;
 pub use deploy::{DeployArgs, ReleaseArgs, RescueArgs};
 pub use error::CliError;
 pub use image::{ImageCmd, ImageImportArgs, run_image};
+pub use instance::{InstanceCmd, run_instance};
 pub use machine::{
     BmcArgs, MachineAddArgs, MachineCmd, MachineEditArgs, MachineFields, MachineListArgs,
     run_machine,

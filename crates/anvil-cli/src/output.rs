@@ -7,7 +7,7 @@
 //! that `awk` column numbers stay put.
 
 use crate::error::CliError;
-use anvil_api_types::{Machine, MachineList, Token, TokenCreated, User};
+use anvil_api_types::{Instance, Machine, MachineList, Token, TokenCreated, User};
 use clap::ValueEnum;
 use comfy_table::{ContentArrangement, Table, presets};
 use serde::Serialize;
@@ -182,6 +182,34 @@ pub(crate) fn user_table(u: &User) -> String {
         ("Admin", yes_no(u.is_admin).to_string()),
         ("Created", timestamp(u.created_at)),
     ])
+}
+
+/// Instances: HOST, STATUS, ROLE, STARTED, LAST SEEN, ID; the one that
+/// answered is marked with `*` after its host.
+pub(crate) fn instance_list_table(instances: &[Instance]) -> String {
+    let rows = instances.iter().map(|i| {
+        vec![
+            if i.this {
+                format!("{} *", i.hostname)
+            } else {
+                i.hostname.clone()
+            },
+            match (i.live, i.stopped_at) {
+                (true, _) => "live",
+                (false, Some(_)) => "stopped",
+                (false, None) => "silent",
+            }
+            .to_string(),
+            if i.leader { "leader" } else { "-" }.to_string(),
+            timestamp(i.started_at),
+            timestamp(i.seen_at),
+            i.id.to_string(),
+        ]
+    });
+    columns(
+        &["HOST", "STATUS", "ROLE", "STARTED", "LAST SEEN", "ID"],
+        rows,
+    )
 }
 
 /// A borderless table with a header row. Lines are right-trimmed so the

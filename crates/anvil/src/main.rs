@@ -65,6 +65,9 @@ enum Command {
     /// OS images: import (file or URL), list, rm.
     #[command(subcommand)]
     Image(anvil_cli::ImageCmd),
+    /// The servers sharing the database: live, stopped, the leader.
+    #[command(subcommand)]
+    Instance(anvil_cli::InstanceCmd),
     /// Print the OpenAPI document of the REST API.
     Openapi,
 }
@@ -145,6 +148,7 @@ async fn dispatch(cli: Cli) -> ExitCode {
         Command::Rack(cmd) => cli_result(anvil_cli::run_rack(&cli.global, cmd).await),
         Command::Netbox(cmd) => cli_result(anvil_cli::run_netbox(&cli.global, cmd).await),
         Command::Image(cmd) => cli_result(anvil_cli::run_image(&cli.global, cmd).await),
+        Command::Instance(cmd) => cli_result(anvil_cli::run_instance(&cli.global, cmd).await),
     }
 }
 

@@ -684,3 +684,28 @@ async fn deploy_release_and_rescue_through_the_cli() {
         stderr(&out)
     );
 }
+
+#[test]
+fn instance_list_shows_the_live_leader() {
+    let s = Server::start();
+    let out = run(&s, &["instance", "list"]);
+    assert_eq!(code(&out), 0, "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("HOST") && lines[0].contains("STATUS"),
+        "{text}"
+    );
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[1].contains(" * ") && lines[1].contains("live") && lines[1].contains("leader"),
+        "{text}"
+    );
+    let v = ok_json(&s, &["instance", "list", "-o", "json"]);
+    let items = v["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{v}");
+    assert_eq!(
+        (&items[0]["live"], &items[0]["leader"], &items[0]["this"]),
+        (&json!(true), &json!(true), &json!(true))
+    );
+}
