@@ -464,42 +464,17 @@ async fn first_start_creates_admin_with_private_password_file() {
 
 #[tokio::test]
 async fn postgres_backend_serves_the_api() {
-    let Ok(admin_url) = std::env::var("ANVIL_TEST_POSTGRES_URL") else {
-        if std::env::var("ANVIL_SKIP_POSTGRES").as_deref() == Ok("1") {
-            return;
-        }
-        panic!("ANVIL_TEST_POSTGRES_URL is not set: run scripts/test.sh");
+    let Some(db) = common::ScratchPg::create("anvil_api").await else {
+        return;
     };
-    let db = format!("anvil_api_{}", uuid::Uuid::new_v4().simple());
-    let url = {
-        use sqlx::Executor;
-        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-            .await
-            .unwrap();
-        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-            .await
-            .unwrap();
-        format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0)
-    };
-    {
-        let s = Server::start_with(&["--database-url", &url]);
-        let (st, m) = post(&s, "/machines", node("pg-1", "52:54:00:00:05:01")).await;
-        assert_eq!(st, StatusCode::CREATED, "{m}");
-        assert_eq!(get(&s, "/machines/pg-1").await.1["id"], m["id"]);
-        let (st, _) = post(&s, "/machines", node("pg-2", "52:54:00:00:05:01")).await;
-        assert_eq!(st, StatusCode::CONFLICT);
-        // No SQLite file was made: the data lives in PostgreSQL.
-        assert!(!s.data_path().join("anvil.db").exists());
-    }
-    use sqlx::Executor;
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-        .await
-        .unwrap();
-    let _ = c
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db} WITH (FORCE)"
-        )))
-        .await;
+    let s = Server::start_with(&["--database-url", &db.url]);
+    let (st, m) = post(&s, "/machines", node("pg-1", "52:54:00:00:05:01")).await;
+    assert_eq!(st, StatusCode::CREATED, "{m}");
+    assert_eq!(get(&s, "/machines/pg-1").await.1["id"], m["id"]);
+    let (st, _) = post(&s, "/machines", node("pg-2", "52:54:00:00:05:01")).await;
+    assert_eq!(st, StatusCode::CONFLICT);
+    // No SQLite file was made: the data lives in PostgreSQL.
+    assert!(!s.data_path().join("anvil.db").exists());
 }
 
 /// `GET /instances`: the running server is live, leads and answers; after a

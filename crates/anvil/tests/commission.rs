@@ -1058,22 +1058,10 @@ async fn after_a_crash_a_run_job_goes_on_and_a_power_job_is_failed_as_interrupte
 /// over and ends it with the run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_instance_leaves_a_live_ones_jobs_alone_and_takes_them_over_when_it_stops() {
-    let Ok(admin_url) = std::env::var("ANVIL_TEST_POSTGRES_URL") else {
-        if std::env::var("ANVIL_SKIP_POSTGRES").as_deref() == Ok("1") {
-            return;
-        }
-        panic!("ANVIL_TEST_POSTGRES_URL is not set: run scripts/test.sh");
+    let Some(db) = common::ScratchPg::create("anvil_instances").await else {
+        return;
     };
-    use sqlx::Executor;
-    let db = format!("anvil_instances_{}", uuid::Uuid::new_v4().simple());
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-        .await
-        .unwrap();
-    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await
-        .unwrap();
-    let url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
-
+    let url = db.url.clone();
     let mut first = Server::start_with(&["--database-url", &url]);
     let mac = "52:54:00:c0:0e:11";
     let (run_job, token) = {
@@ -1108,10 +1096,5 @@ async fn a_second_instance_leaves_a_live_ones_jobs_alone_and_takes_them_over_whe
     let log = std::fs::read_to_string(second.data_path().join("serve.log")).unwrap();
     assert!(log.contains("took over a run's job"), "{log}");
 
-    drop((first, second));
-    let _ = c
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db} WITH (FORCE)"
-        )))
-        .await;
+    drop((first, second, db));
 }

@@ -284,27 +284,10 @@ async fn deploy_rescue_release_and_a_failed_write() {
 /// The same flow on PostgreSQL (a scratch database, dropped afterwards).
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_rescue_release_and_a_failed_write_on_postgres() {
-    let Ok(admin_url) = std::env::var("ANVIL_TEST_POSTGRES_URL") else {
-        if std::env::var("ANVIL_SKIP_POSTGRES").as_deref() == Ok("1") {
-            return;
-        }
-        panic!("ANVIL_TEST_POSTGRES_URL is not set: run scripts/test.sh");
+    let Some(db) = common::ScratchPg::create("anvil_deploy").await else {
+        return;
     };
-    use sqlx::Executor;
-    let db = format!("anvil_deploy_{}", uuid::Uuid::new_v4().simple());
-    let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
-        .await
-        .unwrap();
-    c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .await
-        .unwrap();
-    let url = format!("{}/{db}", admin_url.rsplit_once('/').unwrap().0);
-    flow(Server::start_with(&["--database-url", &url])).await;
-    let _ = c
-        .execute(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE {db} WITH (FORCE)"
-        )))
-        .await;
+    flow(Server::start_with(&["--database-url", &db.url])).await;
 }
 
 async fn flow(s: Server) {

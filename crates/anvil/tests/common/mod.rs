@@ -152,3 +152,69 @@ pub fn anvil_cmd(server: &Server) -> Command {
 pub fn path_buf(p: &Path) -> PathBuf {
     p.to_path_buf()
 }
+
+/// A scratch PostgreSQL database for one test, on the server
+/// `ANVIL_TEST_POSTGRES_URL` names (`scripts/test.sh` sets it up), dropped
+/// when the test ends, pass or fail.
+pub struct ScratchPg {
+    /// Where the test's servers connect.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl ScratchPg {
+    /// `None` when the PostgreSQL half is skipped on purpose
+    /// (`ANVIL_SKIP_POSTGRES=1`); panics when it is merely not set up.
+    pub async fn create(prefix: &str) -> Option<ScratchPg> {
+        use sqlx::Executor;
+        let Ok(admin_url) = std::env::var("ANVIL_TEST_POSTGRES_URL") else {
+            if std::env::var("ANVIL_SKIP_POSTGRES").as_deref() == Ok("1") {
+                return None;
+            }
+            panic!("ANVIL_TEST_POSTGRES_URL is not set: run scripts/test.sh");
+        };
+        let name = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+        let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+            .await
+            .unwrap();
+        c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await
+            .unwrap();
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("ANVIL_TEST_POSTGRES_URL must end with /DATABASE"),
+        };
+        Some(ScratchPg {
+            url,
+            admin_url,
+            name,
+        })
+    }
+}
+
+impl Drop for ScratchPg {
+    fn drop(&mut self) {
+        // Drop may run inside the test's runtime: use a runtime of its own
+        // on another thread.
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                use sqlx::Executor;
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&admin_url)
+                    .await
+                    .ok()?;
+                c.execute(sqlx::AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                )))
+                .await
+                .ok()
+            })
+        })
+        .join();
+    }
+}
