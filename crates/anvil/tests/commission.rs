@@ -979,6 +979,23 @@ async fn on_discovery_an_unknown_machine_is_commissioned_in_its_first_boot() {
     assert!(!events.contains("commission.manual-power"), "{events}");
 }
 
+/// Creates a machine, starts commissioning it without a BMC and registers
+/// its agent: the job's id and the agent's token.
+async fn commission_and_register(api: &Api, host: &str, mac: &str) -> (String, String) {
+    api.create_machine(host, mac).await;
+    let (st, job) = api
+        .post(&format!("/machines/{host}/actions/commission"), None)
+        .await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    let token = api.boot_token(mac).await;
+    let agent = Agent {
+        api,
+        token: token.clone(),
+    };
+    assert_eq!(agent.register(mac).await.0, StatusCode::OK);
+    (job["id"].as_str().unwrap().to_string(), token)
+}
+
 /// Anvil crashes (SIGKILL) in the middle of a commissioning run and is
 /// started again on the same data directory. The run's job is not failed:
 /// the new process takes it over (the run lives in the store), the agent
@@ -994,15 +1011,7 @@ async fn after_a_crash_a_run_job_goes_on_and_a_power_job_is_failed_as_interrupte
     let silent_addr = format!("http://{}", silent.local_addr().unwrap());
     let (run_job, power_job, token) = {
         let api = Api::new(&s);
-        api.create_machine("rs-1", mac).await;
-        let (st, job) = api.post("/machines/rs-1/actions/commission", None).await;
-        assert_eq!(st, StatusCode::ACCEPTED, "{job}");
-        let token = api.boot_token(mac).await;
-        let agent = Agent {
-            api: &api,
-            token: token.clone(),
-        };
-        assert_eq!(agent.register(mac).await.0, StatusCode::OK);
+        let (job, token) = commission_and_register(&api, "rs-1", mac).await;
 
         let (st, m) = api
             .post(
@@ -1020,7 +1029,7 @@ async fn after_a_crash_a_run_job_goes_on_and_a_power_job_is_failed_as_interrupte
             assert!(Instant::now() < deadline, "the power job did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        (job["id"].as_str().unwrap().to_string(), id, token)
+        (job, id, token)
     };
 
     // Crash: no clean shutdown, nothing marked.
@@ -1066,16 +1075,7 @@ async fn a_second_instance_leaves_a_live_ones_jobs_alone_and_takes_them_over_whe
     let mac = "52:54:00:c0:0e:11";
     let (run_job, token) = {
         let api = Api::new(&first);
-        api.create_machine("pg-rs-1", mac).await;
-        let (st, job) = api.post("/machines/pg-rs-1/actions/commission", None).await;
-        assert_eq!(st, StatusCode::ACCEPTED, "{job}");
-        let token = api.boot_token(mac).await;
-        let agent = Agent {
-            api: &api,
-            token: token.clone(),
-        };
-        assert_eq!(agent.register(mac).await.0, StatusCode::OK);
-        (job["id"].as_str().unwrap().to_string(), token)
+        commission_and_register(&api, "pg-rs-1", mac).await
     };
 
     let second = Server::start_with(&["--database-url", &url]);
