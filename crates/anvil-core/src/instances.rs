@@ -162,21 +162,33 @@ impl App {
             {
                 continue;
             }
-            if self.resume_job(&job).await? {
-                sweep.resumed += 1;
-                metrics::counter!("anvil_jobs_taken_over_total", "outcome" => "resumed")
-                    .increment(1);
-                tracing::info!(job = %job.id, kind = %job.kind, from = ?owner, "took over a run's job");
-            } else {
-                let why = "interrupted: the anvil instance running it stopped";
-                self.store.finish_job(job.id, Err(why), now()).await?;
-                sweep.failed += 1;
-                metrics::counter!("anvil_jobs_taken_over_total", "outcome" => "failed")
-                    .increment(1);
-                tracing::warn!(job = %job.id, kind = %job.kind, from = ?owner, "failed a job its instance left unfinished");
+            match self.take_over(&job, owner).await {
+                Ok(true) => sweep.resumed += 1,
+                Ok(false) => sweep.failed += 1,
+                Err(e) => {
+                    // Neither followed nor failed: give it back, so that the
+                    // next look (by any instance) tries again.
+                    tracing::warn!(job = %job.id, error = %crate::error_chain(&e), "cannot take over a job; will try again");
+                    let _ = self.store.disown_job(job.id, self.instance).await;
+                }
             }
         }
         Ok(sweep)
+    }
+
+    /// What happens to an adopted job: followed on (`true`) or failed as
+    /// interrupted (`false`).
+    async fn take_over(&self, job: &Job, from: Option<Uuid>) -> Result<bool> {
+        if self.resume_job(job).await? {
+            metrics::counter!("anvil_jobs_taken_over_total", "outcome" => "resumed").increment(1);
+            tracing::info!(job = %job.id, kind = %job.kind, ?from, "took over a run's job");
+            return Ok(true);
+        }
+        let why = "interrupted: the anvil instance running it stopped";
+        self.store.finish_job(job.id, Err(why), now()).await?;
+        metrics::counter!("anvil_jobs_taken_over_total", "outcome" => "failed").increment(1);
+        tracing::warn!(job = %job.id, kind = %job.kind, ?from, "failed a job its instance left unfinished");
+        Ok(false)
     }
 
     /// Follows an adopted job on, if it is the job of a run. `false`: not a

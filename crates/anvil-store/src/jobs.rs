@@ -456,6 +456,23 @@ impl Store {
         })
     }
 
+    /// Gives an adopted job back (owner unknown) when `owner` could not take
+    /// it over, so that the next look for orphans tries again.
+    pub async fn disown_job(&self, id: Uuid, owner: Uuid) -> Result<()> {
+        let _serialised = self.write_guard().await;
+        on_pool!(self, |p, _b| {
+            sqlx::query(
+                "UPDATE jobs SET owner = NULL WHERE id = $1 AND owner = $2 AND status IN ('queued', 'running')",
+            )
+            .bind(id)
+            .bind(owner)
+            .execute(p)
+            .await
+            .map_err(query_err("disown job"))?;
+        });
+        Ok(())
+    }
+
     /// Makes `to` the owner of an orphaned job, if it is still queued or
     /// running and still owned by `from`: of several instances sweeping at
     /// once, exactly one takes each job.

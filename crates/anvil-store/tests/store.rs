@@ -2196,6 +2196,16 @@ async fn orphaned_jobs_are_those_of_gone_instances(s: Store) {
     assert!(s.adopt_job(unowned.id, None, c).await.unwrap());
     assert!(!s.adopt_job(unowned.id, None, a).await.unwrap());
     assert!(s.orphaned_jobs(live_since).await.unwrap().is_empty());
+    // A job its new owner could not take over is given back, to be tried
+    // again; only by its owner.
+    s.disown_job(unowned.id, a).await.unwrap();
+    assert!(s.orphaned_jobs(live_since).await.unwrap().is_empty());
+    s.disown_job(unowned.id, c).await.unwrap();
+    assert_eq!(
+        orphan_ids(s.orphaned_jobs(live_since).await.unwrap()),
+        [(unowned.id, None)]
+    );
+    assert!(s.adopt_job(unowned.id, None, c).await.unwrap());
     // A finished job is nobody's to take.
     assert!(!s.adopt_job(jb_done.id, Some(b), c).await.unwrap());
 
