@@ -1082,10 +1082,31 @@ async fn a_second_instance_leaves_a_live_ones_jobs_alone_and_takes_them_over_whe
     let api2 = Api::new(&second);
     let (_, j) = api2.get(&format!("/jobs/{run_job}")).await;
     assert_eq!(j["status"], "running", "a live instance's job: {j}");
+    // The first, running longer, leads (NetBox sync, power poller).
+    let roles = |v: Value| -> Vec<(bool, bool, bool)> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let b = |k: &str| i[k].as_bool().unwrap();
+                (b("this"), b("live"), b("leader"))
+            })
+            .collect()
+    };
+    assert_eq!(
+        roles(api2.get("/instances").await.1),
+        [(true, true, false), (false, true, true)],
+        "newest first: the second answers, the first leads"
+    );
 
     // The first instance stops cleanly; the second takes the job over at
-    // its next look for orphans (every 15 s).
+    // its next look for orphans (every 15 s), and the lead at once.
     first.terminate();
+    assert_eq!(
+        roles(api2.get("/instances").await.1),
+        [(true, true, true), (false, false, false)]
+    );
     let agent = Agent { api: &api2, token };
     let ack = agent
         .inventory(facts(mac, &[("vda", "VIRTIO-1", 10 << 30)]))
