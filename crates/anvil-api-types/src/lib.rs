@@ -531,6 +531,18 @@ pub struct Instance {
     pub this: bool,
 }
 
+impl Instance {
+    /// `live`, `stopped` (cleanly, or taken for gone), or `silent` (neither
+    /// stopped nor heard from within 60 s: crashed, or cut off).
+    pub fn status(&self) -> &'static str {
+        match (self.live, self.stopped_at) {
+            (true, _) => "live",
+            (false, Some(_)) => "stopped",
+            (false, None) => "silent",
+        }
+    }
+}
+
 /// The instances on record, newest first.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct InstanceList {

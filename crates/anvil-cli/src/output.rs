@@ -194,12 +194,7 @@ pub(crate) fn instance_list_table(instances: &[Instance]) -> String {
             } else {
                 i.hostname.clone()
             },
-            match (i.live, i.stopped_at) {
-                (true, _) => "live",
-                (false, Some(_)) => "stopped",
-                (false, None) => "silent",
-            }
-            .to_string(),
+            i.status().to_string(),
             if i.leader { "leader" } else { "-" }.to_string(),
             timestamp(i.started_at),
             timestamp(i.seen_at),

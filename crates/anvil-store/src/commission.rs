@@ -330,31 +330,28 @@ impl Store {
     }
 
     pub async fn commissioning_run(&self, id: Uuid) -> Result<Option<RunRecord>> {
-        on_pool!(self, |p, _b| {
-            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {RUN_COLUMNS} FROM commissioning_runs WHERE id = $1"
-            )))
-            .bind(id)
-            .fetch_optional(p)
-            .await
-            .map_err(query_err("get run"))?;
-            match row {
-                Some(row) => Ok(Some(run_from_row!(&row))),
-                None => Ok(None),
-            }
-        })
+        self.commissioning_run_where("id", id).await
     }
 
     /// The agent run a job follows.
     pub async fn commissioning_run_for_job(&self, job_id: Uuid) -> Result<Option<RunRecord>> {
+        self.commissioning_run_where("job_id", job_id).await
+    }
+
+    /// The run whose `column` (a key: `id` or `job_id`) is `value`.
+    async fn commissioning_run_where(
+        &self,
+        column: &'static str,
+        value: Uuid,
+    ) -> Result<Option<RunRecord>> {
         on_pool!(self, |p, _b| {
             let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {RUN_COLUMNS} FROM commissioning_runs WHERE job_id = $1"
+                "SELECT {RUN_COLUMNS} FROM commissioning_runs WHERE {column} = $1"
             )))
-            .bind(job_id)
+            .bind(value)
             .fetch_optional(p)
             .await
-            .map_err(query_err("get run of job"))?;
+            .map_err(query_err("get run"))?;
             match row {
                 Some(row) => Ok(Some(run_from_row!(&row))),
                 None => Ok(None),

@@ -235,29 +235,27 @@ impl Store {
     }
 
     pub async fn installer_run(&self, id: Uuid) -> Result<Option<InstallerRunRecord>> {
-        on_pool!(self, |p, _b| {
-            let sql = format!("SELECT {RUN_COLUMNS} FROM installer_runs WHERE id = $1");
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(id)
-                .fetch_optional(p)
-                .await
-                .map_err(query_err("get installer run"))?;
-            match row {
-                Some(row) => Ok(Some(run_from_row!(&row))),
-                None => Ok(None),
-            }
-        })
+        self.installer_run_where("id", id).await
     }
 
     /// The installer run a job follows.
     pub async fn installer_run_for_job(&self, job_id: Uuid) -> Result<Option<InstallerRunRecord>> {
+        self.installer_run_where("job_id", job_id).await
+    }
+
+    /// The installer run whose `column` (a key: `id` or `job_id`) is `value`.
+    async fn installer_run_where(
+        &self,
+        column: &'static str,
+        value: Uuid,
+    ) -> Result<Option<InstallerRunRecord>> {
         on_pool!(self, |p, _b| {
-            let sql = format!("SELECT {RUN_COLUMNS} FROM installer_runs WHERE job_id = $1");
+            let sql = format!("SELECT {RUN_COLUMNS} FROM installer_runs WHERE {column} = $1");
             let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(job_id)
+                .bind(value)
                 .fetch_optional(p)
                 .await
-                .map_err(query_err("get installer run of job"))?;
+                .map_err(query_err("get installer run"))?;
             match row {
                 Some(row) => Ok(Some(run_from_row!(&row))),
                 None => Ok(None),

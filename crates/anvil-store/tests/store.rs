@@ -1496,9 +1496,8 @@ async fn netbox_links_runs_outbox_and_cursors(s: Store) {
     let (live, other) = (Uuid::now_v7(), Uuid::now_v7());
     s.register_instance(live, "live", at).await.unwrap();
     s.register_instance(other, "other", at).await.unwrap();
-    let r3 = s
-        .clone()
-        .for_instance(live)
+    let on_live = s.clone().for_instance(live);
+    let r3 = on_live
         .netbox_run_start("webhook", false, at)
         .await
         .unwrap()
@@ -1518,9 +1517,7 @@ async fn netbox_links_runs_outbox_and_cursors(s: Store) {
         s.netbox_runs(Some("webhook"), 1).await.unwrap()[0].status,
         "failed"
     );
-    let r4 = s
-        .clone()
-        .for_instance(live)
+    let r4 = on_live
         .netbox_run_start("webhook", false, at)
         .await
         .unwrap()

@@ -15,7 +15,7 @@ pub(crate) struct InstanceRow {
     pub(crate) hostname: String,
     pub(crate) started: String,
     pub(crate) seen: String,
-    /// "live", "stopped" or "silent" (neither stopped nor heard from lately).
+    /// `Instance::status`: live, stopped or silent.
     pub(crate) status: &'static str,
     pub(crate) leader: bool,
     pub(crate) this: bool,
@@ -38,14 +38,10 @@ pub(crate) async fn page(
         .into_iter()
         .map(|i| InstanceRow {
             id: i.id.to_string(),
-            hostname: i.hostname,
+            hostname: i.hostname.clone(),
             started: fmt_time(i.started_at),
             seen: fmt_time(i.seen_at),
-            status: match (i.live, i.stopped_at) {
-                (true, _) => "live",
-                (false, Some(_)) => "stopped",
-                (false, None) => "silent",
-            },
+            status: i.status(),
             leader: i.leader,
             this: i.this,
         })
